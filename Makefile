@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, no GPU, no conda):
+#   make demo   - creates .venv on first use, then runs the demo pipeline
+#   make test   - creates .venv on first use, then runs ruff and the tests
+# TORCH_SPEC picks the torch build; on machines without a local CPU wheel, a smaller CPU build
+# comes with: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean-venv
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), sys.version' \
+		|| { echo "error: Python 3.11 or 3.12 is needed (found $$($(PYTHON) --version))"; exit 2; }
+	@$(PYTHON) -m venv $(VENV) \
+		|| { echo "error: could not create $(VENV); on Debian: apt-get install python3-venv"; exit 2; }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/tinylab params check params/models/*.yaml params/data/*.yaml params/stages/*/*.yaml
+	$(BIN)/tinylab model info demo
+	@echo "note: the demo pipeline is not built yet; this ran the furthest part that exists"
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,177 @@
+"""The model: transformers' LlamaForCausalLM with TinyLlama's init, and its size and cost.
+
+We use HF's own class, so a checkpoint's parameter names are HF Llama's and an export needs no
+converter. Presets live in params/models/*.yaml (`tinyllama-1.1b` is the paper's exact config).
+
+    tinylab model info tinyllama-1.1b        # 1,100,048,384 params, 7.314e9 FLOPs/token at T=2048
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tinylab.config import PARAMS_DIR, ConfigError, ModelConfig, load_config
+
+ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2")
+
+
+def load_preset(name_or_path: str | Path) -> ModelConfig:
+    """A model preset by name (params/models/NAME.yaml) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PARAMS_DIR / "models" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            names = sorted(p.stem for p in (PARAMS_DIR / "models").glob("*.yaml"))
+            raise ConfigError(f"model preset {str(name_or_path)!r} not found; presets: {names}")
+    return load_config(path, ModelConfig)
+
+
+def flash_attn_available() -> bool:
+    """True when the flash-attn package is importable and a CUDA device is present."""
+    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+
+
+def resolve_attention(requested: str) -> str:
+    """The attention implementation to ask transformers for; errors if it cannot run here."""
+    if requested == "auto":
+        return "flash_attention_2" if flash_attn_available() else "sdpa"
+    if requested not in ATTENTION_BACKENDS:
+        raise ConfigError(
+            f"attention = {requested!r}: allowed: auto, {', '.join(ATTENTION_BACKENDS)}"
+        )
+    if requested == "flash_attention_2" and not flash_attn_available():
+        raise ConfigError(
+            "attention = 'flash_attention_2' needs the flash-attn package and a CUDA GPU; install "
+            "the gpu extra (FLASH_ATTN_CUDA_ARCHS=90 pip install flash-attn --no-build-isolation) "
+            "or use attention: sdpa"
+        )
+    return requested
+
+
+def to_hf_config(cfg: ModelConfig) -> LlamaConfig:
+    """The transformers LlamaConfig of a preset (no biases, no dropout, SwiGLU)."""
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
+        initializer_range=cfg.resolved_init_std,
+    )
+
+
+def build_model(
+    cfg: ModelConfig, *, device: str | torch.device = "cpu", seed: int | None = None
+) -> LlamaForCausalLM:
+    """Build LlamaForCausalLM with TinyLlama's init; on the meta device nothing is allocated."""
+    hf_config = to_hf_config(cfg)
+    hf_config._attn_implementation = resolve_attention(cfg.attention)
+    with torch.device(device):
+        model = LlamaForCausalLM(hf_config)
+    if torch.device(device).type != "meta":
+        init_weights(model, cfg, seed=seed)
+    return model
+
+
+@torch.no_grad()
+def init_weights(model: LlamaForCausalLM, cfg: ModelConfig, *, seed: int | None = None) -> None:
+    """TinyLlama's init: N(0, std) for embeddings and linears, a smaller std for the two
+    projections that write into the residual stream (o_proj, down_proj), norms = 1."""
+    generator = torch.Generator(device="cpu")
+    if seed is not None:
+        generator.manual_seed(seed)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding | nn.Linear):
+            residual = name.endswith(("o_proj", "down_proj"))
+            std = cfg.resolved_init_std_residual if residual else cfg.resolved_init_std
+            _normal_(module.weight, std, generator)
+        elif (
+            hasattr(module, "weight")
+            and module.weight is not None
+            and "norm" in type(module).__name__.lower()
+        ):
+            module.weight.fill_(1.0)
+
+
+def _normal_(weight: torch.Tensor, std: float, generator: torch.Generator) -> None:
+    # Sample on the CPU with an explicit generator so the init is the same on every device.
+    weight.copy_(
+        torch.empty(weight.shape, dtype=torch.float32).normal_(0.0, std, generator=generator)
+    )
+
+
+def count_parameters(cfg: ModelConfig) -> dict[str, int]:
+    """Parameter counts, from a model built on the meta device (no memory is allocated)."""
+    model = build_model(cfg.model_copy(update={"attention": "sdpa"}), device="meta")
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.model.embed_tokens.weight.numel()
+    lm_head = 0 if cfg.tie_word_embeddings else model.lm_head.weight.numel()
+    return {
+        "params": total,
+        "embedding": embedding,
+        "lm_head": lm_head,
+        "non_embedding": total - embedding - lm_head,
+    }
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+    """Training FLOPs per token: 6 N + 12 L d T, with N the non-embedding params incl. lm_head
+    (forward + backward of the matmuls, plus attention scores; TINYLLAMA.md, 'Throughput')."""
+    counts = count_parameters(cfg)
+    n_matmul = counts["non_embedding"] + cfg.hidden_size * cfg.vocab_size
+    return 6 * n_matmul + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+
+
+def model_info(cfg: ModelConfig, *, seq_len: int | None = None) -> dict[str, int | float]:
+    """Sizes and cost of a preset, as `tinylab model info` prints them."""
+    seq_len = seq_len or cfg.max_position_embeddings
+    return {
+        **count_parameters(cfg),
+        "seq_len": seq_len,
+        "flops_per_token": flops_per_token(cfg, seq_len),
+    }
+
+
+def save_hf(model: LlamaForCausalLM, folder: str | Path, *, tokenizer=None) -> Path:
+    """Write an HF folder (safetensors, config, tokenizer if given) that plain
+    `AutoModelForCausalLM.from_pretrained` loads. Written beside and renamed into place."""
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    model.save_pretrained(partial, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(partial)
+    if folder.exists():
+        shutil.rmtree(folder)
+    partial.rename(folder)
+    return folder
+
+
+def load_hf(
+    folder: str | Path, *, attention: str = "auto", dtype: torch.dtype = torch.float32
+) -> LlamaForCausalLM:
+    """Load an HF folder written by `save_hf` (or any Llama checkpoint) for training or eval."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{folder}: not an HF model folder (no config.json)")
+    return LlamaForCausalLM.from_pretrained(
+        folder, attn_implementation=resolve_attention(attention), dtype=dtype
+    )

@@ -1,0 +1,69 @@
+"""The `tinylab` command: exit codes, messages, JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tinylab.config import PARAMS_DIR
+
+
+def tinylab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tinylab.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    result = tinylab("--help")
+    assert result.returncode == 0
+    for command in ("params", "model"):
+        assert command in result.stdout
+
+
+def test_model_info_json_for_the_paper_model() -> None:
+    result = tinylab("model", "info", "tinyllama-1.1b", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["params"] == 1_100_048_384
+    assert info["flops_per_token"] == 7_314_370_560
+
+
+def test_params_check_good_files() -> None:
+    files = [str(p) for p in sorted(PARAMS_DIR.rglob("*.yaml"))]
+    result = tinylab("params", "check", *files)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ok ") == len(files)
+
+
+def test_params_check_bad_file_exit_2_without_traceback(params: Path) -> None:
+    bad = params / "stages" / "bad.yaml"
+    bad.write_text("extends: base.yaml\noptim: {lr: -1, min_lr: 0}\n")
+    result = tinylab("params", "check", str(bad))
+    assert result.returncode == 2
+    assert "optim.lr = -1" in result.stderr
+    assert "Traceback" not in result.stderr
+    debug = tinylab("--debug", "params", "check", str(bad))
+    assert "Traceback" in debug.stderr
+
+
+def test_params_show_applies_overrides(params: Path) -> None:
+    result = tinylab(
+        "params", "show", str(params / "stages" / "base.yaml"), "--set", "optim.lr=5e-4"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "lr: 0.0005" in result.stdout
+
+
+def test_params_show_bad_override_exits_2(params: Path) -> None:
+    result = tinylab("params", "show", str(params / "stages" / "base.yaml"), "--set", "optim.lr")
+    assert result.returncode == 2
+    assert "expected key.path=value" in result.stderr
+
+
+def test_model_info_unknown_preset_exits_2() -> None:
+    result = tinylab("model", "info", "nope")
+    assert result.returncode == 2
+    assert "presets" in result.stderr

@@ -1,0 +1,45 @@
+"""pyproject.toml and environment.yml list the same packages with the same ranges."""
+
+from __future__ import annotations
+
+import tomllib
+
+import yaml
+
+from tinylab.config import PROJECT_ROOT
+
+CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge name where they differ
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+
+
+def _conda_dependencies() -> list:
+    return yaml.safe_load((PROJECT_ROOT / "environment.yml").read_text())["dependencies"]
+
+
+def _split(requirement: str) -> tuple[str, str]:
+    for i, char in enumerate(requirement):
+        if char in "<>=!~[ ":
+            return requirement[:i].lower(), requirement[i:].replace(" ", "")
+    return requirement.lower(), ""
+
+
+def test_environment_matches_pyproject() -> None:
+    project = _pyproject()["project"]
+    wanted = [_split(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    wanted = {(CONDA_NAMES.get(name, name), spec) for name, spec in wanted}
+    conda = {_split(d) for d in _conda_dependencies() if isinstance(d, str)}
+    conda -= {("python", "=3.11"), ("pip", "")}
+    assert conda == wanted
+
+
+def test_environment_installs_the_package_with_its_extras() -> None:
+    pip_section = next(d["pip"] for d in _conda_dependencies() if isinstance(d, dict))
+    assert pip_section == ['-e ".[dev]"'] or pip_section == ["-e .[dev]"]
+
+
+def test_gpu_extra_holds_the_fused_kernels() -> None:
+    gpu = {_split(r)[0] for r in _pyproject()["project"]["optional-dependencies"]["gpu"]}
+    assert gpu == {"flash-attn", "liger-kernel"}
