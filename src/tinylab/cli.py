@@ -118,6 +118,36 @@ def model_info(
     typer.echo(f"FLOPs/token       {info['flops_per_token']:.4g} (T={info['seq_len']}; 6N + 12LdT)")
 
 
+@app.command("run")
+def run_command(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline params file (params/pipelines/).")],
+    run_id: Annotated[
+        str | None, typer.Option(help="Run folder name; default: the pipeline's name.")
+    ] = None,
+    from_step: Annotated[
+        str | None, typer.Option("--from", help="Re-run from this step on.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="STEP.key=value, or *.key=value for every step (repeatable)."),
+    ] = None,
+) -> None:
+    """Run a pipeline's notebooks with Papermill into outputs/runs/<run-id>/, skipping steps that
+    finished with unchanged params."""
+    from tinylab.pipeline import StepFailed, run_pipeline
+
+    try:
+        manifest = run_pipeline(
+            pipeline, run_id=run_id, from_step=from_step, overrides=overrides or []
+        )
+    except StepFailed as err:
+        fail(str(err), code=1)
+    seconds = sum(s.get("seconds", 0) for s in manifest["steps"].values())
+    typer.echo(
+        f"run {manifest['run_id']}: {len(manifest['steps'])} steps done ({seconds:.0f} s of steps)"
+    )
+
+
 def run() -> None:
     """Entry point: turn ConfigError into one message and exit code 2."""
     try:

@@ -1,0 +1,244 @@
+"""Pipelines: run the steps of a params/pipelines/*.yaml file as notebooks under Papermill.
+
+Each step is one notebook executed in a fresh kernel, in dependency order, into the run folder
+outputs/runs/<run-id>/notebooks/. Before anything runs, every params file a step names is loaded
+and validated, so a typo fails in a second rather than after hours of training. manifest.json
+records the resolved params, git state, package versions, hardware, and each step's status and
+seconds. A re-run skips steps that finished with the same fingerprint (notebook + params), re-runs
+a step whose dependency ran again, and `--from STEP` forces a step and everything after it.
+
+    tinylab run params/pipelines/demo.yaml
+    tinylab run params/pipelines/demo.yaml --from base --set base.optim.lr=1e-3
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tinylab.config import (
+    PARAMS_DIR,
+    PROJECT_ROOT,
+    ConfigError,
+    PipelineConfig,
+    PipelineStep,
+    dump_config,
+    load_config,
+    parse_overrides,
+)
+from tinylab.provenance import provenance, write_json_atomic
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+RUNS_DIR = PROJECT_ROOT / "outputs" / "runs"
+MANIFEST = "manifest.json"
+
+
+class StepFailed(RuntimeError):
+    """A pipeline step's notebook raised; the message holds the failing cell's error."""
+
+
+@dataclass
+class PlannedStep:
+    """A step with everything resolved that decides whether it must run."""
+
+    step: PipelineStep
+    notebook: Path
+    parameters: dict[str, Any]
+    resolved: dict[str, str] = field(default_factory=dict)  # param name -> resolved YAML
+    fingerprint: str = ""
+
+
+def run_pipeline(
+    pipeline_path: Path | str,
+    *,
+    run_id: str | None = None,
+    from_step: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    runs_dir: Path = RUNS_DIR,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+) -> dict[str, Any]:
+    """Run (or resume) a pipeline; return the final manifest. Raises StepFailed on the first
+    failing step, after recording it in the manifest."""
+    pipeline_path = Path(pipeline_path)
+    pipeline = load_config(pipeline_path, PipelineConfig)
+    run_dir = (runs_dir / (run_id or pipeline.name)).resolve()
+    plan = plan_steps(pipeline, run_dir, overrides=overrides, notebooks_dir=notebooks_dir)
+    if from_step is not None and from_step not in plan:
+        raise ConfigError(f"--from {from_step!r}: no such step; steps: {list(plan)}")
+
+    manifest = _open_manifest(run_dir, pipeline_path, pipeline)
+    forced = _steps_from(pipeline, from_step) if from_step else set()
+    ran: set[str] = set()
+    for name, planned in plan.items():
+        record = manifest["steps"].get(name, {})
+        upstream_ran = any(dep in ran for dep in planned.step.after)
+        if (
+            name not in forced
+            and not upstream_ran
+            and record.get("status") == "done"
+            and record.get("fingerprint") == planned.fingerprint
+        ):
+            _log(f"[{name}] done earlier with the same params: skipped")
+            continue
+        _execute(planned, run_dir, manifest)
+        ran.add(name)
+    return manifest
+
+
+def plan_steps(
+    pipeline: PipelineConfig,
+    run_dir: Path,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+) -> dict[str, PlannedStep]:
+    """Resolve every step: its notebook, papermill parameters, params files and fingerprint."""
+    per_step = split_overrides(overrides, [s.name for s in pipeline.steps])
+    plan = {}
+    for step in pipeline.steps:
+        notebook = notebooks_dir / (
+            step.notebook if step.notebook.endswith(".ipynb") else f"{step.notebook}.ipynb"
+        )
+        if not notebook.is_file():
+            raise ConfigError(
+                f"pipeline {pipeline.name}: step {step.name!r}: notebook not found ({notebook})"
+            )
+        step_overrides = per_step.get(step.name, [])
+        parameters = {**step.params, "run_dir": str(run_dir), "overrides": step_overrides}
+        planned = PlannedStep(step=step, notebook=notebook, parameters=parameters)
+        for key, value in step.params.items():
+            if _is_params_file(value):
+                config = load_config(PROJECT_ROOT / value, overrides=step_overrides)
+                planned.resolved[key] = dump_config(config)
+        planned.fingerprint = _fingerprint(planned)
+        plan[step.name] = planned
+    return plan
+
+
+def split_overrides(
+    overrides: list[str] | tuple[str, ...], steps: list[str]
+) -> dict[str, list[str]]:
+    """Route `STEP.key=value` to that step and `*.key=value` to every step."""
+    routed: dict[str, list[str]] = {}
+    parse_overrides(overrides)  # syntax errors first, with the usual message
+    for item in overrides:
+        target, _, rest = item.partition(".")
+        if target != "*" and target not in steps:
+            raise ConfigError(
+                f"--set {item!r}: prefix the key with a step name ({', '.join(steps)}) or '*' "
+                "for every step, e.g. base.optim.lr=3e-4"
+            )
+        for name in steps if target == "*" else [target]:
+            routed.setdefault(name, []).append(rest)
+    return routed
+
+
+def _is_params_file(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and value.endswith((".yaml", ".yml"))
+        and (PROJECT_ROOT / value).resolve().is_relative_to(PARAMS_DIR)
+    )
+
+
+def _fingerprint(planned: PlannedStep) -> str:
+    payload = {
+        "notebook": hashlib.sha256(planned.notebook.read_bytes()).hexdigest(),
+        "parameters": planned.parameters,
+        "resolved": planned.resolved,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _steps_from(pipeline: PipelineConfig, start: str) -> set[str]:
+    names = [s.name for s in pipeline.steps]
+    return set(names[names.index(start) :])
+
+
+def _open_manifest(run_dir: Path, pipeline_path: Path, pipeline: PipelineConfig) -> dict[str, Any]:
+    path = run_dir / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {"steps": {}}
+    manifest.update(
+        {
+            "run_id": run_dir.name,
+            "pipeline": str(pipeline_path),
+            "pipeline_resolved": pipeline.model_dump(mode="json"),
+            "updated": _now(),
+            **provenance(),
+        }
+    )
+    write_json_atomic(path, manifest)
+    return manifest
+
+
+def _execute(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) -> None:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    name = planned.step.name
+    output = run_dir / "notebooks" / f"{name}.ipynb"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "status": "running",
+        "notebook": str(output.relative_to(run_dir)),
+        "fingerprint": planned.fingerprint,
+        "params": planned.parameters,
+        "resolved": planned.resolved,
+        "started": _now(),
+    }
+    _save_step(run_dir, manifest, name, record)
+    _log(f"[{name}] running {planned.notebook.name}")
+    start = time.perf_counter()
+    try:
+        _configure_papermill_logging()
+        papermill.execute_notebook(
+            str(planned.notebook),
+            str(output),
+            parameters=planned.parameters,
+            cwd=str(PROJECT_ROOT),
+            kernel_name="python3",
+            log_output=True,
+            progress_bar=False,
+        )
+    except PapermillExecutionError as err:
+        record.update(status="failed", seconds=round(time.perf_counter() - start, 2))
+        record["error"] = f"{err.ename}: {err.evalue}"
+        _save_step(run_dir, manifest, name, record)
+        raise StepFailed(
+            f"step {name!r} failed in cell {err.exec_count} of {planned.notebook.name}:\n"
+            f"{err.ename}: {err.evalue}\nexecuted notebook: {output}"
+        ) from None
+    record.update(status="done", seconds=round(time.perf_counter() - start, 2), finished=_now())
+    _save_step(run_dir, manifest, name, record)
+    _log(f"[{name}] done in {record['seconds']:.1f} s")
+
+
+def _save_step(run_dir: Path, manifest: dict[str, Any], name: str, record: dict[str, Any]) -> None:
+    manifest["steps"][name] = dict(record)
+    manifest["updated"] = _now()
+    write_json_atomic(run_dir / MANIFEST, manifest)
+
+
+def _configure_papermill_logging() -> None:
+    logger = logging.getLogger("papermill")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
