@@ -1,0 +1,153 @@
+"""Figures of a run, drawn with seaborn from tidy DataFrames (see tinylab.analysis.runs).
+
+Each function takes the frames that `load_run` returns and gives a matplotlib Figure; `save_figure`
+writes it as PNG and SVG with deterministic bytes (same data, same file), so figures can be
+diffed and cached.
+
+Stage names follow `<phase>[-<variant>]` (base, continual-mathcode, cooldown-chinese, ...): the
+phase gives the background bands, the variant the colour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+PHASE_COLORS = {"base": "#f2f2f2", "continual": "#e3eef9", "cooldown": "#fbeee0"}
+
+
+def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
+    """Write `stem`.png and `stem`.svg with no timestamps or random ids; close the figure."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    with plt.rc_context({"svg.hashsalt": "tinylab", "svg.fonttype": "none"}):
+        fig.savefig(paths[0], dpi=120, metadata={"Software": None}, bbox_inches="tight")
+        fig.savefig(paths[1], metadata={"Date": None, "Creator": None}, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _style() -> None:
+    sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
+
+
+def _phase_bands(ax: plt.Axes, metrics: pd.DataFrame) -> None:
+    """Shade each phase's token span, labelled once at the top."""
+    spans = metrics.groupby("phase", sort=False)["tokens"].agg(["min", "max"])
+    for phase, (start, stop) in spans.iterrows():
+        ax.axvspan(start, stop, color=PHASE_COLORS.get(phase, "#eeeeee"), zorder=0, lw=0)
+        ax.text(
+            start, 1.0, f" {phase}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8
+        )
+
+
+def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.9) -> plt.Figure:
+    """Training loss (raw and EMA), learning rate and gradient norm against tokens, all stages
+    and variants, with phase bands. Needs columns tokens, loss, lr, grad_norm, stage, phase,
+    variant."""
+    _style()
+    frame = metrics.sort_values(["stage", "tokens"]).copy()
+    frame["loss (EMA)"] = frame.groupby("stage")["loss"].transform(
+        lambda s: s.ewm(alpha=1 - ema, adjust=False).mean()
+    )
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True, height_ratios=[3, 1, 1])
+    _phase_bands(axes[0], frame)
+    sns.lineplot(frame, x="tokens", y="loss", hue="variant", units="stage", estimator=None,
+                 alpha=0.25, lw=0.8, legend=False, ax=axes[0])  # fmt: skip
+    sns.lineplot(frame, x="tokens", y="loss (EMA)", hue="variant", units="stage", estimator=None,
+                 ax=axes[0])  # fmt: skip
+    axes[0].set_ylabel("training loss (nats/token)")
+    sns.lineplot(frame, x="tokens", y="lr", hue="variant", units="stage", estimator=None,
+                 legend=False, ax=axes[1])  # fmt: skip
+    sns.lineplot(frame, x="tokens", y="grad_norm", hue="variant", units="stage", estimator=None,
+                 legend=False, ax=axes[2])  # fmt: skip
+    axes[2].set_xlabel("tokens seen (all stages)")
+    fig.tight_layout()
+    return fig
+
+
+def validation_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
+    """Held-out bits per byte of every domain through the stages, one panel per domain. Needs
+    columns tokens, domain, bpb, stage, phase, variant."""
+    _style()
+    domains = sorted(validation["domain"].unique())
+    fig, axes = plt.subplots(1, len(domains), figsize=(3.2 * len(domains), 3.4), sharex=True,
+                             squeeze=False)  # fmt: skip
+    for ax, domain in zip(axes[0], domains, strict=True):
+        part = validation[validation["domain"] == domain].sort_values("tokens")
+        _phase_bands(ax, part)
+        sns.lineplot(part, x="tokens", y="bpb", hue="variant", units="stage", estimator=None,
+                     marker="o", ms=3, ax=ax, legend=ax is axes[0][-1])  # fmt: skip
+        ax.set_title(domain)
+        ax.set_ylabel("bits per byte" if ax is axes[0][0] else "")
+        ax.set_xlabel("tokens seen")
+    fig.tight_layout()
+    return fig
+
+
+def stage_contributions(deltas: pd.DataFrame) -> plt.Figure:
+    """The change each stage causes in every score and domain loss, per variant: a heatmap of
+    signed deltas and bars of the same. Needs columns variant, stage, measure, delta, better
+    ('higher' or 'lower')."""
+    _style()
+    frame = deltas.copy()
+    frame["gain"] = frame["delta"].where(frame["better"] == "higher", -frame["delta"])
+    frame["column"] = frame["variant"] + ": " + frame["stage"]
+    table = frame.pivot_table(index="measure", columns="column", values="gain", sort=False)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(table) + 2.5), width_ratios=[1, 1.2])
+    limit = max(float(table.abs().max().max()), 1e-9)
+    sns.heatmap(table, annot=True, fmt=".3f", cmap="RdBu", vmin=-limit, vmax=limit, center=0,
+                cbar_kws={"label": "improvement (sign: better is +)"}, ax=axes[0])  # fmt: skip
+    axes[0].set_xlabel("")
+    axes[0].set_ylabel("")
+    sns.barplot(frame, y="measure", x="gain", hue="column", ax=axes[1], orient="h")
+    axes[1].axvline(0, color="black", lw=0.8)
+    axes[1].set_xlabel("improvement caused by the stage")
+    axes[1].set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def benchmarks_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame) -> plt.Figure:
+    """Scores per task, ours beside the paper's rows, with a chance line per task. Both frames
+    need columns model, task, score (%), chance (%)."""
+    _style()
+    frame = pd.concat([ours.assign(source="this run"), paper.assign(source="paper")])
+    tasks = list(dict.fromkeys(frame["task"]))
+    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(tasks)), 4.2))
+    sns.barplot(frame, x="task", y="score", hue="model", order=tasks, ax=ax)
+    chance = frame.groupby("task")["chance"].first().reindex(tasks)
+    for i, level in enumerate(chance):
+        ax.hlines(level, i - 0.45, i + 0.45, colors="black", linestyles="--", lw=1)
+    ax.plot([], [], "k--", lw=1, label="chance")
+    ax.legend(fontsize=7, ncols=2, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.set_ylabel("score (%)")
+    ax.set_xlabel("")
+    fig.tight_layout()
+    return fig
+
+
+def throughput(metrics: pd.DataFrame) -> plt.Figure:
+    """Tokens per second and MFU of every stage. Needs columns stage, tokens_per_s, mfu."""
+    _style()
+    frame = metrics.groupby("stage", sort=False)[["tokens_per_s", "mfu"]].median().reset_index()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    sns.barplot(frame, y="stage", x="tokens_per_s", ax=axes[0], orient="h")
+    axes[0].set_xlabel("tokens/s (median over steps)")
+    if frame["mfu"].notna().any():
+        sns.barplot(frame, y="stage", x="mfu", ax=axes[1], orient="h")
+        axes[1].set_xlabel("MFU (median over steps)")
+    else:
+        axes[1].text(0.5, 0.5, "MFU not defined on CPU", ha="center", va="center")
+        axes[1].set_axis_off()
+    axes[0].set_ylabel("")
+    axes[1].set_ylabel("")
+    fig.tight_layout()
+    return fig

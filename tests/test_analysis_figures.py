@@ -1,0 +1,92 @@
+"""tinylab.analysis.figures on small synthetic metrics: they draw, and bytes are deterministic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tinylab.analysis import figures
+from tinylab.analysis.reference import paper_commonsense
+
+STAGES = [  # stage, phase, variant, first token, last token
+    ("base", "base", "base", 0, 1000),
+    ("continual-mathcode", "continual", "mathcode", 1000, 1500),
+    ("continual-chinese", "continual", "chinese", 1000, 1500),
+    ("cooldown-mathcode", "cooldown", "mathcode", 1500, 1800),
+]
+
+
+@pytest.fixture
+def metrics() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for stage, phase, variant, start, stop in STAGES:
+        for tokens in np.linspace(start, stop, 12):
+            rows.append(
+                {
+                    "stage": stage,
+                    "phase": phase,
+                    "variant": variant,
+                    "tokens": tokens,
+                    "loss": 8 - tokens / 400 + rng.normal(0, 0.05),
+                    "lr": 1e-3 * (1 - tokens / 2000),
+                    "grad_norm": 1 + rng.random(),
+                    "tokens_per_s": 5000 + rng.normal(0, 50),
+                    "mfu": None,
+                }  # fmt: skip
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def validation(metrics: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for domain in ("english", "code"):
+        for _, row in metrics.iloc[::4].iterrows():
+            rows.append({**row[["stage", "phase", "variant", "tokens"]], "domain": domain,
+                         "bpb": 3 - row["tokens"] / 1000})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_figures_draw_and_save_deterministically(metrics, validation, tmp_path: Path) -> None:
+    deltas = pd.DataFrame(
+        [
+            {"variant": "mathcode", "stage": "continual", "measure": "code bpb", "delta": -0.2, "better": "lower"},
+            {"variant": "mathcode", "stage": "continual", "measure": "arc_easy", "delta": 0.01, "better": "higher"},
+            {"variant": "mathcode", "stage": "cooldown", "measure": "code bpb", "delta": -0.05, "better": "lower"},
+            {"variant": "mathcode", "stage": "cooldown", "measure": "arc_easy", "delta": -0.02, "better": "higher"},
+        ]
+    )  # fmt: skip
+    ours = pd.DataFrame(
+        [{"model": "demo base", "task": "arc_easy", "score": 30.0, "chance": 25.0},
+         {"model": "demo base", "task": "boolq", "score": 52.0, "chance": 50.0}]
+    )  # fmt: skip
+    paper = paper_commonsense()
+    paper = paper[paper["task"].isin(["arc_easy", "boolq"])]
+    drawings = {
+        "loss": lambda: figures.loss_curves(metrics),
+        "bpb": lambda: figures.validation_bits_per_byte(validation),
+        "contrib": lambda: figures.stage_contributions(deltas),
+        "bench": lambda: figures.benchmarks_vs_paper(ours, paper),
+        "speed": lambda: figures.throughput(metrics),
+    }
+    for name, draw in drawings.items():
+        first = figures.save_figure(draw(), tmp_path / "a" / name)
+        second = figures.save_figure(draw(), tmp_path / "b" / name)
+        for one, two in zip(first, second, strict=True):
+            assert one.stat().st_size > 1000
+            assert one.read_bytes() == two.read_bytes(), f"{one.name} differs between two saves"
+
+
+def test_stage_contribution_sign_follows_better(tmp_path: Path) -> None:
+    deltas = pd.DataFrame(
+        [{"variant": "v", "stage": "s", "measure": "bpb", "delta": -1.0, "better": "lower"},
+         {"variant": "v", "stage": "s", "measure": "acc", "delta": -1.0, "better": "higher"}]
+    )  # fmt: skip
+    fig = figures.stage_contributions(deltas)
+    heat = fig.axes[0]
+    labels = [t.get_text() for t in heat.texts]
+    assert labels == ["1.000", "-1.000"]  # lower bpb is an improvement, lower acc is not
