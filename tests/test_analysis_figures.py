@@ -52,14 +52,16 @@ def validation(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_figures_draw_and_save_deterministically(metrics, validation, tmp_path: Path) -> None:
+    columns = ["variant", "stage", "measure", "delta", "better"]
     deltas = pd.DataFrame(
         [
-            {"variant": "mathcode", "stage": "continual", "measure": "code bpb", "delta": -0.2, "better": "lower"},
-            {"variant": "mathcode", "stage": "continual", "measure": "arc_easy", "delta": 0.01, "better": "higher"},
-            {"variant": "mathcode", "stage": "cooldown", "measure": "code bpb", "delta": -0.05, "better": "lower"},
-            {"variant": "mathcode", "stage": "cooldown", "measure": "arc_easy", "delta": -0.02, "better": "higher"},
-        ]
-    )  # fmt: skip
+            ("mathcode", "continual", "code bpb", -0.2, "lower"),
+            ("mathcode", "continual", "arc_easy", 0.01, "higher"),
+            ("mathcode", "cooldown", "code bpb", -0.05, "lower"),
+            ("mathcode", "cooldown", "arc_easy", -0.02, "higher"),
+        ],
+        columns=columns,
+    )
     ours = pd.DataFrame(
         [{"model": "demo base", "task": "arc_easy", "score": 30.0, "chance": 25.0},
          {"model": "demo base", "task": "boolq", "score": 52.0, "chance": 50.0}]
