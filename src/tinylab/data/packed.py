@@ -1,0 +1,155 @@
+"""Reading prepared data: `PackedData` opens a data folder written by `tinylab.data.prepare`
+(see tinylab/data/pack.py for the layout and the packing policy), checks it against its index,
+and serves windows of seq_len + 1 token ids by (source, index, split).
+
+Trade-off: `open` checks the tokenizer hash and every shard's size (cheap, catches truncation
+and a swapped tokenizer); the full sha256 check of every shard is opt-in (`verify=True`), since
+at full scale it reads terabytes. Shards are memory-mapped on first use, so opening one in every
+rank or loader worker costs nothing.
+
+    data = PackedData.open(Path("outputs/runs/demo/data"))
+    data.window("english", 0)          # (257,) int64
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinylab.data import tokenizer as toks
+from tinylab.data.errors import DataError
+from tinylab.data.files import sha256_file
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+SHARDS_DIR = "shards"
+TOKENIZER_DIR = "tokenizer"
+SPLITS = ("train", "val")
+
+
+class PackedData:
+    """Read access to a prepared data folder: windows by (source, split, index).
+
+    `open` checks the index against the files (tokenizer hash, every shard's size; with
+    `verify=True` also every shard's sha256). Shards are memory-mapped on first use, so a
+    PackedData is cheap to create in each rank or loader worker.
+    """
+
+    def __init__(self, data_dir: Path, index: dict[str, Any]):
+        self.data_dir = Path(data_dir)
+        self.index = index
+        self.seq_len: int = index["seq_len"]
+        self.window_tokens: int = index["window_tokens"]
+        self.dtype = np.dtype(index["dtype"])
+        self.tokenizer_dir = self.data_dir / TOKENIZER_DIR
+        self.sources: dict[str, str] = {n: e["domain"] for n, e in index["sources"].items()}
+        self._maps: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, data_dir: Path, *, verify: bool = False) -> PackedData:
+        """Open and validate `data_dir` (written by `prepare`); DataError names what is wrong."""
+        data_dir = Path(data_dir)
+        index = _load_index(data_dir / INDEX_FILE)
+        _check_tokenizer(data_dir, index)
+        for entry in index["sources"].values():
+            for split in entry["splits"].values():
+                for shard in split["shards"]:
+                    _check_shard(data_dir, shard, index, verify=verify)
+        return cls(data_dir, index)
+
+    def num_windows(self, source: str, split: str = "train") -> int:
+        """Number of whole windows of `source` in `split` ("train" or "val")."""
+        return self._split(source, split)["windows"]
+
+    def window(self, source: str, index: int, split: str = "train") -> np.ndarray:
+        """Window `index` of a source's split: (seq_len + 1,) int64 token ids."""
+        shards, starts = self._shard_table(source, split)
+        total = int(starts[-1])
+        if not 0 <= index < total:
+            raise IndexError(f"{source}/{split}: window {index} out of range [0, {total})")
+        k = int(np.searchsorted(starts, index, side="right")) - 1
+        offset = (index - int(starts[k])) * self.window_tokens
+        tokens = self._map(shards[k]["file"])[offset : offset + self.window_tokens]
+        return tokens.astype(np.int64)
+
+    def bytes_per_token(self, domain: str) -> float:
+        """UTF-8 bytes per token over the held-out documents of `domain` (BOS/EOS counted as
+        tokens, since the model predicts them): bits/byte = nats/token / ln 2 / this."""
+        splits = [
+            e["splits"]["val"] for e in self.index["sources"].values() if e["domain"] == domain
+        ]
+        if not splits:
+            raise DataError(f"domain {domain!r} not in the data; domains: {self.domains}")
+        num_bytes, num_tokens = sum(s["bytes"] for s in splits), sum(s["tokens"] for s in splits)
+        if num_tokens == 0:
+            raise DataError(f"domain {domain!r} has no held-out documents")
+        return num_bytes / num_tokens
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted(set(self.sources.values()))
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.index["tokenizer_sha256"]
+
+    def _split(self, source: str, split: str) -> dict[str, Any]:
+        if source not in self.sources:
+            raise DataError(f"unknown source {source!r}; sources: {sorted(self.sources)}")
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; splits: {list(SPLITS)}")
+        return self.index["sources"][source]["splits"][split]
+
+    def _shard_table(self, source: str, split: str) -> tuple[list[dict], np.ndarray]:
+        shards = self._split(source, split)["shards"]
+        starts = np.cumsum([0] + [s["windows"] for s in shards])
+        return shards, starts
+
+    def _map(self, name: str) -> np.ndarray:
+        if name not in self._maps:
+            path = self.data_dir / SHARDS_DIR / name
+            self._maps[name] = np.memmap(path, dtype=self.dtype, mode="r")
+        return self._maps[name]
+
+
+def _load_index(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(
+            f"{path}: no data index; run `tinylab prepare DATA_YAML --out {path.parent}`"
+        )
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise DataError(f"{path}: not valid JSON ({err}); rerun tinylab prepare") from None
+    if not isinstance(index, dict) or index.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: format_version is not {FORMAT_VERSION}; rerun tinylab prepare")
+    return index
+
+
+def _check_tokenizer(data_dir: Path, index: dict[str, Any]) -> None:
+    actual = toks.tokenizer_hash(data_dir / TOKENIZER_DIR)
+    if actual != index["tokenizer_sha256"]:
+        raise DataError(
+            f"{data_dir / INDEX_FILE}: tokenizer_sha256 = {index['tokenizer_sha256'][:12]}... but "
+            f"{data_dir / TOKENIZER_DIR / toks.TOKENIZER_FILE} hashes to {actual[:12]}...: the "
+            "shards were made with another tokenizer; rerun tinylab prepare"
+        )
+
+
+def _check_shard(data_dir: Path, shard: dict[str, Any], index: dict, *, verify: bool) -> None:
+    path = data_dir / SHARDS_DIR / shard["file"]
+    expected = shard["windows"] * index["window_tokens"] * np.dtype(index["dtype"]).itemsize
+    if not path.is_file():
+        raise DataError(f"{path}: shard listed in index.json is missing; rerun tinylab prepare")
+    size = path.stat().st_size
+    if size != expected:
+        raise DataError(
+            f"{path}: {size} bytes, index.json expects {expected} ({shard['windows']} windows x "
+            f"{index['window_tokens']} tokens x {index['dtype']}): truncated or overwritten; "
+            "rerun tinylab prepare"
+        )
+    if verify and sha256_file(path) != shard["sha256"]:
+        raise DataError(f"{path}: sha256 differs from index.json: corrupt; rerun tinylab prepare")

@@ -1,0 +1,260 @@
+"""tinylab.data.pack: prepare() on local files, the index, idempotent reruns, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _data_fixtures import data_config, make_corpus
+
+from tinylab.config import ConfigError, DataConfig, load_config
+from tinylab.data import DataError, PackedData, prepare, token_dtype
+from tinylab.data.pack import INDEX_FILE, SHARDS_DIR, is_validation
+from tinylab.data.tokenizer import load_fast
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DataConfig]:
+    root = tmp_path_factory.mktemp("corpus")
+    make_corpus(root)
+    cfg = data_config(root)
+    prepare(cfg, root / "data", progress=False)
+    return root, cfg
+
+
+def copy_data(prepared: tuple[Path, DataConfig], tmp_path: Path) -> Path:
+    shutil.copytree(prepared[0] / "data", tmp_path / "data")
+    return tmp_path / "data"
+
+
+def test_windows_are_the_documents_tokens_in_order(prepared) -> None:
+    root, cfg = prepared
+    data = PackedData.open(root / "data", verify=True)
+    tok = load_fast(data.tokenizer_dir)
+    expected: list[int] = []
+    for line in (root / "code.jsonl").read_text().splitlines():
+        text = json.loads(line)["content"]
+        if not is_validation(text, seed=cfg.seed, fraction=cfg.validation_fraction):
+            expected += [1, *tok.encode(text, add_special_tokens=False).ids, 2]
+    got = np.concatenate([data.window("code", i) for i in range(data.num_windows("code"))])
+    assert data.window("code", 0).shape == (17,) and got.dtype == np.int64
+    assert got.tolist() == expected[: len(got)]
+    assert len(expected) - len(got) < 17  # only the tail that fills no window is dropped
+
+
+def test_index_records_dtype_counts_tokenizer_and_checksums(prepared) -> None:
+    root, _ = prepared
+    index = json.loads((root / "data" / INDEX_FILE).read_text())
+    assert index["dtype"] == "uint16" and index["window_tokens"] == 17
+    assert len(index["tokenizer_sha256"]) == 64
+    code = index["sources"]["code"]["splits"]
+    assert code["train"]["documents"] + code["val"]["documents"] == 120
+    assert code["val"]["documents"] > 0
+    shards = code["train"]["shards"]
+    assert len(shards) > 1 and all(len(s["sha256"]) == 64 for s in shards)
+    assert (root / "data" / "data_card.md").read_text().count("| local files") == 2
+
+
+def test_validation_documents_never_reach_training_windows(prepared) -> None:
+    root, cfg = prepared
+    data = PackedData.open(root / "data")
+    tok = load_fast(data.tokenizer_dir)
+    train = np.concatenate([data.window("prose", i) for i in range(data.num_windows("prose"))])
+    train_text = tok.decode(train.tolist())
+    docs = [p.read_text() for p in sorted((root / "prose").glob("*.txt"))]
+    held_out = [
+        d for d in docs if is_validation(d, seed=cfg.seed, fraction=cfg.validation_fraction)
+    ]
+    assert held_out and data.num_windows("prose", "val") > 0
+    for doc in held_out:
+        assert doc.split(":")[0] + ":" not in train_text  # "Doc 17:" marks each document
+    assert 0.5 < data.bytes_per_token("english") < 20
+
+
+def test_worker_count_does_not_change_the_shards(prepared, tmp_path: Path) -> None:
+    root, cfg = prepared
+    cfg2 = data_config(root, num_workers=2)
+    prepare(cfg2, tmp_path / "data", progress=False)
+    one = json.loads((root / "data" / INDEX_FILE).read_text())
+    two = json.loads((tmp_path / "data" / INDEX_FILE).read_text())
+    assert one["sources"]["code"]["splits"] == two["sources"]["code"]["splits"]
+
+
+def test_rerun_reuses_valid_shards(prepared, tmp_path: Path) -> None:
+    data_dir = copy_data(prepared, tmp_path)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (data_dir / SHARDS_DIR).iterdir()}
+    prepare(prepared[1], data_dir, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (data_dir / SHARDS_DIR).iterdir()} == stamps
+
+
+def test_truncated_shard_is_named_then_rebuilt(prepared, tmp_path: Path) -> None:
+    data_dir = copy_data(prepared, tmp_path)
+    shard = sorted((data_dir / SHARDS_DIR).glob("code-train-*.bin"))[1]
+    good = shard.read_bytes()
+    shard.write_bytes(good[:-10])
+    with pytest.raises(DataError, match=f"{shard.name}.*truncated"):
+        PackedData.open(data_dir)
+    other = sorted((data_dir / SHARDS_DIR).glob("code-train-*.bin"))[0]
+    other_stamp = other.stat().st_mtime_ns
+    prepare(prepared[1], data_dir, progress=False)
+    assert shard.read_bytes() == good
+    assert other.stat().st_mtime_ns == other_stamp  # valid shards are not rewritten
+    PackedData.open(data_dir, verify=True)
+
+
+def test_corrupt_shard_fails_verification_then_is_rebuilt(prepared, tmp_path: Path) -> None:
+    data_dir = copy_data(prepared, tmp_path)
+    shard = sorted((data_dir / SHARDS_DIR).glob("prose-train-*.bin"))[0]
+    good = shard.read_bytes()
+    shard.write_bytes(bytes(len(good)))  # same size, wrong bytes
+    PackedData.open(data_dir)  # the size check passes...
+    with pytest.raises(DataError, match=f"{shard.name}.*sha256"):
+        PackedData.open(data_dir, verify=True)  # ...the checksum does not
+    prepare(prepared[1], data_dir, progress=False)
+    assert shard.read_bytes() == good
+
+
+def test_missing_shard_is_named(prepared, tmp_path: Path) -> None:
+    data_dir = copy_data(prepared, tmp_path)
+    shard = sorted((data_dir / SHARDS_DIR).glob("code-val-*.bin"))[0]
+    shard.unlink()
+    with pytest.raises(DataError, match=f"{shard.name}.*missing"):
+        PackedData.open(data_dir)
+
+
+def test_index_that_does_not_match_the_tokenizer(prepared, tmp_path: Path) -> None:
+    data_dir = copy_data(prepared, tmp_path)
+    tokenizer_json = data_dir / "tokenizer" / "tokenizer.json"
+    spec = json.loads(tokenizer_json.read_text())
+    spec["model"]["vocab"]["<0x41>"], spec["model"]["vocab"]["<0x42>"] = 0x42 + 3, 0x41 + 3
+    tokenizer_json.write_text(json.dumps(spec))
+    with pytest.raises(DataError, match="index.json: tokenizer_sha256.*another tokenizer"):
+        PackedData.open(data_dir)
+
+
+def test_missing_index_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="tinylab prepare"):
+        PackedData.open(tmp_path)
+
+
+def test_reader_errors_name_the_source_and_range(prepared) -> None:
+    data = PackedData.open(prepared[0] / "data")
+    with pytest.raises(DataError, match="unknown source 'nope'"):
+        data.num_windows("nope")
+    with pytest.raises(IndexError, match="out of range"):
+        data.window("code", data.num_windows("code"))
+    with pytest.raises(DataError, match="domain 'klingon'"):
+        data.bytes_per_token("klingon")
+
+
+def test_missing_text_field_names_file_line_and_keys(tmp_path: Path) -> None:
+    make_corpus(tmp_path)
+    cfg = data_config(tmp_path)
+    cfg.sources["code"].text_field = "body"
+    with pytest.raises(DataError, match=r"code\.jsonl:1: text_field 'body' missing.*'content'"):
+        prepare(cfg, tmp_path / "data", progress=False)
+
+
+def test_empty_corpus_is_an_error_and_writes_no_index(tmp_path: Path) -> None:
+    make_corpus(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("  \n\n")
+    cfg = data_config(tmp_path)
+    cfg.sources["code"].paths = [f"{tmp_path}/empty/*.txt"]
+    cfg.sources["code"].format = "txt"
+    with pytest.raises(DataError, match="sources.code: empty corpus"):
+        prepare(cfg, tmp_path / "data", progress=False)
+    assert not (tmp_path / "data" / INDEX_FILE).exists()
+
+
+def test_failed_rerun_leaves_a_good_data_folder_intact(prepared, tmp_path: Path) -> None:
+    data_dir = copy_data(prepared, tmp_path)
+    before = (data_dir / INDEX_FILE).read_bytes()
+    cfg = data_config(prepared[0])
+    cfg.sources["code"].text_field = "missing"
+    with pytest.raises(DataError):
+        prepare(cfg, data_dir, progress=False)
+    assert (data_dir / INDEX_FILE).read_bytes() == before
+    PackedData.open(data_dir, verify=True)
+
+
+def test_unknown_source_kind_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "params" / "data" / "bad.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        "tokenizer: {kind: train, vocab_size: 300}\n"
+        "sources: {x: {kind: ftp, domain: english, paths: [a.txt]}}\nseq_len: 8\n"
+    )
+    with pytest.raises(ConfigError, match=r"sources\.x.*ftp"):
+        load_config(path)
+
+
+def test_vocab_too_large_for_uint16_switches_to_uint32(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i + 3 for i in range(70_000)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(str(tmp_path / "big-tokenizer"))
+    (tmp_path / "big.txt").write_text(" ".join(f"w{i}" for i in range(69_990, 70_000)) * 3)
+    cfg = DataConfig.model_validate(
+        {
+            "tokenizer": {"kind": "path", "name_or_path": str(tmp_path / "big-tokenizer")},
+            "sources": {"big": {"kind": "local", "domain": "x", "paths": [f"{tmp_path}/big.txt"]}},
+            "seq_len": 8,
+            "validation_fraction": 0.01,
+            "num_workers": 1,
+        }
+    )
+    data = prepare(cfg, tmp_path / "data", progress=False)
+    assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.uint32
+    assert data.dtype == np.uint32
+    assert data.window("big", 0).tolist()[:3] == [1, 69_993, 69_994]
+
+
+def test_failed_repack_with_a_new_tokenizer_keeps_the_old_folder(tmp_path: Path) -> None:
+    make_corpus(tmp_path)
+    data_dir = tmp_path / "data"
+    prepare(data_config(tmp_path), data_dir, progress=False)
+    before = {p.name: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()}
+    with (tmp_path / "code.jsonl").open("a") as out:
+        out.write(json.dumps({"text": "no content field"}) + "\n")  # read only when packing
+    cfg = data_config(tmp_path, tokenizer={"kind": "train", "vocab_size": 330})
+    cfg.tokenizer.train_bytes_per_source = 1
+    with pytest.raises(DataError, match="code.jsonl:121"):
+        prepare(cfg, data_dir, progress=False)
+    after = {p.name: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()}
+    assert {name: after.get(name) for name in before} == before  # new shards have new names
+    PackedData.open(data_dir, verify=True)
+
+
+def test_bos_policy_needs_a_tokenizer_that_declares_bos(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 2}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(
+        str(tmp_path / "tok")
+    )
+    (tmp_path / "t.txt").write_text("a b " * 50)
+    raw = {
+        "tokenizer": {"kind": "path", "name_or_path": str(tmp_path / "tok")},
+        "sources": {"t": {"kind": "local", "domain": "x", "paths": [f"{tmp_path}/t.txt"]}},
+        "seq_len": 8,
+        "num_workers": 1,
+    }
+    with pytest.raises(DataError, match="add_bos = true but the tokenizer .* no bos_token"):
+        prepare(DataConfig.model_validate(raw), tmp_path / "data", progress=False)
+    data = prepare(
+        DataConfig.model_validate({**raw, "add_bos": False, "add_eos": False}),
+        tmp_path / "data",
+        progress=False,
+    )
+    assert data.index["bos_id"] is None and data.window("t", 0).tolist()[:4] == [1, 2, 1, 2]
