@@ -1,0 +1,58 @@
+"""`python -m tinylab.train`: run one stage from a resolved params file; what torchrun launches.
+
+Parses, builds, runs, exits: 0 when the stage finished, 2 on bad params or input (one readable
+line), 1 on any other failure (traceback).
+
+    torchrun --standalone --nproc-per-node 2 -m tinylab.train \
+        --config RUN/stages/base/resolved.yaml --run-dir RUN
+    python -m tinylab.train --config params/stages/demo/base.yaml --run-dir RUN --set optim.lr=1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tinylab.config import ConfigError, StageConfig, load_config
+from tinylab.train.batching import RandomWindows
+from tinylab.train.loop import run_stage
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tinylab.train", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="stage params (resolved)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="run folder")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="override a key: --set optim.lr=3e-4 (repeatable)",
+    )
+    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument("--progress", action="store_true", help="show a tqdm bar (rank 0)")
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="random tokens instead of <run>/data (throughput benchmarks)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        stage = load_config(args.config, StageConfig, overrides=args.overrides)
+        source = None
+        if args.synthetic:
+            source = RandomWindows(
+                vocab_size=stage.model.vocab_size, seq_len=stage.data.seq_len, seed=stage.seed
+            )
+        run_stage(
+            stage, args.run_dir, resume=not args.no_resume, progress=args.progress, source=source
+        )
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Which windows each rank and micro-batch reads, and where they come from.
+
+Optimizer step s of a stage consumes the stage windows [s*G, (s+1)*G), G = global_batch_tokens
+/ seq_len (the contract with tinylab.data). Rank r of W reads the contiguous block
+[r*G/W, (r+1)*G/W) of them, cut into `accum_steps` micro-batches of `micro_batch_size`. The
+global batch is fixed in tokens by the params, so gradient accumulation is derived:
+accum = G / (micro_batch_size * W), and a combination that does not divide is a ConfigError
+before any compute (the reference code's global batch silently depended on the GPU count).
+Trade-off: the mean loss over all G windows is the same for every (W, micro) split up to float
+rounding, which is what lets a run resume on another world size; a rank's windows are not
+interleaved with its neighbours', which costs nothing since the mixture is already shuffled.
+The mixture's seed mixes the stage seed with the stage name (`sampler_seed`), because windows
+are stage-relative: a continual stage must not re-read its parent's windows in the same order.
+
+    plan = BatchPlan.from_stage(stage, world_size=2, rank=0)
+    plan.micro_windows(first_window=0, micro=3)   # -> range(...) of stage windows
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from tinylab.config import ConfigError, StageConfig
+from tinylab.data import MixtureSampler, PackedData
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step is split among ranks and micro-batches."""
+
+    seq_len: int
+    micro_batch_size: int
+    windows_per_step: int
+    world_size: int
+    rank: int
+
+    @classmethod
+    def from_stage(cls, stage: StageConfig, *, world_size: int, rank: int = 0) -> BatchPlan:
+        """The plan for `stage` on `world_size` ranks; ConfigError if the batch does not split."""
+        seq_len, micro = stage.data.seq_len, stage.micro_batch_size
+        per_round = micro * seq_len * world_size
+        if stage.global_batch_tokens % per_round:
+            raise ConfigError(
+                f"stage {stage.name!r}: global_batch_tokens = {stage.global_batch_tokens} is not "
+                f"a multiple of micro_batch_size x seq_len x world_size = {micro} x {seq_len} x "
+                f"{world_size} = {per_round}; change global_batch_tokens, micro_batch_size or "
+                "the number of processes"
+            )
+        return cls(seq_len, micro, stage.global_batch_tokens // seq_len, world_size, rank)
+
+    @property
+    def accum_steps(self) -> int:
+        """Micro-batches per rank per optimizer step."""
+        return self.windows_per_step // (self.micro_batch_size * self.world_size)
+
+    @property
+    def step_tokens(self) -> int:
+        return self.windows_per_step * self.seq_len
+
+    def micro_windows(self, first_window: int, micro: int) -> range:
+        """Stage windows of micro-batch `micro` of this rank, for a step starting at
+        `first_window`."""
+        per_rank = self.micro_batch_size * self.accum_steps
+        start = first_window + self.rank * per_rank + micro * self.micro_batch_size
+        return range(start, start + self.micro_batch_size)
+
+
+class WindowSource(Protocol):
+    """What the trainer reads: stage windows, held-out windows per domain, and text stats."""
+
+    seq_len: int
+    tokenizer_dir: Path | None
+
+    def train(self, windows: range) -> np.ndarray: ...  # (len, seq_len + 1) int64
+
+    def realized(self, start: int, stop: int) -> dict[str, float]: ...
+
+    def validation(self, max_windows: int) -> dict[str, list[tuple[str, int]]]: ...
+
+    def val_window(self, source: str, index: int) -> np.ndarray: ...
+
+    def bytes_per_token(self, domain: str) -> float: ...
+
+
+class MixtureWindows:
+    """Stage windows of a prepared data folder, drawn through the stage's mixture."""
+
+    def __init__(self, data: PackedData, stage: StageConfig):
+        if data.seq_len != stage.data.seq_len:
+            raise ConfigError(
+                f"stage {stage.name!r}: data.seq_len = {stage.data.seq_len}, but the prepared "
+                f"data in {data.data_dir} has seq_len {data.seq_len}; prepare it again"
+            )
+        vocab = data.index.get("vocab_size", 0)
+        if vocab > stage.model.vocab_size:
+            raise ConfigError(
+                f"stage {stage.name!r}: the tokenizer in {data.data_dir} has {vocab} tokens, more "
+                f"than model.vocab_size = {stage.model.vocab_size}; use a model with a larger "
+                "vocabulary or a smaller tokenizer"
+            )
+        self.data, self.seq_len, self.tokenizer_dir = data, data.seq_len, data.tokenizer_dir
+        self.sampler = MixtureSampler(
+            stage.mixture,
+            num_windows={s: data.num_windows(s, "train") for s in data.sources},
+            seq_len=data.seq_len,
+            seed=sampler_seed(stage),
+            ramp=stage.ramp,
+            max_tokens=stage.max_tokens,
+        )
+
+    def train(self, windows: range) -> np.ndarray:
+        sources, indices = self.sampler.take(windows.start, windows.stop)
+        names = self.sampler.names
+        return np.stack(
+            [self.data.window(names[s], int(i)) for s, i in zip(sources, indices, strict=True)]
+        )
+
+    def realized(self, start: int, stop: int) -> dict[str, float]:
+        return self.sampler.realized(start, stop)
+
+    def validation(self, max_windows: int) -> dict[str, list[tuple[str, int]]]:
+        """Up to `max_windows` held-out windows per domain, spread evenly over each source."""
+        refs: dict[str, list[tuple[str, int]]] = {}
+        for domain in self.data.domains:
+            names = sorted(s for s, d in self.data.sources.items() if d == domain)
+            per_source = -(-max_windows // len(names))
+            picked = [
+                (name, int(i))
+                for name in names
+                for i in _spread(self.data.num_windows(name, "val"), per_source)
+            ]
+            if picked:
+                refs[domain] = picked[:max_windows]
+        return refs
+
+    def val_window(self, source: str, index: int) -> np.ndarray:
+        return self.data.window(source, index, "val")
+
+    def bytes_per_token(self, domain: str) -> float:
+        return self.data.bytes_per_token(domain)
+
+
+class RandomWindows:
+    """Uniform random tokens, a pure function of (seed, window): for throughput benchmarks."""
+
+    tokenizer_dir = None
+
+    def __init__(self, *, vocab_size: int, seq_len: int, seed: int):
+        self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
+
+    def train(self, windows: range) -> np.ndarray:
+        rows = [np.random.default_rng([self.seed, w]) for w in windows]
+        return np.stack([r.integers(0, self.vocab_size, self.seq_len + 1) for r in rows])
+
+    def realized(self, start: int, stop: int) -> dict[str, float]:
+        return {"random": 1.0}
+
+    def validation(self, max_windows: int) -> dict[str, list[tuple[str, int]]]:
+        return {}
+
+    def val_window(self, source: str, index: int) -> np.ndarray:
+        raise KeyError(source)
+
+    def bytes_per_token(self, domain: str) -> float:
+        raise KeyError(domain)
+
+
+def open_windows(run_dir: Path, stage: StageConfig) -> MixtureWindows:
+    """The stage's windows from `<run>/data` (written by `tinylab.data.prepare`)."""
+    data_dir = Path(run_dir) / "data"
+    if not (data_dir / "index.json").is_file():
+        raise ConfigError(
+            f"stage {stage.name!r}: no prepared data in {data_dir}; run "
+            f"`tinylab prepare <data params> --out {data_dir}` first"
+        )
+    return MixtureWindows(PackedData.open(data_dir), stage)
+
+
+def sampler_seed(stage: StageConfig) -> int:
+    """The mixture's seed: the stage seed mixed with the stage name, so a continual stage does
+    not re-read its parent's windows in the parent's order (windows are stage-relative)."""
+    return stage.seed ^ zlib.crc32(stage.name.encode("utf-8"))
+
+
+def to_batch(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs w[:, :-1] and targets w[:, 1:] of a (batch, seq_len + 1) window array."""
+    tokens = torch.from_numpy(windows)
+    if device.type == "cuda":
+        tokens = tokens.pin_memory().to(device, non_blocking=True)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """Up to k indices spread evenly over range(n)."""
+    if n <= k:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})

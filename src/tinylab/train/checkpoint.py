@@ -1,0 +1,215 @@
+"""Checkpoints: a TrainState saved and restored whole, atomically, on any world size.
+
+A checkpoint is a folder `checkpoints/step-XXXXXXXX/` (XXXXXXXX = optimizer steps since the first
+stage) holding the model and AdamW state as torch.distributed.checkpoint (DCP) shards, one RNG
+file per rank, and `meta.json` (the TrainState counters, the model config, the world size,
+whether the stage finished). All ranks write into `step-XXXXXXXX.tmp/`; rank 0 adds meta.json
+last and renames the folder into place, then points `checkpoints/latest` at it and deletes all
+but the newest `keep_last`. A crash at any moment leaves either the old or the new checkpoint
+complete; a leftover `.tmp` folder is ignored and removed on the next start.
+
+Trade-off: DCP stores every tensor with its global shape and offsets, so a checkpoint written by
+2 ranks loads on 1 (or 8) without a conversion step, at the price of one file per rank and a
+planning collective on save; the HF export at the end of a stage is the portable format.
+
+    ls outputs/runs/demo/stages/base/checkpoints/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from tinylab.config import ConfigError, ModelConfig
+from tinylab.train.parallel import Distributed
+
+PREFIX, TMP_SUFFIX, META, LATEST = "step-", ".tmp", "meta.json", "latest"
+# Fields that fix tensor shapes: a checkpoint loads only into a model that agrees on all of them.
+SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "tie_word_embeddings",
+)
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the model and optimizer, define where training is."""
+
+    step: int = 0  # optimizer steps since the first stage (schedule position)
+    tokens: int = 0  # tokens since the first stage: what lr_at reads
+    stage_step: int = 0  # optimizer steps in this stage
+    stage_tokens: int = 0  # tokens in this stage: stage window = stage_tokens // seq_len
+
+
+def step_dir(folder: Path, step: int) -> Path:
+    return Path(folder) / f"{PREFIX}{step:08d}"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints in `folder` (those with meta.json), oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [
+        p
+        for p in folder.glob(f"{PREFIX}*")
+        if p.is_dir() and not p.name.endswith(TMP_SUFFIX) and (p / META).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / META).read_text())
+
+
+def remove_partial(folder: Path) -> None:
+    """Delete `.tmp` folders left by a save that was interrupted (rank 0 only)."""
+    for tmp in Path(folder).glob(f"{PREFIX}*{TMP_SUFFIX}"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_model(path: Path, model: ModelConfig) -> None:
+    """ConfigError when the checkpoint was written for a model of another shape."""
+    saved = read_meta(path)["model"]
+    diffs = [
+        f"{k}: {saved.get(k)} in the checkpoint, {getattr(model, k)} now"
+        for k in SHAPE_FIELDS
+        if saved.get(k) != getattr(model, k)
+    ]
+    if diffs:
+        raise ConfigError(
+            f"checkpoint {path} was written for a model of another shape ({'; '.join(diffs)}); "
+            "use the same model params, a new run folder, or resume=False to start over"
+        )
+
+
+def save_checkpoint(
+    folder: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    model_cfg: ModelConfig,
+    finished: bool,
+    keep_last: int,
+    ctx: Distributed,
+    before_commit=None,
+) -> Path:
+    """Write a checkpoint of `state` atomically; returns its folder. Collective on all ranks.
+    `before_commit` (tests) runs after the shards are written and before the rename."""
+    final = step_dir(folder, state.step)
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    if ctx.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    ctx.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    alone = ctx.world_size == 1
+    with _single_process_ok():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, no_dist=alone)
+    torch.save(rng_state(), tmp / f"rng-{ctx.rank:05d}.pt")
+    ctx.barrier()
+    if before_commit is not None:
+        before_commit()
+    if ctx.is_main:
+        meta = {
+            "state": asdict(state),
+            "model": model_cfg.model_dump(mode="json"),
+            "world_size": ctx.world_size,
+            "finished": finished,
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _write_latest(Path(folder), final.name)
+        for old in list_checkpoints(folder)[:-keep_last]:
+            shutil.rmtree(old)
+    ctx.barrier()
+    return final
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    ctx: Distributed,
+    restore_rng: bool = True,
+) -> TrainState:
+    """Load model (and optimizer, and this rank's RNG) from `path`; returns its TrainState."""
+    path, alone = Path(path), ctx.world_size == 1
+    if optimizer is None:
+        model_sd = get_model_state_dict(model)
+        with _single_process_ok():
+            dcp.load({"model": model_sd}, checkpoint_id=path, no_dist=alone)
+        set_model_state_dict(model, model_sd)
+    else:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        with _single_process_ok():
+            dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path, no_dist=alone)
+        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+    rng_file = path / f"rng-{ctx.rank:05d}.pt"
+    if restore_rng and rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return TrainState(**read_meta(path)["state"])
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG this process may draw from."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(saved: dict[str, Any]) -> None:
+    random.setstate(saved["python"])
+    np.random.set_state(saved["numpy"])
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+def _write_latest(folder: Path, name: str) -> None:
+    tmp = folder / (LATEST + TMP_SUFFIX)
+    tmp.write_text(name + "\n")
+    tmp.replace(folder / LATEST)
+
+
+@contextlib.contextmanager
+def _single_process_ok():
+    """DCP warns on every single-process save/load, which is what world size 1 means here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield

@@ -1,0 +1,157 @@
+"""Launch a stage from a notebook or the CLI: in this process for one process, else torchrun.
+
+With `nproc == 1` the stage runs in the caller's process (a notebook kernel shows a live
+tqdm bar). With `nproc > 1` it writes the resolved params into the stage folder, starts
+`python -m torch.distributed.run --standalone --nproc-per-node N -m tinylab.train ...` as a
+subprocess, streams its log, drives a progress bar from the metrics file it writes, and reads the
+result from disk. Trade-off: one node only (multi-node jobs go through `tinylab submit`), in
+exchange for no launcher state in the notebook.
+
+    from tinylab.train import train_stage
+    train_stage("params/stages/demo/base.yaml", "outputs/runs/demo", nproc=2)
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+
+from pydantic import ValidationError
+from tqdm.auto import tqdm
+
+from tinylab.config import (
+    PROJECT_ROOT,
+    ConfigError,
+    StageConfig,
+    apply_overrides,
+    dump_config,
+    format_validation_error,
+    load_config,
+    project_path,
+)
+from tinylab.train.batching import BatchPlan
+from tinylab.train.loop import RESOLVED_FILE, StageResult, run_stage
+
+
+def train_stage(
+    stage_params: str | Path | StageConfig,
+    run_dir: str | Path,
+    *,
+    nproc: int = 1,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: bool = True,
+    progress: bool = True,
+) -> StageResult:
+    """Train a stage (params file or loaded config) in `run_dir` on `nproc` local processes.
+    Relative paths are resolved against the project root, so notebooks/ and the root agree."""
+    stage = load_stage(stage_params, overrides)
+    run_dir = project_path(run_dir)
+    if nproc < 1:
+        raise ValueError(f"nproc = {nproc}: must be >= 1")
+    if nproc == 1:
+        return run_stage(stage, run_dir, resume=resume, progress=progress)
+    BatchPlan.from_stage(stage, world_size=nproc)  # an indivisible batch fails before launching
+    stage_dir = run_dir / "stages" / stage.name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    config = stage_dir / RESOLVED_FILE
+    config.write_text(dump_config(stage))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "tinylab.train",
+        "--config",
+        str(config),
+        "--run-dir",
+        str(run_dir),
+    ] + ([] if resume else ["--no-resume"])
+    stream_subprocess(command, stage_dir / "metrics.jsonl", stage=stage, progress=progress)
+    return StageResult.read(stage_dir)
+
+
+def load_stage(stage_params: str | Path | StageConfig, overrides=()) -> StageConfig:
+    """A StageConfig from a params path (relative to the project root) or a loaded one, with
+    dotted overrides applied."""
+    if not isinstance(stage_params, StageConfig):
+        return load_config(project_path(stage_params), StageConfig, overrides=list(overrides))
+    if not overrides:
+        return stage_params
+    data = apply_overrides(stage_params.model_dump(mode="json"), list(overrides))
+    try:
+        return StageConfig.model_validate(data)
+    except ValidationError as err:
+        source = f"stage {stage_params.name!r} with --set {' '.join(overrides)}"
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def stream_subprocess(
+    command: list[str], metrics: Path, *, stage: StageConfig, progress: bool
+) -> None:
+    """Run `command`, echo its output lines, advance a bar from `metrics`; raise on failure."""
+    total = -(-stage.max_tokens // stage.global_batch_tokens)
+    lines: queue.Queue[str | None] = queue.Queue()
+    tail: deque[str] = deque(maxlen=30)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        cwd=PROJECT_ROOT,
+    )
+    reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
+    reader.start()
+    bar = tqdm(total=total, desc=stage.name, unit="step", disable=not progress)
+    done = False
+    while not done:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            line = ""
+        if line is None:
+            done = True
+        elif line:
+            tail.append(line.rstrip())
+            tqdm.write(line.rstrip())
+        bar.n = _last_stage_step(metrics)
+        bar.refresh()
+    bar.close()
+    code = proc.wait()
+    if code != 0:
+        raise RuntimeError(
+            f"torchrun exited with code {code} training stage {stage.name!r}; last output:\n"
+            + "\n".join(tail)
+        )
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _last_stage_step(metrics: Path) -> int:
+    """The stage step of the last training line of a metrics file (0 if none yet)."""
+    try:
+        with metrics.open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 65536))
+            text = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return 0
+    for line in reversed(text.splitlines()):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("kind") == "train":
+            return int(record["stage_step"])
+    return 0

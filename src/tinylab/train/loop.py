@@ -1,0 +1,518 @@
+"""The stage runner: one `fit()` for all stages; base, continual and cooldown differ only in params.
+
+A stage trains `max_tokens` tokens of its mixture in optimizer steps of `global_batch_tokens`,
+starting from scratch, from its own latest checkpoint (resume), or from its parent stage's last
+checkpoint (`init_from`, carrying weights / optimizer state / schedule position as the params
+say). Each step: read this rank's micro-batches, forward + backward each, clip, stop on a
+non-finite loss, set the LR from tokens seen, AdamW step; then a metrics line, maybe a
+per-domain validation, maybe a checkpoint. At the end: a final checkpoint and an HF export.
+
+Trade-off: everything that defines the next step (weights, AdamW state, step and token counters,
+RNG; data position = stage tokens / seq_len) is in the checkpoint and nothing else, so a run
+killed at any point and resumed is bitwise identical on CPU, at the cost of a synchronous save.
+
+    tinylab train params/stages/demo/base.yaml --run-dir outputs/runs/demo [--nproc 2]
+    torchrun --nproc-per-node 2 -m tinylab.train --config resolved.yaml --run-dir RUN
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from tqdm.auto import tqdm
+
+from tinylab.config import ConfigError, OptimConfig, StageConfig, dump_config
+from tinylab.model import build_model, flops_per_token, save_hf
+from tinylab.train.batching import BatchPlan, WindowSource, open_windows, to_batch
+from tinylab.train.checkpoint import (
+    TrainState,
+    check_model,
+    latest_checkpoint,
+    load_checkpoint,
+    read_meta,
+    remove_partial,
+    save_checkpoint,
+)
+from tinylab.train.metrics import MetricsLog, mfu, peak_flops, peak_memory_bytes, read_metrics
+from tinylab.train.parallel import (
+    Distributed,
+    autocast,
+    grad_norm_and_clip,
+    init_distributed,
+    parallelize,
+    shutdown,
+)
+from tinylab.train.schedule import lr_at
+
+RESULT_FILE, RESOLVED_FILE = "result.json", "resolved.yaml"
+# Fault injection for the resume tests: "kill-after-step:5,kill-in-save:8,nan-at-step:3".
+FAULT_ENV = "TINYLAB_FAULT"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class StageResult:
+    """What a finished stage left on disk, and its headline numbers."""
+
+    stage: str
+    stage_dir: Path
+    step: int
+    tokens: int
+    stage_tokens: int
+    final_loss: float | None
+    wall_s: float
+    checkpoint: Path | None
+    hf_dir: Path | None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.stage_dir / "metrics.jsonl"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        )
+
+    @classmethod
+    def read(cls, stage_dir: Path) -> StageResult:
+        data = json.loads((Path(stage_dir) / RESULT_FILE).read_text())
+        for key in ("stage_dir", "checkpoint", "hf_dir"):
+            data[key] = Path(data[key]) if data[key] is not None else None
+        return cls(**data)
+
+
+def run_stage(
+    stage: StageConfig,
+    run_dir: Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    source: WindowSource | None = None,
+) -> StageResult:
+    """Train one stage in `run_dir` (this process, or one rank of a torchrun job)."""
+    ctx = init_distributed(stage.parallel)
+    try:
+        return fit(stage, Path(run_dir), ctx=ctx, resume=resume, progress=progress, source=source)
+    finally:
+        shutdown(ctx)
+
+
+def fit(
+    stage: StageConfig,
+    run_dir: Path,
+    *,
+    ctx: Distributed,
+    resume: bool,
+    progress: bool,
+    source: WindowSource | None,
+) -> StageResult:
+    """The training loop of one stage (see the module docstring)."""
+    started = time.perf_counter()
+    plan = BatchPlan.from_stage(stage, world_size=ctx.world_size, rank=ctx.rank)
+    stage_dir = run_dir / "stages" / stage.name
+    ckpt_dir = stage_dir / "checkpoints"
+    own, parent = find_start(stage, run_dir, ckpt_dir, resume=resume)
+    source = source or open_windows(run_dir, stage)
+    prepare_stage_dir(stage, stage_dir, fresh=own is None, ctx=ctx)
+    model, optimizer = build(stage, ctx)
+    state = restore(stage, model, optimizer, own=own, parent=parent, ctx=ctx)
+    metrics = MetricsLog(
+        stage_dir / "metrics.jsonl", enabled=ctx.is_main, tensorboard=stage.tensorboard
+    )
+    metrics.rewind(state.step if own is not None else None)
+    num_steps = math.ceil(stage.max_tokens / stage.global_batch_tokens)
+    flops, peak = flops_per_token(stage.model, plan.seq_len), peak_flops(stage.parallel, ctx.device)
+    say = _printer(ctx)
+    say(
+        f"[{stage.name}] {describe_start(own, parent, state)}; {num_steps} steps of "
+        f"{plan.step_tokens:,} tokens ({ctx.world_size} x {plan.accum_steps} x "
+        f"{plan.micro_batch_size} x {plan.seq_len}) on {ctx.device.type}"
+    )
+    if own is None:
+        maybe_validate(model, source, plan, stage, state, metrics, ctx, force=True, say=say)
+    saved = own if own is not None and state.stage_step >= num_steps else None
+    bar = tqdm(total=num_steps, initial=state.stage_step, desc=stage.name, unit="step",
+               disable=not (progress and ctx.is_main), dynamic_ncols=True)  # fmt: skip
+    loss = None
+    while state.stage_step < num_steps:
+        tick = time.perf_counter()
+        first_window = state.stage_tokens // plan.seq_len
+        loss = forward_backward(model, source, plan, first_window, stage=stage, ctx=ctx)
+        grad_norm = grad_norm_and_clip(model, stage.optim.grad_clip)
+        if _fault("nan-at-step", state.step + 1):
+            loss = loss * float("nan")
+        ensure_finite(loss, grad_norm, stage=stage, state=state, ckpt_dir=ckpt_dir)
+        lr = lr_at(state.tokens + plan.step_tokens, stage.optim, stage.schedule)
+        optimizer_step(optimizer, lr)
+        state = advance(state, plan)
+        _fault("kill-after-step", state.step)
+        seconds = time.perf_counter() - tick
+        finished = state.stage_step == num_steps
+        if finished or state.stage_step % stage.log_every_steps == 0:
+            record = train_record(state, loss, lr, grad_norm, seconds, plan, flops, peak, ctx)
+            record["mixture"] = source.realized(first_window, first_window + plan.windows_per_step)
+            metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}",
+                            tok_s=f"{record['tokens_per_s']:,.0f}")  # fmt: skip
+        _fault("kill-after-log", state.step)
+        maybe_validate(model, source, plan, stage, state, metrics, ctx, force=finished, say=say)
+        if (finished and stage.checkpoint.at_end) or (
+            state.stage_step % stage.checkpoint.every_steps == 0
+        ):
+            saved = save_checkpoint(
+                ckpt_dir, model=model, optimizer=optimizer, state=state, model_cfg=stage.model,
+                finished=finished, keep_last=stage.checkpoint.keep_last, ctx=ctx,
+                before_commit=lambda s=state.step: _fault("kill-in-save", s),
+            )  # fmt: skip
+        bar.update(1)
+    bar.close()
+    metrics.close()
+    hf_dir = maybe_export(model, stage, stage_dir, source, ctx, trained=loss is not None)
+    result = StageResult(
+        stage.name, stage_dir, state.step, state.tokens, state.stage_tokens,
+        final_loss(loss, stage_dir, ctx), time.perf_counter() - started, saved, hf_dir,
+    )  # fmt: skip
+    if ctx.is_main:
+        (stage_dir / RESULT_FILE).write_text(result.to_json() + "\n")
+    say(f"[{stage.name}] done: step {state.step}, loss {result.final_loss}, {result.wall_s:.1f} s")
+    return result
+
+
+def find_start(
+    stage: StageConfig, run_dir: Path, ckpt_dir: Path, *, resume: bool
+) -> tuple[Path | None, Path | None]:
+    """(own checkpoint to resume, parent checkpoint to start from); loud errors, no compute."""
+    own = latest_checkpoint(ckpt_dir) if resume else None
+    if own is not None:
+        check_model(own, stage.model)
+        return own, None
+    if stage.init_from is None:
+        return None, None
+    parent_dir = run_dir / "stages" / stage.init_from.stage / "checkpoints"
+    parent = latest_checkpoint(parent_dir)
+    if parent is None:
+        raise ConfigError(
+            f"stage {stage.name!r} starts from stage {stage.init_from.stage!r} (init_from), but "
+            f"{parent_dir} holds no checkpoint; train stage {stage.init_from.stage!r} in this "
+            "run folder first"
+        )
+    meta = read_meta(parent)
+    if not meta["finished"]:
+        raise ConfigError(
+            f"stage {stage.name!r} starts from stage {stage.init_from.stage!r}, whose last "
+            f"checkpoint ({parent.name}) is not the end of that stage; finish it first"
+        )
+    if "weights" in stage.init_from.carry:
+        check_model(parent, stage.model)
+    return None, parent
+
+
+def prepare_stage_dir(
+    stage: StageConfig, stage_dir: Path, *, fresh: bool, ctx: Distributed
+) -> None:
+    """Create the stage folder, write the resolved params; a fresh start clears old output."""
+    if ctx.is_main:
+        ckpt_dir = stage_dir / "checkpoints"
+        if fresh and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial(ckpt_dir)
+        (stage_dir / RESULT_FILE).unlink(missing_ok=True)
+        (stage_dir / RESOLVED_FILE).write_text(dump_config(stage))
+    ctx.barrier()
+
+
+def build(stage: StageConfig, ctx: Distributed) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model (TinyLlama init from the stage seed, then parallelized) and its AdamW."""
+    random.seed(stage.seed)
+    np.random.seed(stage.seed % 2**32)
+    torch.manual_seed(stage.seed)
+    model = build_model(stage.model, device=ctx.device, seed=stage.seed)
+    model = parallelize(model, stage.parallel, ctx)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=0.0,
+        betas=stage.optim.betas,
+        eps=stage.optim.eps,
+        weight_decay=stage.optim.weight_decay,
+        fused=ctx.device.type == "cuda",
+    )
+    return model, optimizer
+
+
+def restore(
+    stage: StageConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    own: Path | None,
+    parent: Path | None,
+    ctx: Distributed,
+) -> TrainState:
+    """Load the stage's own checkpoint whole, or what `init_from.carry` names from the parent."""
+    state = TrainState()
+    if own is not None:
+        state = load_checkpoint(own, model=model, optimizer=optimizer, ctx=ctx)
+    elif parent is not None:
+        carry = stage.init_from.carry
+        if "weights" in carry:
+            parent_state = load_checkpoint(
+                parent,
+                model=model,
+                optimizer=optimizer if "optimizer" in carry else None,
+                ctx=ctx,
+                restore_rng=False,
+            )
+        else:
+            parent_state = TrainState(**read_meta(parent)["state"])
+        if "schedule" in carry:
+            state = TrainState(step=parent_state.step, tokens=parent_state.tokens)
+    set_hyperparameters(optimizer, stage.optim)
+    return state
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> None:
+    """The stage's AdamW settings win over those stored with a carried optimizer state."""
+    for group in optimizer.param_groups:
+        group.update(betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+
+
+def forward_backward(
+    model: nn.Module,
+    source: WindowSource,
+    plan: BatchPlan,
+    first_window: int,
+    *,
+    stage: StageConfig,
+    ctx: Distributed,
+) -> torch.Tensor:
+    """Accumulate gradients of this rank's micro-batches; returns the step's mean loss."""
+    total = torch.zeros((), device=ctx.device)
+    for micro in range(plan.accum_steps):
+        inputs, targets = to_batch(
+            source.train(plan.micro_windows(first_window, micro)), ctx.device
+        )
+        with autocast(stage.parallel, ctx):
+            loss = model(input_ids=inputs, labels=targets, shift_labels=targets).loss
+        (loss / plan.accum_steps).backward()
+        total += loss.detach()
+    return ctx.mean(total / plan.accum_steps)
+
+
+def ensure_finite(
+    loss: torch.Tensor,
+    grad_norm: torch.Tensor,
+    *,
+    stage: StageConfig,
+    state: TrainState,
+    ckpt_dir: Path,
+) -> None:
+    """Stop before the optimizer step when the loss or gradient norm is NaN or inf."""
+    if math.isfinite(float(loss)) and math.isfinite(float(grad_norm)):
+        return
+    last = latest_checkpoint(ckpt_dir)
+    raise NonFiniteLossError(
+        f"stage {stage.name!r}: loss = {float(loss)}, grad norm = {float(grad_norm)} at step "
+        f"{state.step + 1} (tokens {state.tokens:,}); stopped before the optimizer step. The "
+        f"last good checkpoint is {last or 'none (nothing saved yet)'}; lower optim.lr or "
+        "check the data, then resume"
+    )
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def advance(state: TrainState, plan: BatchPlan) -> TrainState:
+    return TrainState(
+        step=state.step + 1,
+        tokens=state.tokens + plan.step_tokens,
+        stage_step=state.stage_step + 1,
+        stage_tokens=state.stage_tokens + plan.step_tokens,
+    )
+
+
+def train_record(
+    state: TrainState,
+    loss: torch.Tensor,
+    lr: float,
+    grad_norm: torch.Tensor,
+    seconds: float,
+    plan: BatchPlan,
+    flops: int,
+    peak: float | None,
+    ctx: Distributed,
+) -> dict:
+    """The metrics line of one optimizer step (metrics.py documents the fields)."""
+    tokens_per_s = plan.step_tokens / seconds
+    return {
+        "kind": "train", "step": state.step, "stage_step": state.stage_step,
+        "tokens": state.tokens, "stage_tokens": state.stage_tokens, "loss": float(loss),
+        "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s,
+        "step_s": seconds, "mfu": mfu(tokens_per_s, flops, peak, ctx.world_size),
+        "peak_mem_bytes": peak_memory_bytes(ctx.device),
+    }  # fmt: skip
+
+
+def maybe_validate(
+    model: nn.Module,
+    source: WindowSource,
+    plan: BatchPlan,
+    stage: StageConfig,
+    state: TrainState,
+    metrics: MetricsLog,
+    ctx: Distributed,
+    *,
+    force: bool,
+    say,
+) -> None:
+    """Per-domain held-out loss and bits per byte on the validation cadence (or when forced)."""
+    if not force and state.stage_step % stage.validation.every_steps:
+        return
+    domains = validate(model, source, plan, stage, ctx)
+    if domains:
+        metrics.write(
+            {
+                "kind": "val",
+                "step": state.step,
+                "tokens": state.tokens,
+                "stage_step": state.stage_step,
+                "domains": domains,
+            }
+        )
+        say(
+            f"[{stage.name}] step {state.step} val "
+            + ", ".join(f"{d} {v['loss']:.3f} ({v['bpb']:.3f} bpb)" for d, v in domains.items())
+        )
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    source: WindowSource,
+    plan: BatchPlan,
+    stage: StageConfig,
+    ctx: Distributed,
+) -> dict[str, dict[str, float]]:
+    """Mean loss (nats/token) and bits per byte per domain over its held-out windows. Ranks
+    split the windows and run the same number of forwards (FSDP needs every rank in each)."""
+    model.eval()
+    results = {}
+    for domain, refs in source.validation(stage.validation.max_windows).items():
+        share = math.ceil(len(refs) / ctx.world_size)
+        mine = refs[ctx.rank :: ctx.world_size]
+        padded = mine + [refs[0]] * (share - len(mine))
+        weights = torch.tensor([1.0] * len(mine) + [0.0] * (share - len(mine)), dtype=torch.float64)
+        losses = []
+        for start in range(0, share, plan.micro_batch_size):
+            chunk = padded[start : start + plan.micro_batch_size]
+            windows = np.stack([source.val_window(name, index) for name, index in chunk])
+            inputs, targets = to_batch(windows, ctx.device)
+            with autocast(stage.parallel, ctx):
+                logits = model(input_ids=inputs).logits
+            per_token = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), reduction="none"
+            )
+            losses.append(per_token.view(len(chunk), -1).mean(1).double().cpu())
+        summed = (
+            (torch.cat(losses) * weights).sum() if losses else torch.zeros((), dtype=torch.float64)
+        )
+        total = ctx.sum(torch.stack([summed, weights.sum()]).to(ctx.device)).cpu()
+        loss = float(total[0] / total[1])
+        results[domain] = {
+            "loss": loss,
+            "bpb": loss / math.log(2) / source.bytes_per_token(domain),
+            "windows": int(total[1]),
+        }
+    model.train()
+    return results
+
+
+def maybe_export(
+    model: nn.Module,
+    stage: StageConfig,
+    stage_dir: Path,
+    source: WindowSource,
+    ctx: Distributed,
+    *,
+    trained: bool,
+) -> Path | None:
+    """The HF export of the stage, unless off, or already there and nothing was trained now."""
+    if not stage.export_hf:
+        return None
+    if not trained and (stage_dir / "hf" / "config.json").is_file():
+        return stage_dir / "hf"
+    return export_hf(model, stage, stage_dir, source, ctx)
+
+
+def export_hf(
+    model: nn.Module, stage: StageConfig, stage_dir: Path, source: WindowSource, ctx: Distributed
+) -> Path | None:
+    """Write `<stage>/hf/`: safetensors + config + the run's tokenizer (rank 0; collective)."""
+    full = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if not ctx.is_main:
+        return None
+    export = build_model(stage.model.model_copy(update={"attention": "sdpa"}), device="cpu")
+    export.load_state_dict(full)
+    tokenizer = None
+    if source.tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source.tokenizer_dir)
+    return save_hf(export, stage_dir / "hf", tokenizer=tokenizer)
+
+
+def describe_start(own: Path | None, parent: Path | None, state: TrainState) -> str:
+    if own is not None:
+        return f"resuming from {own.name} (step {state.step})"
+    if parent is not None:
+        return f"starting from parent {parent.parent.parent.name}/{parent.name} (step {state.step})"
+    return "starting from scratch"
+
+
+def final_loss(loss: torch.Tensor | None, stage_dir: Path, ctx: Distributed) -> float | None:
+    """The last training loss of the stage (from metrics.jsonl when nothing ran now)."""
+    if loss is not None:
+        return float(loss)
+    if not ctx.is_main:
+        return None
+    records = read_metrics(stage_dir, "train")
+    return records[-1]["loss"] if records else None
+
+
+def _printer(ctx: Distributed):
+    def say(message: str) -> None:
+        if ctx.is_main:
+            tqdm.write(message)
+
+    return say
+
+
+def _fault(point: str, step: int) -> bool:
+    """Test hook: SIGKILL this process (kill-*) or report a planned NaN at `point`:`step`."""
+    if f"{point}:{step}" not in os.environ.get(FAULT_ENV, "").split(","):
+        return False
+    if point.startswith("kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True

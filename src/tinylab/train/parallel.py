@@ -1,0 +1,194 @@
+"""Processes, devices and the sharded model: FSDP2 per decoder layer plus the root.
+
+World size 1 (a notebook kernel, one GPU) trains the plain module, with bf16 autocast when
+`parallel.precision` is bf16; more processes (torchrun) shard it with FSDP2 `fully_shard` over a
+device mesh: 1-D (FSDP) by default, 2-D (replicate x shard = HSDP) when
+`parallel.replicate_nodes` > 1, with a MixedPrecisionPolicy of bf16 params and fp32 gradient
+reduction. Trade-off: skipping FSDP on one process (as torchtitan does) avoids its copies and
+a process group in the kernel, so the 1-process and N-process runs are the same math but not the
+same code path below `parallelize`; tests check that they agree to 1e-6 in fp32.
+
+Options applied per decoder layer before sharding: activation checkpointing (full: every layer;
+selective: every other layer), torch.compile, and Liger-Kernel's fused RMSNorm/RoPE/SwiGLU and
+linear cross-entropy when the package is installed (lm_head stays in the root FSDP unit).
+
+    torchrun --nproc-per-node 2 -m tinylab.train --config resolved.yaml --run-dir RUN
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.utils.checkpoint import checkpoint
+
+from tinylab.config import ConfigError, ParallelConfig
+
+
+@dataclass
+class Distributed:
+    """This process's place in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: DeviceMesh | None
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean of a tensor over ranks (in place on a copy)."""
+        value = value.detach().clone()
+        if self.world_size > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.AVG if value.is_cuda else dist.ReduceOp.SUM)
+            if not value.is_cuda:
+                value /= self.world_size
+        return value
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.detach().clone()
+        if self.world_size > 1:
+            dist.all_reduce(value)
+        return value
+
+
+def init_distributed(parallel: ParallelConfig) -> Distributed:
+    """Join the torchrun job named by the environment (or run alone) and build the mesh."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = _device(parallel, local_rank)
+    if world % parallel.replicate_nodes:
+        raise ConfigError(
+            f"parallel.replicate_nodes = {parallel.replicate_nodes} must divide the world size "
+            f"({world} processes)"
+        )
+    if world == 1:
+        return Distributed(0, 1, 0, device, None)
+    owns = not dist.is_initialized()
+    if owns:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend, **kwargs)
+    replicas = parallel.replicate_nodes
+    if replicas == 1:
+        mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("shard",))
+    else:
+        shape = (replicas, world // replicas)
+        mesh = init_device_mesh(device.type, shape, mesh_dim_names=("replicate", "shard"))
+    return Distributed(rank, world, local_rank, device, mesh, owns)
+
+
+def shutdown(ctx: Distributed) -> None:
+    """Leave the process group if this module created it."""
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _device(parallel: ParallelConfig, local_rank: int) -> torch.device:
+    want = parallel.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("parallel.device = 'cuda' but no CUDA GPU is visible")
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) -> nn.Module:
+    """Apply kernels, activation checkpointing, compile and FSDP2 to a built model, in place."""
+    if parallel.liger:
+        apply_liger(model, ctx.device)
+    layers = list(model.model.layers)
+    for i, layer in enumerate(layers):
+        if parallel.activation_checkpointing == "full" or (
+            parallel.activation_checkpointing == "selective" and i % 2 == 0
+        ):
+            checkpoint_layer(layer)
+        if parallel.compile:
+            layer.compile()
+    if ctx.mesh is None:
+        return model
+    policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16 if parallel.precision == "bf16" else None,
+        reduce_dtype=torch.float32,
+    )
+    for layer in layers:
+        fully_shard(
+            layer,
+            mesh=ctx.mesh,
+            reshard_after_forward=parallel.reshard_after_forward,
+            mp_policy=policy,
+        )
+    fully_shard(
+        model, mesh=ctx.mesh, reshard_after_forward=parallel.reshard_after_forward, mp_policy=policy
+    )
+    return model
+
+
+def checkpoint_layer(layer: nn.Module) -> None:
+    """Recompute `layer`'s activations in backward; parameter names stay HF's."""
+    forward = layer.forward
+
+    def recomputed(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    layer.forward = recomputed
+
+
+def apply_liger(model: nn.Module, device: torch.device) -> bool:
+    """Liger-Kernel's fused Llama ops on this model; False (with a warning) when unavailable."""
+    if importlib.util.find_spec("liger_kernel") is None or device.type != "cuda":
+        warnings.warn(
+            "parallel.liger is on but liger-kernel is not installed or no GPU is used; "
+            "training with the standard kernels",
+            stacklevel=2,
+        )
+        return False
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+    apply_liger_kernel_to_llama(
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=True,
+        model=model,
+    )
+    return True
+
+
+@contextlib.contextmanager
+def autocast(parallel: ParallelConfig, ctx: Distributed) -> Iterator[None]:
+    """bf16 autocast for the unsharded model; FSDP2's policy casts the sharded one."""
+    if parallel.precision == "bf16" and ctx.mesh is None:
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def grad_norm_and_clip(model: nn.Module, max_norm: float | None) -> torch.Tensor:
+    """Global L2 norm of the gradients (over all shards), clipping to `max_norm` if given."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm

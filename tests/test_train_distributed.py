@@ -1,0 +1,75 @@
+"""2-process torchrun with gloo on CPU: FSDP2 training equals single-process training, and a
+checkpoint written by 2 ranks resumes on 1. Launched through `train_stage(nproc=2)`, the path
+the notebook takes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from _train_fixtures import final_weights, new_run, prepare_data, stage_config, train_records
+
+from tinylab.config import ConfigError
+from tinylab.train import run_stage, train_stage
+from tinylab.train.checkpoint import list_checkpoints, read_meta
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory):
+    return prepare_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def losses(records: list[dict]) -> list[float]:
+    return [r["loss"] for r in records]
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_ranks_equals_one_process_and_resumes_on_one(
+    tmp_path, prepared, one_thread
+) -> None:
+    stage = stage_config()  # 8 steps; 2 ranks x 4 micro-batches x 4 windows per step
+    single = new_run(tmp_path, prepared, "single")
+    run_stage(stage, single, progress=False)
+    sharded = new_run(tmp_path, prepared, "sharded")
+    result = train_stage(stage, sharded, nproc=2, progress=False)
+    assert result.step == 8 and (result.hf_dir / "model.safetensors").is_file()
+
+    want, got = train_records(single), train_records(sharded)
+    assert [r["step"] for r in got] == list(range(1, 9))
+    assert losses(got) == pytest.approx(losses(want), abs=1e-6)
+    assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in want], abs=1e-5)
+    val_lines = (sharded / "stages" / "base" / "metrics.jsonl").read_text().splitlines()
+    val = [r for r in map(json.loads, val_lines) if r["kind"] == "val"]
+    assert val[-1]["domains"]["english"]["windows"] == 8  # split over ranks, counted once
+    for name, tensor in final_weights(single).items():
+        torch.testing.assert_close(final_weights(sharded)[name], tensor, atol=1e-5, rtol=0)
+
+    # drop the last checkpoint; resume the 2-rank step-6 checkpoint on 1 rank
+    ckpts = sharded / "stages" / "base" / "checkpoints"
+    assert read_meta(ckpts / "step-00000006")["world_size"] == 2
+    shutil.rmtree(ckpts / "step-00000008")
+    resumed = run_stage(stage, sharded, progress=False)
+    assert resumed.step == 8
+    assert [p.name for p in list_checkpoints(ckpts)][-1] == "step-00000008"
+    again = train_records(sharded)
+    assert [r["step"] for r in again] == list(range(1, 9))
+    assert losses(again) == pytest.approx(losses(want), abs=1e-6)
+    for name, tensor in final_weights(single).items():
+        torch.testing.assert_close(final_weights(sharded)[name], tensor, atol=1e-5, rtol=0)
+
+
+def test_indivisible_batch_fails_before_launching(tmp_path, prepared) -> None:
+    run = new_run(tmp_path, prepared)
+    with pytest.raises(ConfigError, match="not a multiple of micro_batch_size x seq_len x"):
+        train_stage(stage_config(), run, nproc=3, progress=False)
+    assert not (run / "stages").exists()

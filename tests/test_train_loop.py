@@ -1,0 +1,206 @@
+"""tinylab.train.loop in one process on a tiny model: metrics, checkpoints, HF export, stage
+hand-off, gradient accumulation, AdamW settings, and bad input with clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from _train_fixtures import final_weights, new_run, prepare_data, stage_config, train_records
+
+from tinylab.config import ConfigError
+from tinylab.data import PackedData
+from tinylab.train import NonFiniteLossError, lr_at, run_stage, stage_frames
+from tinylab.train.checkpoint import list_checkpoints, read_meta
+from tinylab.train.loop import build
+from tinylab.train.parallel import Distributed
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory):
+    return prepare_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: fast and stable on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_stage_writes_metrics_checkpoints_and_an_hf_export(tmp_path, prepared) -> None:
+    run = new_run(tmp_path, prepared)
+    result = run_stage(stage_config(), run, progress=False)
+    stage_dir = run / "stages" / "base"
+    assert (result.step, result.tokens, result.stage_tokens) == (8, 8192, 8192)
+    records = train_records(run)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert records[-1]["loss"] < records[0]["loss"] - 1.0  # it learns
+    first = records[0]
+    assert first["lr"] == pytest.approx(lr_at(1024, stage_config().optim, stage_config().schedule))
+    assert first["mfu"] is None and first["peak_mem_bytes"] > 0 and first["tokens_per_s"] > 0
+    assert first["mixture"] == {"prose": 1.0}
+    # validation: at the start, every 4 steps, per domain, with bits per byte
+    lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
+    val = [r for r in map(json.loads, lines) if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [0, 4, 8]
+    assert set(val[-1]["domains"]) == {"english", "code"}
+    english = val[-1]["domains"]["english"]
+    assert english["windows"] == 8 and english["loss"] < val[0]["domains"]["english"]["loss"]
+    per_token = PackedData.open(prepared).bytes_per_token("english")
+    assert english["bpb"] == pytest.approx(english["loss"] / math.log(2) / per_token)
+    # checkpoints every 3 steps and at the end, newest 2 kept, `latest` names the newest
+    names = [p.name for p in list_checkpoints(stage_dir / "checkpoints")]
+    assert names == ["step-00000006", "step-00000008"]
+    assert (stage_dir / "checkpoints" / "latest").read_text().strip() == "step-00000008"
+    assert read_meta(result.checkpoint)["finished"] is True
+    # plain transformers loads the export, tokenizer included, and reproduces the loss
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(result.hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(result.hf_dir)
+    ids = torch.tensor([tokenizer("the cat sat on the mat")["input_ids"]])
+    assert math.isfinite(float(model(input_ids=ids, labels=ids).loss))
+    train, validation = stage_frames(stage_dir)
+    assert list(train["step"]) == list(range(1, 9)) and set(validation["domain"]) == {
+        "english",
+        "code",
+    }
+
+
+def test_gradient_accumulation_1x8_equals_8x1(tmp_path, prepared) -> None:
+    # 8 windows per step: one micro-batch of 8, or 8 accumulated micro-batches of 1
+    common = {"global_batch_tokens": 256, "max_tokens": 1024, "checkpoint": {"every_steps": 100}}
+    one = run_stage(stage_config(micro_batch_size=8, **common), new_run(tmp_path, prepared, "a"))
+    eight = run_stage(stage_config(micro_batch_size=1, **common), new_run(tmp_path, prepared, "b"))
+    losses_one = [r["loss"] for r in train_records(one.stage_dir.parent.parent)]
+    losses_eight = [r["loss"] for r in train_records(eight.stage_dir.parent.parent)]
+    assert len(losses_one) == 4
+    assert losses_one == pytest.approx(losses_eight, abs=1e-6)
+    a, b = final_weights(one.stage_dir.parent.parent), final_weights(eight.stage_dir.parent.parent)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
+
+
+def test_adamw_uses_the_stage_settings() -> None:
+    stage = stage_config(optim={"betas": [0.8, 0.9], "eps": 1e-6, "weight_decay": 0.05})
+    ctx = Distributed(0, 1, 0, torch.device("cpu"), None)
+    model, optimizer = build(stage, ctx)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    (group,) = optimizer.param_groups  # weight decay on all parameters (TINYLLAMA.md)
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.8, 0.9), 1e-6, 0.05)
+    assert len(group["params"]) == len(list(model.parameters()))
+
+
+def test_the_paper_defaults_are_adamw_0_9_0_95_eps_1e_8_wd_0_1_clip_1() -> None:
+    optim = stage_config().optim
+    assert (optim.betas, optim.eps, optim.weight_decay, optim.grad_clip) == (
+        (0.9, 0.95),
+        1e-8,
+        0.1,
+        1.0,
+    )
+
+
+def test_child_stage_continues_weights_optimizer_and_schedule(tmp_path, prepared) -> None:
+    run = new_run(tmp_path, prepared)
+    run_stage(stage_config(), run, progress=False)
+    child = stage_config(
+        name="continual",
+        mixture={"prose": 1, "code": 1},
+        ramp={"tokens": 2048, "start": {"prose": 1}},
+        max_tokens=4096,
+        init_from={"stage": "base"},
+    )
+    result = run_stage(child, run, progress=False)
+    records = train_records(run, "continual")
+    assert [r["step"] for r in records] == [9, 10, 11, 12]  # the step count continues
+    assert records[0]["tokens"] == 9 * 1024 and records[0]["stage_tokens"] == 1024
+    assert records[0]["lr"] == pytest.approx(lr_at(9 * 1024, child.optim, child.schedule))
+    assert records[0]["mixture"]["code"] < records[-1]["mixture"]["code"]  # the ramp
+
+    # the first validation of the child equals the parent's last (same weights)
+    def val(stage):
+        lines = (run / "stages" / stage / "metrics.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["kind"] == "val"]
+
+    assert val("continual")[0]["domains"] == val("base")[-1]["domains"]
+    assert (
+        val("continual")[-1]["domains"]["code"]["loss"] < val("base")[-1]["domains"]["code"]["loss"]
+    )
+    assert result.step == 12
+
+
+def test_child_without_schedule_carry_restarts_the_counters(tmp_path, prepared) -> None:
+    run = new_run(tmp_path, prepared)
+    run_stage(stage_config(max_tokens=2048), run, progress=False)
+    child = stage_config(
+        name="c", max_tokens=1024, init_from={"stage": "base", "carry": ["weights"]}
+    )
+    run_stage(child, run, progress=False)
+    assert [r["step"] for r in train_records(run, "c")] == [1]
+
+
+def test_missing_parent_checkpoint_is_an_error(tmp_path, prepared) -> None:
+    child = stage_config(name="continual", init_from={"stage": "base"})
+    with pytest.raises(ConfigError, match="holds no checkpoint; train stage 'base'"):
+        run_stage(child, new_run(tmp_path, prepared), progress=False)
+
+
+def test_unfinished_parent_is_an_error(tmp_path, prepared, monkeypatch) -> None:
+    run = new_run(tmp_path, prepared)
+    run_stage(stage_config(max_tokens=3072), run, progress=False)  # finishes at step 3
+    meta = run / "stages" / "base" / "checkpoints" / "step-00000003" / "meta.json"
+    meta.write_text(meta.read_text().replace('"finished": true', '"finished": false'))
+    child = stage_config(name="continual", init_from={"stage": "base"})
+    with pytest.raises(ConfigError, match="is not the end of that stage"):
+        run_stage(child, run, progress=False)
+
+
+def test_resuming_with_a_changed_model_shape_is_an_error(tmp_path, prepared) -> None:
+    run = new_run(tmp_path, prepared)
+    run_stage(stage_config(max_tokens=3072), run, progress=False)
+    wider = stage_config(max_tokens=4096, model={"hidden_size": 128})
+    with pytest.raises(ConfigError, match="hidden_size: 64 in the checkpoint, 128 now"):
+        run_stage(wider, run, progress=False)
+
+
+def test_data_prepared_for_another_seq_len_is_an_error(tmp_path, prepared) -> None:
+    stage = stage_config(data={"seq_len": 16}, global_batch_tokens=512)
+    with pytest.raises(ConfigError, match="has seq_len 32; prepare it again"):
+        run_stage(stage, new_run(tmp_path, prepared), progress=False)
+
+
+def test_missing_data_is_an_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="no prepared data"):
+        run_stage(stage_config(), tmp_path, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, prepared, monkeypatch) -> None:
+    run = new_run(tmp_path, prepared)
+    monkeypatch.setenv("TINYLAB_FAULT", "nan-at-step:5")
+    with pytest.raises(NonFiniteLossError, match=r"loss = nan, .* at step 5 .*step-00000003"):
+        run_stage(stage_config(), run, progress=False)
+    ckpts = run / "stages" / "base" / "checkpoints"
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-00000003"]
+    assert [r["step"] for r in train_records(run)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_activation_checkpointing_changes_memory_not_the_math(tmp_path, prepared, mode) -> None:
+    common = {"max_tokens": 2048, "checkpoint": {"every_steps": 100}}
+    plain = run_stage(stage_config(**common), new_run(tmp_path, prepared, "plain"))
+    recomputed = run_stage(
+        stage_config(parallel={"activation_checkpointing": mode}, **common),
+        new_run(tmp_path, prepared, "ac"),
+    )
+    want = [r["loss"] for r in train_records(plain.stage_dir.parent.parent)]
+    got = [r["loss"] for r in train_records(recomputed.stage_dir.parent.parent)]
+    assert got == pytest.approx(want, abs=1e-6)
+    assert "layers.0.mlp.down_proj.weight" in str(
+        list(final_weights(recomputed.stage_dir.parent.parent))
+    )
