@@ -36,7 +36,7 @@ def metrics() -> pd.DataFrame:
                     "grad_norm": 1 + rng.random(),
                     "tokens_per_s": 5000 + rng.normal(0, 50),
                     "mfu": None,
-                }  # fmt: skip
+                }
             )
     return pd.DataFrame(rows)
 
@@ -46,8 +46,13 @@ def validation(metrics: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for domain in ("english", "code"):
         for _, row in metrics.iloc[::4].iterrows():
-            rows.append({**row[["stage", "phase", "variant", "tokens"]], "domain": domain,
-                         "bpb": 3 - row["tokens"] / 1000})  # fmt: skip
+            rows.append(
+                {
+                    **row[["stage", "phase", "variant", "tokens"]],
+                    "domain": domain,
+                    "bpb": 3 - row["tokens"] / 1000,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -63,9 +68,11 @@ def test_figures_draw_and_save_deterministically(metrics, validation, tmp_path: 
         columns=columns,
     )
     ours = pd.DataFrame(
-        [{"model": "demo base", "task": "arc_easy", "score": 30.0, "chance": 25.0},
-         {"model": "demo base", "task": "boolq", "score": 52.0, "chance": 50.0}]
-    )  # fmt: skip
+        [
+            {"model": "demo base", "task": "arc_easy", "score": 30.0, "chance": 25.0},
+            {"model": "demo base", "task": "boolq", "score": 52.0, "chance": 50.0},
+        ]
+    )
     paper = paper_commonsense()
     paper = paper[paper["task"].isin(["arc_easy", "boolq"])]
     drawings = {
@@ -85,9 +92,11 @@ def test_figures_draw_and_save_deterministically(metrics, validation, tmp_path: 
 
 def test_stage_contribution_sign_follows_better(tmp_path: Path) -> None:
     deltas = pd.DataFrame(
-        [{"variant": "v", "stage": "s", "measure": "bpb", "delta": -1.0, "better": "lower"},
-         {"variant": "v", "stage": "s", "measure": "acc", "delta": -1.0, "better": "higher"}]
-    )  # fmt: skip
+        [
+            {"variant": "v", "stage": "s", "measure": "bpb", "delta": -1.0, "better": "lower"},
+            {"variant": "v", "stage": "s", "measure": "acc", "delta": -1.0, "better": "higher"},
+        ]
+    )
     fig = figures.stage_contributions(deltas)
     heat = fig.axes[0]
     labels = [t.get_text() for t in heat.texts]

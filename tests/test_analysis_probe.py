@@ -33,9 +33,15 @@ def stage_dir(tmp_path: Path) -> Path:
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
     cfg = ModelConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, attention="sdpa",
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        attention="sdpa",
+    )
     save_hf(build_model(cfg, seed=0), tmp_path / "stages" / "base" / "hf", tokenizer=tokenizer)
     return tmp_path / "stages" / "base"
 

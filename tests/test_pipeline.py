@@ -63,7 +63,7 @@ def _pipeline(project: dict[str, Path], steps: str, name: str = "p") -> Path:
 THREE_STEPS = """\
   - {name: a, notebook: step, params: {name: a, value: 1}}
   - {name: b, notebook: step, params: {name: b, value: 2}, after: [a]}
-  - {name: c, notebook: step, params: {name: c, value: 3}, after: [b]}
+  - {name: c, notebook: step, params: {name: c, value: 3}, after: [b], html: c.html}
 """
 
 
@@ -84,6 +84,8 @@ def test_runs_steps_and_writes_manifest(project: dict[str, Path]) -> None:
     assert all(manifest["steps"][s]["seconds"] > 0 for s in "abc")
     assert _lines(run_dir, "b") == ["2 []"]
     assert (run_dir / "notebooks" / "c.ipynb").is_file()
+    html = (run_dir / "c.html").read_text()
+    assert "out.parent.mkdir" not in html  # code hidden
     on_disk = json.loads((run_dir / "manifest.json").read_text())
     assert on_disk["steps"]["a"]["status"] == "done"
     assert set(on_disk["git"]) == {"sha", "dirty"}

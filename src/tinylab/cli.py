@@ -148,11 +148,160 @@ def run_command(
     )
 
 
+@app.command("eval")
+def eval_command(
+    hf_dir: Annotated[Path, typer.Argument(help="Exported HF model folder (stages/<stage>/hf).")],
+    params: Annotated[Path, typer.Option("--params", help="Eval params (params/eval/).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for <name>.json and samples.")],
+    name: Annotated[
+        str | None, typer.Option(help="Checkpoint name; default: the stage folder's name.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Prepared data for perplexity; default: <run>/data when it exists."),
+    ] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Evaluate a checkpoint (benchmarks, HumanEval, perplexity); reuses results on disk."""
+    from tinylab.evaluate import evaluate_checkpoint, scores_table
+
+    eval_cfg = cfg.load_config(params, cfg.EvalConfig, overrides=overrides or [])
+    hf_dir = hf_dir.resolve()
+    if not (hf_dir / "config.json").is_file():
+        fail(f"{hf_dir}: not an HF model folder (no config.json)")
+    guess = hf_dir.parent.parent.parent / "data"  # <run>/stages/<stage>/hf -> <run>/data
+    if data_dir is None and (guess / "index.json").is_file():
+        data_dir = guess
+    results = evaluate_checkpoint(
+        hf_dir, eval_cfg, out, name=name or hf_dir.parent.name, data_dir=data_dir
+    )
+    table = scores_table(results)
+    typer.echo(table.drop(columns=["kind"]).to_string(index=False, float_format="%.4f"))
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder, e.g. outputs/runs/demo.")],
+) -> None:
+    """Execute notebooks/04_report.ipynb on a run and write RUN/report.html (code hidden,
+    images embedded)."""
+    from tinylab.analysis.report import render_report
+
+    typer.echo(f"wrote {render_report(run_dir)}")
+
+
+@app.command("train")
+def train_command(
+    stage: Annotated[Path, typer.Argument(help="Stage params file (params/stages/).")],
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Run folder (holds data/).")],
+    nproc: Annotated[int, typer.Option(help="Processes on this node (torchrun when > 1).")] = 1,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Ignore this stage's checkpoints and start over.")
+    ] = False,
+    overrides: SetOption = None,
+) -> None:
+    """Train one stage into RUN/stages/<stage>/ (resumes from its latest checkpoint)."""
+    from tinylab.train import NonFiniteLossError, train_stage
+
+    try:
+        result = train_stage(
+            stage.resolve(), run_dir.resolve(), nproc=nproc, overrides=overrides or [],
+            resume=not fresh,
+        )  # fmt: skip
+    except (NonFiniteLossError, RuntimeError) as err:
+        fail(str(err), code=1)
+    typer.echo(
+        f"stage {result.stage}: step {result.step}, {result.tokens:,} tokens, final loss "
+        f"{result.final_loss}, {result.wall_s:.0f} s; hf: {result.hf_dir}"
+    )
+
+
+@app.command("submit")
+def submit_command(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline params file (params/pipelines/).")],
+    cluster: Annotated[
+        str, typer.Option("--cluster", help="Profile under params/clusters/, or a .yaml path.")
+    ],
+    run_id: Annotated[
+        str | None, typer.Option(help="Run folder name; default: the pipeline's name.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="STEP.key=value, or *.key=value for every step (repeatable)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the sbatch scripts; submit nothing.")
+    ] = False,
+) -> None:
+    """Submit a pipeline to SLURM: one sbatch job per step that must run, chained afterok, into
+    the profile's shared run folder (tinylab status RUN follows it)."""
+    from tinylab import cluster as cl
+
+    profile = cl.load_profile(cluster)
+    try:
+        if dry_run:
+            run_dir, jobs = cl.plan_jobs(
+                pipeline, profile, run_id=run_id, overrides=overrides or []
+            )
+        else:
+            run_dir, jobs = cl.submit(pipeline, profile, run_id=run_id, overrides=overrides or [])
+    except cl.ClusterError as err:
+        fail(str(err))
+    for message in [m for job in jobs for m in (*job.problems, *job.notes)]:
+        typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+    if not jobs:
+        typer.echo(f"run {run_dir}: every step is done with the same params; nothing to submit")
+    for job in jobs:
+        if dry_run:
+            typer.echo(f"# ===== {run_dir / cl.CLUSTER_DIR / job.name}.sbatch =====")
+            typer.echo(job.script)
+        else:
+            after = f" after {', '.join(job.depends_on)}" if job.depends_on else ""
+            typer.echo(f"submitted {job.name}: job {job.job_id}{after}")
+    if jobs and not dry_run:
+        typer.echo(f"follow it with: tinylab status {run_dir}")
+
+
+@app.command("status")
+def status_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder, e.g. outputs/runs/demo.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Steps of a run, their SLURM jobs (live states) and each stage's last metrics line."""
+    from tinylab import cluster as cl
+
+    status = cl.run_status(run_dir.resolve())
+    typer.echo(json.dumps(status, indent=2) if as_json else cl.format_status(status))
+
+
+@app.command("prepare")
+def prepare_command(
+    data_yaml: Annotated[Path, typer.Argument(help="Data params, e.g. params/data/demo.yaml.")],
+    out: Annotated[Path, typer.Option("--out", help="Data folder to write (<run>/data).")],
+    overrides: SetOption = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Fetch, tokenize and pack a data params file into OUT (idempotent); print token counts."""
+    from tinylab.data import DataError, prepare
+    from tinylab.data.report import token_table
+
+    data_cfg = cfg.load_config(data_yaml, cfg.DataConfig, overrides=overrides or [])
+    try:
+        data = prepare(data_cfg, out, progress=progress)
+    except DataError as err:
+        if _state["debug"]:
+            raise
+        fail(str(err))
+    typer.echo(token_table(data).to_string(index=False))
+    typer.echo(f"wrote {out}")
+
+
 def run() -> None:
-    """Entry point: turn ConfigError into one message and exit code 2."""
+    """Entry point: a user error (ConfigError, DataError: ValueErrors by the house rule) is one
+    message and exit code 2; --debug shows the traceback."""
     try:
         app()
-    except cfg.ConfigError as err:
+    except ValueError as err:
         if _state["debug"]:
             raise
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)

@@ -41,6 +41,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PARAMS_DIR = PROJECT_ROOT / "params"
 
 
+def project_path(path: str | Path) -> Path:
+    """A path from params or notebook parameters: relative ones are relative to the project root,
+    so notebooks behave the same whether the kernel runs in the root or in notebooks/."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 class ConfigError(ValueError):
     """A params file (or override) is invalid; the message names file, key, value and rule."""
 
@@ -186,6 +193,9 @@ class TokenizerConfig(Schema):
     )
     name_or_path: str | None = Field(None, description="hub id or folder (hub and path kinds)")
     vocab_size: PositiveInt | None = Field(None, description="vocabulary size (train kind)")
+    train_bytes_per_source: PositiveInt = Field(
+        4_000_000, description="text bytes per source (training split) the BPE is trained on"
+    )
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> TokenizerConfig:
@@ -208,6 +218,10 @@ class HubSource(Schema):
     path: str = Field(description="dataset id, e.g. cerebras/SlimPajama-627B")
     name: str | None = Field(None, description="dataset configuration name")
     data_dir: str | None = Field(None, description="subfolder of the dataset repository")
+    data_files: list[str] | None = Field(
+        None, description="files of a packaged builder (path: json, parquet, text), as datasets"
+    )
+    revision: str | None = Field(None, description="dataset revision (git ref) to pin")
     split: str = Field("train", description="split to read")
     text_field: str = Field("text", description="field holding the document text")
     streaming: bool = Field(True, description="stream instead of downloading the whole set")
@@ -216,6 +230,9 @@ class HubSource(Schema):
         description="drop documents whose (dotted) field has one of these values",
     )
     max_documents: PositiveInt | None = Field(None, description="read at most this many documents")
+    max_bytes: PositiveInt | None = Field(
+        None, description="stop after the document that reaches this many UTF-8 bytes"
+    )
 
 
 class LocalSource(Schema):
@@ -223,12 +240,17 @@ class LocalSource(Schema):
 
     kind: Literal["local"]
     domain: str = Field(description="domain label used for per-domain validation and plots")
-    paths: list[str] = Field(min_length=1, description="files or glob patterns")
+    paths: list[str] = Field(
+        min_length=1, description="files or glob patterns; relative to the project root"
+    )
     format: Literal["auto", "txt", "jsonl", "parquet"] = Field(
         "auto", description="file format; auto = from the extension"
     )
     text_field: str = Field("text", description="field holding the text (jsonl, parquet)")
     max_documents: PositiveInt | None = Field(None, description="read at most this many documents")
+    max_bytes: PositiveInt | None = Field(
+        None, description="stop after the document that reaches this many UTF-8 bytes"
+    )
 
 
 class DemoSource(Schema):
@@ -238,6 +260,9 @@ class DemoSource(Schema):
     domain: str = Field(description="domain label used for per-domain validation and plots")
     corpus: str = Field(description="name of a built-in demo corpus")
     max_documents: PositiveInt | None = Field(None, description="read at most this many documents")
+    max_bytes: PositiveInt | None = Field(
+        None, description="stop after the document that reaches this many UTF-8 bytes"
+    )
 
 
 Source = Annotated[HubSource | LocalSource | DemoSource, Field(discriminator="kind")]
@@ -326,6 +351,13 @@ class InitFrom(Schema):
         description="weights; optimizer state; schedule position (step and tokens seen)",
     )
 
+    @field_validator("carry")
+    @classmethod
+    def _optimizer_needs_weights(cls, carry: list[str]) -> list[str]:
+        if "optimizer" in carry and "weights" not in carry:
+            raise ValueError("carrying 'optimizer' state without 'weights' is meaningless")
+        return carry
+
 
 class CheckpointConfig(Schema):
     """Checkpoint cadence and retention."""
@@ -334,6 +366,7 @@ class CheckpointConfig(Schema):
         100, description="save every N optimizer steps (and at the end)"
     )
     keep_last: PositiveInt = Field(2, description="keep the newest K checkpoints")
+    at_end: bool = Field(True, description="save when the stage ends (off only for benchmarks)")
 
 
 class EvalEveryConfig(Schema):
@@ -353,7 +386,17 @@ class ParallelConfig(Schema):
     reshard_after_forward: bool = Field(True, description="FSDP2 reshard_after_forward")
     activation_checkpointing: Literal["off", "selective", "full"] = Field("off")
     compile: bool = Field(False, description="torch.compile each decoder layer")
-    liger: bool = Field(False, description="Liger-Kernel fused RMSNorm, RoPE, SwiGLU and loss")
+    liger: bool = Field(
+        False, description="Liger-Kernel fused RMSNorm, RoPE, SwiGLU and loss, when installed"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = cuda when a GPU is present, else cpu"
+    )
+    peak_flops: PositiveFloat | None = Field(
+        None,
+        description="peak FLOP/s per device for MFU; null = 989e12 on H100/H200 in bf16, "
+        "else MFU is not reported",
+    )
 
 
 class StageConfig(Schema):
@@ -379,6 +422,8 @@ class StageConfig(Schema):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     seed: int = Field(3407, description="seed of init and data order")
     log_every_steps: PositiveInt = Field(1, description="metrics line every N steps")
+    export_hf: bool = Field(True, description="write an HF folder (hf/) when the stage ends")
+    tensorboard: bool = Field(False, description="also write TensorBoard events (if installed)")
 
     @field_validator("mixture")
     @classmethod
@@ -443,7 +488,9 @@ class EvalTask(Schema):
     name: str = Field(description="lm-eval task name")
     num_fewshot: NonNegativeInt = Field(0, description="in-context examples")
     metric: str = Field("acc", description="headline metric (the paper's: acc_norm or acc)")
-    chance: float | None = Field(None, ge=0, le=1, description="score of random guessing")
+    chance: float | None = Field(
+        None, ge=0, le=1, description="score of random guessing; null = from the samples"
+    )
 
 
 class HumanEvalConfig(Schema):
@@ -451,22 +498,42 @@ class HumanEvalConfig(Schema):
 
     num_samples: PositiveInt = Field(1, description="completions per problem (n)")
     temperature: NonNegativeFloat = Field(0.0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: PositiveInt = Field(384)
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (sampling only)")
+    max_new_tokens: PositiveInt = Field(384, description="longest completion in tokens")
+    stop: list[str] = Field(
+        ["\nclass", "\ndef", "\n#", "\nif", "\nprint"],
+        description="a completion ends before the first of these (the Codex paper's)",
+    )
+    ks: list[PositiveInt] = Field([1], min_length=1, description="report pass@k for these k")
     timeout_s: PositiveFloat = Field(3.0, description="wall-clock limit per program")
     limit: PositiveInt | None = Field(None, description="first N problems only")
+    batch_size: PositiveInt = Field(16, description="prompts generated together")
+    num_workers: PositiveInt | None = Field(
+        None, description="programs run at once; default min(16, cores)"
+    )
+    seed: int = Field(0, description="sampling seed")
 
 
 class EvalConfig(Schema):
     """A suite of evaluations run on a checkpoint."""
 
-    tasks: list[EvalTask] = Field(default_factory=list)
-    include_path: str | None = Field(None, description="folder of local lm-eval task YAML")
+    tasks: list[EvalTask] = Field(default_factory=list, description="lm-eval tasks to run")
+    suites: list[Literal["bigbench", "chinese"]] = Field(
+        default_factory=list,
+        description="offline task suites built from real data into the cache (tinylab.evaluate)",
+    )
+    include_path: str | None = Field(
+        None, description="extra folder of lm-eval task YAML (relative to the project root)"
+    )
     add_bos_token: bool = Field(False, description="prepend BOS (the paper's harness did not)")
-    batch_size: PositiveInt = Field(16)
+    batch_size: PositiveInt = Field(16, description="lm-eval batch size")
     limit: PositiveInt | None = Field(None, description="first N examples per task")
-    humaneval: HumanEvalConfig | None = None
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if present")
+    humaneval: HumanEvalConfig | None = Field(None, description="null = skip HumanEval")
     perplexity: bool = Field(True, description="per-domain perplexity on held-out data")
+    perplexity_max_windows: PositiveInt = Field(
+        64, description="held-out windows per source for perplexity"
+    )
 
 
 class PipelineStep(Schema):
@@ -476,6 +543,9 @@ class PipelineStep(Schema):
     notebook: str = Field(description="notebook file name under notebooks/")
     params: dict[str, Any] = Field(default_factory=dict, description="papermill parameters")
     after: list[str] = Field(default_factory=list, description="steps that must finish first")
+    html: str | None = Field(
+        None, description="also render the executed notebook (code hidden) to this file in the run"
+    )
 
 
 class PipelineConfig(Schema):
@@ -501,12 +571,125 @@ class PipelineConfig(Schema):
         return steps
 
 
+_SLURM_TIME = re.compile(r"^(?:\d+-\d{1,2}(?::\d{2}){0,2}|\d+(?::\d{2}){0,2})$")
+
+
+class JobResources(Schema):
+    """What one SLURM job of a pipeline step asks for (sbatch options)."""
+
+    nodes: PositiveInt = Field(1, description="nodes (--nodes); above 1 only for training steps")
+    gpus_per_node: NonNegativeInt = Field(0, description="GPUs per node (--gpus-per-node)")
+    procs_per_node: PositiveInt | None = Field(
+        None, description="training processes per node; default: gpus_per_node, or 1 without GPUs"
+    )
+    cpus_per_node: PositiveInt = Field(
+        4, description="CPU cores per node (--cpus-per-task of the one task per node)"
+    )
+    mem: str | None = Field(
+        None, description="memory per node (--mem), e.g. 64G; '0' = all; null = partition default"
+    )
+    time: str = Field("01:00:00", description="time limit (--time): MM, HH:MM:SS or D-HH:MM:SS")
+
+    @field_validator("time")
+    @classmethod
+    def _slurm_time(cls, time: str) -> str:
+        if not _SLURM_TIME.match(time):
+            raise ValueError("expected a SLURM time: MM, HH:MM:SS or D-HH[:MM[:SS]]")
+        return time
+
+    @property
+    def procs(self) -> int:
+        """Processes per node a training step launches."""
+        return self.procs_per_node or max(self.gpus_per_node, 1)
+
+    @property
+    def seconds(self) -> int:
+        """The time limit in seconds (SLURM: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)."""
+        days, _, clock = self.time.rpartition("-")
+        parts = [int(x) for x in clock.split(":")]
+        if days or len(parts) == 3:
+            hours, minutes, secs = (parts + [0, 0])[:3]
+            return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + secs
+        minutes, secs = (parts + [0])[:2]
+        return minutes * 60 + secs
+        minutes_seconds = {1: (parts + [0])[:2], 2: parts}.get(len(parts))
+        if minutes_seconds is not None:  # MM or MM:SS
+            return minutes_seconds[0] * 60 + minutes_seconds[1]
+        return parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
+class ClusterConfig(Schema):
+    """A SLURM cluster profile: where and how `tinylab submit` runs each pipeline step."""
+
+    name: str = Field(description="profile name")
+    description: str = ""
+    partition: str | None = Field(None, description="--partition; null = the cluster's default")
+    account: str | None = Field(None, description="--account to charge")
+    qos: str | None = Field(None, description="--qos")
+    run_root: str = Field(
+        "outputs/runs",
+        description="folder of run folders on storage every node sees (relative = to the project)",
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="shell lines each job runs first in the project folder (module loads, venv)",
+    )
+    train: JobResources = Field(
+        default_factory=JobResources,
+        description="steps that train a stage (a step param naming a params/stages/ file)",
+    )
+    other: JobResources = Field(default_factory=JobResources, description="every other step")
+    steps: dict[str, JobResources] = Field(
+        default_factory=dict, description="resources of named steps, replacing train/other"
+    )
+    requeue: bool = Field(
+        True, description="--requeue: preempted or timed-out jobs go back to the queue"
+    )
+    max_requeues: NonNegativeInt = Field(
+        3, description="times a job requeues itself when its time limit nears"
+    )
+    grace_s: PositiveInt = Field(
+        300, description="--signal=B:USR1@grace_s: seconds before the limit the job is warned"
+    )
+    rdzv_port: int = Field(29500, ge=1024, le=65535, description="torchrun rendezvous port")
+    sbatch_options: list[str] = Field(
+        default_factory=list, description="extra sbatch options, e.g. --exclusive"
+    )
+
+    @field_validator("other")
+    @classmethod
+    def _other_on_one_node(cls, other: JobResources) -> JobResources:
+        if other.nodes != 1:
+            raise ValueError("only training steps run on several nodes; set other.nodes to 1")
+        return other
+
+    @model_validator(mode="after")
+    def _grace_within_limits(self) -> ClusterConfig:
+        blocks = {"train": self.train, "other": self.other, **self.steps}
+        short = [f"{k} ({r.time})" for k, r in blocks.items() if r.seconds <= self.grace_s]
+        if self.requeue and short:
+            raise ValueError(
+                f"grace_s ({self.grace_s} s) must be shorter than every time limit; not: "
+                + ", ".join(short)
+            )
+        return self
+
+    @field_validator("sbatch_options")
+    @classmethod
+    def _options_are_options(cls, options: list[str]) -> list[str]:
+        bad = [o for o in options if not o.startswith("-") or "\n" in o]
+        if bad:
+            raise ValueError(f"{bad}: each must be one sbatch option such as --exclusive")
+        return options
+
+
 SCHEMAS: dict[str, type[Schema]] = {
     "models": ModelConfig,
     "data": DataConfig,
     "stages": StageConfig,
     "pipelines": PipelineConfig,
     "eval": EvalConfig,
+    "clusters": ClusterConfig,
 }
 
 # Fields holding a reference to another params file, and the params folder of that kind.

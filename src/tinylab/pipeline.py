@@ -13,11 +13,14 @@ a step whose dependency ran again, and `--from STEP` forces a step and everythin
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,23 +76,35 @@ def run_pipeline(
     if from_step is not None and from_step not in plan:
         raise ConfigError(f"--from {from_step!r}: no such step; steps: {list(plan)}")
 
-    manifest = _open_manifest(run_dir, pipeline_path, pipeline)
+    manifest = open_manifest(run_dir, pipeline_path, pipeline)
     forced = _steps_from(pipeline, from_step) if from_step else set()
-    ran: set[str] = set()
+    to_run = steps_to_run(plan, manifest, forced=forced)
     for name, planned in plan.items():
-        record = manifest["steps"].get(name, {})
-        upstream_ran = any(dep in ran for dep in planned.step.after)
-        if (
-            name not in forced
-            and not upstream_ran
-            and record.get("status") == "done"
-            and record.get("fingerprint") == planned.fingerprint
-        ):
+        if name not in to_run:
             _log(f"[{name}] done earlier with the same params: skipped")
             continue
-        _execute(planned, run_dir, manifest)
-        ran.add(name)
+        execute_step(planned, run_dir, manifest)
     return manifest
+
+
+def steps_to_run(
+    plan: dict[str, PlannedStep],
+    manifest: dict[str, Any],
+    *,
+    forced: set[str] | frozenset = frozenset(),
+) -> list[str]:
+    """Steps that must run: forced, not done with the same fingerprint, or after one that runs."""
+    to_run: list[str] = []
+    for name, planned in plan.items():
+        record = manifest["steps"].get(name, {})
+        if (
+            name in forced
+            or any(dep in to_run for dep in planned.step.after)
+            or record.get("status") != "done"
+            or record.get("fingerprint") != planned.fingerprint
+        ):
+            to_run.append(name)
+    return to_run
 
 
 def plan_steps(
@@ -162,23 +177,40 @@ def _steps_from(pipeline: PipelineConfig, start: str) -> set[str]:
     return set(names[names.index(start) :])
 
 
-def _open_manifest(run_dir: Path, pipeline_path: Path, pipeline: PipelineConfig) -> dict[str, Any]:
-    path = run_dir / MANIFEST
-    manifest = json.loads(path.read_text()) if path.is_file() else {"steps": {}}
-    manifest.update(
-        {
-            "run_id": run_dir.name,
-            "pipeline": str(pipeline_path),
-            "pipeline_resolved": pipeline.model_dump(mode="json"),
-            "updated": _now(),
-            **provenance(),
-        }
-    )
-    write_json_atomic(path, manifest)
+def open_manifest(run_dir: Path, pipeline_path: Path, pipeline: PipelineConfig) -> dict[str, Any]:
+    """Read (or start) RUN/manifest.json, refresh its provenance and resolved pipeline, save it."""
+    fields = {
+        "run_id": run_dir.name,
+        "pipeline": str(pipeline_path),
+        "pipeline_resolved": pipeline.model_dump(mode="json"),
+        "updated": _now(),
+        **provenance(),
+    }
+    with manifest_lock(run_dir):
+        manifest = read_manifest(run_dir)
+        manifest.update(fields)
+        write_json_atomic(run_dir / MANIFEST, manifest)
     return manifest
 
 
-def _execute(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) -> None:
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """RUN/manifest.json as it is on disk, or an empty one."""
+    path = run_dir / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {"steps": {}}
+
+
+@contextlib.contextmanager
+def manifest_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock of the run's manifest: writers in other processes (cluster jobs of parallel
+    steps, `tinylab status`) read it fresh and write it while holding this lock."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / ".manifest.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def execute_step(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Run one planned step's notebook now and record it in the manifest; StepFailed on error."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -215,6 +247,10 @@ def _execute(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) -> N
             f"step {name!r} failed in cell {err.exec_count} of {planned.notebook.name}:\n"
             f"{err.ename}: {err.evalue}\nexecuted notebook: {output}"
         ) from None
+    if planned.step.html:
+        from tinylab.analysis.report import notebook_to_html
+
+        notebook_to_html(output, run_dir / planned.step.html)
     record.update(status="done", seconds=round(time.perf_counter() - start, 2), finished=_now())
     _save_step(run_dir, manifest, name, record)
     _log(f"[{name}] done in {record['seconds']:.1f} s")
@@ -223,7 +259,11 @@ def _execute(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) -> N
 def _save_step(run_dir: Path, manifest: dict[str, Any], name: str, record: dict[str, Any]) -> None:
     manifest["steps"][name] = dict(record)
     manifest["updated"] = _now()
-    write_json_atomic(run_dir / MANIFEST, manifest)
+    with manifest_lock(run_dir):  # merge into what is on disk: other steps may run elsewhere
+        on_disk = read_manifest(run_dir) if (run_dir / MANIFEST).is_file() else manifest
+        on_disk["steps"][name] = dict(record)
+        on_disk["updated"] = manifest["updated"]
+        write_json_atomic(run_dir / MANIFEST, on_disk)
 
 
 def _configure_papermill_logging() -> None:

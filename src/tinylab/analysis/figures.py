@@ -12,13 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
 PHASE_COLORS = {"base": "#f2f2f2", "continual": "#e3eef9", "cooldown": "#fbeee0"}
 
@@ -59,15 +55,42 @@ def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.9) -> plt.Figure:
     )
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True, height_ratios=[3, 1, 1])
     _phase_bands(axes[0], frame)
-    sns.lineplot(frame, x="tokens", y="loss", hue="variant", units="stage", estimator=None,
-                 alpha=0.25, lw=0.8, legend=False, ax=axes[0])  # fmt: skip
-    sns.lineplot(frame, x="tokens", y="loss (EMA)", hue="variant", units="stage", estimator=None,
-                 ax=axes[0])  # fmt: skip
+    sns.lineplot(
+        frame,
+        x="tokens",
+        y="loss",
+        hue="variant",
+        units="stage",
+        estimator=None,
+        alpha=0.25,
+        lw=0.8,
+        legend=False,
+        ax=axes[0],
+    )
+    sns.lineplot(
+        frame, x="tokens", y="loss (EMA)", hue="variant", units="stage", estimator=None, ax=axes[0]
+    )
     axes[0].set_ylabel("training loss (nats/token)")
-    sns.lineplot(frame, x="tokens", y="lr", hue="variant", units="stage", estimator=None,
-                 legend=False, ax=axes[1])  # fmt: skip
-    sns.lineplot(frame, x="tokens", y="grad_norm", hue="variant", units="stage", estimator=None,
-                 legend=False, ax=axes[2])  # fmt: skip
+    sns.lineplot(
+        frame,
+        x="tokens",
+        y="lr",
+        hue="variant",
+        units="stage",
+        estimator=None,
+        legend=False,
+        ax=axes[1],
+    )
+    sns.lineplot(
+        frame,
+        x="tokens",
+        y="grad_norm",
+        hue="variant",
+        units="stage",
+        estimator=None,
+        legend=False,
+        ax=axes[2],
+    )
     axes[2].set_xlabel("tokens seen (all stages)")
     fig.tight_layout()
     return fig
@@ -78,13 +101,24 @@ def validation_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
     columns tokens, domain, bpb, stage, phase, variant."""
     _style()
     domains = sorted(validation["domain"].unique())
-    fig, axes = plt.subplots(1, len(domains), figsize=(3.2 * len(domains), 3.4), sharex=True,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(domains), figsize=(3.2 * len(domains), 3.4), sharex=True, squeeze=False
+    )
     for ax, domain in zip(axes[0], domains, strict=True):
         part = validation[validation["domain"] == domain].sort_values("tokens")
         _phase_bands(ax, part)
-        sns.lineplot(part, x="tokens", y="bpb", hue="variant", units="stage", estimator=None,
-                     marker="o", ms=3, ax=ax, legend=ax is axes[0][-1])  # fmt: skip
+        sns.lineplot(
+            part,
+            x="tokens",
+            y="bpb",
+            hue="variant",
+            units="stage",
+            estimator=None,
+            marker="o",
+            ms=3,
+            ax=ax,
+            legend=ax is axes[0][-1],
+        )
         ax.set_title(domain)
         ax.set_ylabel("bits per byte" if ax is axes[0][0] else "")
         ax.set_xlabel("tokens seen")
@@ -103,8 +137,17 @@ def stage_contributions(deltas: pd.DataFrame) -> plt.Figure:
     table = frame.pivot_table(index="measure", columns="column", values="gain", sort=False)
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(table) + 2.5), width_ratios=[1, 1.2])
     limit = max(float(table.abs().max().max()), 1e-9)
-    sns.heatmap(table, annot=True, fmt=".3f", cmap="RdBu", vmin=-limit, vmax=limit, center=0,
-                cbar_kws={"label": "improvement (sign: better is +)"}, ax=axes[0])  # fmt: skip
+    sns.heatmap(
+        table,
+        annot=True,
+        fmt=".3f",
+        cmap="RdBu",
+        vmin=-limit,
+        vmax=limit,
+        center=0,
+        cbar_kws={"label": "improvement (sign: better is +)"},
+        ax=axes[0],
+    )
     axes[0].set_xlabel("")
     axes[0].set_ylabel("")
     sns.barplot(frame, y="measure", x="gain", hue="column", ax=axes[1], orient="h")

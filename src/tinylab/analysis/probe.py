@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from tinylab.analysis.runs import Run
 from tinylab.config import ConfigError
 from tinylab.model import load_hf
 
@@ -57,8 +58,9 @@ def generate(
         if temperature > 0
         else {"do_sample": False}
     )
-    out = model.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
-                         **sampling)  # fmt: skip
+    out = model.generate(
+        ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id, **sampling
+    )
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
@@ -78,6 +80,12 @@ def token_losses(
     )
 
 
+def last_validation(run: Run) -> pd.DataFrame:
+    """Bits per byte by domain (columns) at the last validation of every stage (rows)."""
+    last = run.validation.sort_values("tokens").groupby(["stage", "domain"]).tail(1)
+    return last.pivot_table(index="stage", columns="domain", values="bpb")
+
+
 def token_loss_figure(losses: pd.DataFrame, *, per_row: int = 24) -> plt.Figure:
     """The tokens of a text as a grid of cells coloured by their loss."""
     rows = (len(losses) + per_row - 1) // per_row
@@ -87,8 +95,15 @@ def token_loss_figure(losses: pd.DataFrame, *, per_row: int = 24) -> plt.Figure:
     for i, (token, loss) in enumerate(zip(losses["token"], losses["loss"], strict=True)):
         row, col = divmod(i, per_row)
         ax.add_patch(plt.Rectangle((col, -row), 1, 1, color=cmap(loss / vmax)))
-        ax.text(col + 0.5, -row + 0.5, token[:6], ha="center", va="center", fontsize=6,
-                color="white" if loss / vmax > 0.5 else "black")  # fmt: skip
+        ax.text(
+            col + 0.5,
+            -row + 0.5,
+            token[:6],
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if loss / vmax > 0.5 else "black",
+        )
     ax.set_xlim(0, per_row)
     ax.set_ylim(-rows + 1, 1)
     ax.set_axis_off()

@@ -12,8 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
+import pandas as pd
 
+from tinylab.analysis import figures
+from tinylab.analysis.reference import paper_commonsense
+from tinylab.analysis.runs import Run, benchmark_table, stage_deltas
 from tinylab.config import PARAMS_DIR, PROJECT_ROOT, ConfigError, StageConfig, load_config
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
@@ -57,14 +60,6 @@ def _weights(weights: dict[str, float]) -> str:
     return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in weights.items() if v > 0)
 
 
-def stage_configs(run_dir: Path) -> dict[str, StageConfig]:
-    """The resolved config of every stage trained in a run (stages/<name>/resolved.yaml)."""
-    configs = {}
-    for path in sorted((run_dir / "stages").glob("*/resolved.yaml")):
-        configs[path.parent.name] = StageConfig.model_validate(yaml.safe_load(path.read_text()))
-    return configs
-
-
 def paper_stage_configs(folder: Path = PAPER_STAGES_DIR) -> dict[str, StageConfig]:
     """The paper pipeline's stages, by stage name."""
     configs = {}
@@ -91,6 +86,83 @@ def deviations(ours: dict[str, StageConfig], paper: dict[str, StageConfig]) -> l
     return rows
 
 
+def _benchmarks(run: Run):
+    ours = benchmark_table(run)
+    paper = paper_commonsense()
+    return figures.benchmarks_vs_paper(ours, paper[paper["task"].isin(ours["task"])])
+
+
+FIGURES = {
+    "loss": lambda run: figures.loss_curves(run.metrics),
+    "bits_per_byte": lambda run: figures.validation_bits_per_byte(run.validation),
+    "stage_contributions": lambda run: figures.stage_contributions(stage_deltas(run)),
+    "benchmarks": _benchmarks,
+    "throughput": lambda run: figures.throughput(run.metrics),
+}
+
+
+def draw(run: Run, name: str) -> Path:
+    """Draw one of FIGURES for a run into run_dir/figures/ (PNG + SVG); return the PNG."""
+    if name not in FIGURES:
+        raise ValueError(f"figure {name!r}: allowed: {', '.join(FIGURES)}")
+    return figures.save_figure(FIGURES[name](run), run.run_dir / "figures" / name)[0]
+
+
+def benchmark_scores(run: Run) -> pd.DataFrame:
+    """Scores per task (rows) and evaluated stage (columns), with the metric and chance."""
+    evals = run.evals
+    if evals.empty:
+        return pd.DataFrame()
+    table = evals.pivot_table(index=["task", "metric", "chance"], columns="stage", values="value")
+    return table.reset_index()
+
+
+def data_table(run: Run) -> pd.DataFrame:
+    """Documents, tokens, windows and bytes per source and split (from data/index.json)."""
+    rows = [
+        {
+            "source": name,
+            "domain": entry["domain"],
+            "split": split,
+            **{key: counts.get(key) for key in ("documents", "tokens", "windows", "bytes")},
+        }
+        for name, entry in run.data_index.get("sources", {}).items()
+        for split, counts in entry.get("splits", {}).items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def provenance_table(run: Run) -> pd.DataFrame:
+    """Code, packages and machine that produced the run (from manifest.json)."""
+    manifest = run.manifest
+    git = manifest.get("git", {})
+    rows = {
+        "run": manifest.get("run_id", run.run_dir.name),
+        "pipeline": manifest.get("pipeline"),
+        "git commit": f"{git.get('sha')}{' (uncommitted changes)' if git.get('dirty') else ''}",
+        **{f"hardware: {k}": v for k, v in manifest.get("hardware", {}).items()},
+        **{k: v for k, v in manifest.get("packages", {}).items() if v},
+    }
+    return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
+
+
+def steps_table(run: Run) -> pd.DataFrame:
+    """Each pipeline step's status and wall time."""
+    steps = run.manifest.get("steps", {})
+    return pd.DataFrame(
+        [
+            {"step": n, "status": r.get("status"), "seconds": r.get("seconds")}
+            for n, r in steps.items()
+        ]
+    )
+
+
+def deviation_table(run: Run) -> pd.DataFrame:
+    """deviations() of the run's stages from the paper pipeline's, as a table."""
+    rows = deviations(run.stages, paper_stage_configs())
+    return pd.DataFrame(rows, columns=["stage", "setting", "paper", "this run"])
+
+
 def render_report(run_dir: Path | str, *, notebook: Path = REPORT_NOTEBOOK) -> Path:
     """Execute the report notebook on a run and write run_dir/report.html; return its path."""
     import papermill
@@ -101,9 +173,13 @@ def render_report(run_dir: Path | str, *, notebook: Path = REPORT_NOTEBOOK) -> P
     executed = run_dir / "notebooks" / "report.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(
-        str(notebook), str(executed), parameters={"run_dir": str(run_dir)},
-        cwd=str(PROJECT_ROOT), kernel_name="python3", progress_bar=False,
-    )  # fmt: skip
+        str(notebook),
+        str(executed),
+        parameters={"run_dir": str(run_dir)},
+        cwd=str(PROJECT_ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     return notebook_to_html(executed, run_dir / "report.html")
 
 

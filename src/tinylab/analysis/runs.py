@@ -1,0 +1,145 @@
+"""A run folder as tidy frames: the one loader every figure, table and report reads.
+
+    run = load_run("outputs/runs/demo")
+    run.metrics, run.validation, run.evals       # pandas DataFrames
+    stage_deltas(run)                             # what each stage changed, per variant
+
+Stage names follow `<phase>[-<variant>]`: `base`, `continual-mathcode`, `cooldown-mathcode`.
+A variant's lineage is base -> continual-<variant> -> cooldown-<variant>; a missing metric is an
+error, never a silent zero.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from tinylab.config import ConfigError, StageConfig
+from tinylab.evaluate.results import load_results
+from tinylab.train.metrics import stage_frames
+
+PHASES = ("base", "continual", "cooldown")
+
+
+@dataclass
+class Run:
+    """Everything a report shows about one run folder."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    stages: dict[str, StageConfig]
+    metrics: pd.DataFrame
+    validation: pd.DataFrame
+    evals: pd.DataFrame
+    data_index: dict[str, Any] = field(default_factory=dict)
+
+
+def load_run(run_dir: Path | str) -> Run:
+    """Read a run folder: manifest, resolved stages, metrics, validation, evaluations."""
+    run_dir = Path(run_dir)
+    stage_dirs = sorted(p.parent for p in (run_dir / "stages").glob("*/metrics.jsonl"))
+    if not stage_dirs:
+        raise ConfigError(f"{run_dir}: no trained stages (no stages/*/metrics.jsonl)")
+    frames = [stage_frames(d) for d in stage_dirs]
+    manifest_path, index_path = run_dir / "manifest.json", run_dir / "data" / "index.json"
+    return Run(
+        run_dir=run_dir,
+        manifest=json.loads(manifest_path.read_text()) if manifest_path.is_file() else {},
+        stages=stage_configs(run_dir),
+        metrics=pd.concat([train for train, _ in frames], ignore_index=True),
+        validation=pd.concat([val for _, val in frames], ignore_index=True),
+        evals=load_evals(run_dir / "eval"),
+        data_index=json.loads(index_path.read_text()) if index_path.is_file() else {},
+    )
+
+
+def stage_configs(run_dir: Path) -> dict[str, StageConfig]:
+    """The resolved config of every stage trained in a run (stages/<name>/resolved.yaml)."""
+    configs = {}
+    for path in sorted((run_dir / "stages").glob("*/resolved.yaml")):
+        configs[path.parent.name] = StageConfig.model_validate(yaml.safe_load(path.read_text()))
+    return configs
+
+
+def load_evals(eval_dir: Path) -> pd.DataFrame:
+    """Every <stage>.json under eval/ as rows: stage, task, metric, value, stderr, n, chance."""
+    columns = ["stage", "task", "metric", "value", "stderr", "n", "chance"]
+    rows = []
+    for path in sorted(eval_dir.glob("*.json")):
+        document = load_results(path)
+        for result in document["results"]:
+            rows.append({"stage": path.stem, **{k: result.get(k) for k in columns[1:]}})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def lineage(stages: list[str], variant: str) -> list[str]:
+    """The stages a variant passes through, in order, among those present."""
+    wanted = ["base", f"continual-{variant}", f"cooldown-{variant}"]
+    return [name for name in wanted if name in stages]
+
+
+def variants(stages: list[str]) -> list[str]:
+    """Variant names present in a run (from continual-* and cooldown-* stages)."""
+    found = [name.partition("-")[2] for name in stages if name.partition("-")[0] in PHASES[1:]]
+    return list(dict.fromkeys(v for v in found if v))
+
+
+def final_scores(run: Run) -> pd.DataFrame:
+    """One value per (stage, measure): each task's headline score (higher is better) and each
+    domain's last validation bits per byte (lower is better)."""
+    rows = [
+        {"stage": r.stage, "measure": r.task, "value": r.value, "better": "higher"}
+        for r in run.evals.itertuples()
+    ]
+    last = run.validation.sort_values("tokens").groupby(["stage", "domain"]).tail(1)
+    rows += [
+        {"stage": r.stage, "measure": f"{r.domain} bpb", "value": r.bpb, "better": "lower"}
+        for r in last.itertuples()
+    ]
+    return pd.DataFrame(rows, columns=["stage", "measure", "value", "better"])
+
+
+def stage_deltas(run: Run) -> pd.DataFrame:
+    """What each stage changed, per variant: value after the stage minus value after its parent,
+    for every measure both have. Columns variant, stage (phase), measure, delta, better."""
+    scores = final_scores(run).set_index(["stage", "measure"])
+    stages = sorted({*run.metrics["stage"]})
+    rows = []
+    for variant in variants(stages):
+        chain = lineage(stages, variant)
+        for parent, child in zip(chain, chain[1:], strict=False):
+            for measure in scores.loc[child].index:
+                if (parent, measure) not in scores.index:
+                    continue
+                delta = (
+                    scores.loc[(child, measure), "value"] - scores.loc[(parent, measure), "value"]
+                )
+                better = scores.loc[(child, measure), "better"]
+                rows.append(
+                    {
+                        "variant": variant,
+                        "stage": child.partition("-")[0],
+                        "measure": measure,
+                        "delta": float(delta),
+                        "better": better,
+                    }
+                )
+    return pd.DataFrame(rows, columns=["variant", "stage", "measure", "delta", "better"])
+
+
+def benchmark_table(run: Run) -> pd.DataFrame:
+    """Our scores in the paper figure's units: model (stage), task, score (%), chance (%)."""
+    frame = run.evals.dropna(subset=["value"])
+    return pd.DataFrame(
+        {
+            "model": "ours: " + frame["stage"],
+            "task": frame["task"],
+            "score": 100 * frame["value"].astype(float),
+            "chance": 100 * frame["chance"].astype(float),
+        }
+    )

@@ -1,0 +1,251 @@
+"""Evaluate one exported checkpoint with an eval params file: benchmarks, HumanEval, perplexity.
+
+`evaluate_checkpoint` is what the CLI and notebooks/03_evaluate.ipynb call. It first works out
+which rows of `<out>/<name>.json` are still valid (same model hash, same settings) and loads the
+model only if something is left to compute; lm-eval tasks run in batches (`batch_size`), one
+`simple_evaluate` per shot count, HumanEval programs in parallel sandboxes. Each finished part is
+written at once, so an interrupted evaluation resumes where it stopped.
+
+    tinylab eval outputs/runs/demo/stages/base/hf --params params/eval/demo.yaml \
+        --out outputs/runs/demo/eval
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from tinylab.config import PROJECT_ROOT, ConfigError, EvalConfig, EvalTask, load_config
+from tinylab.evaluate import harness, humaneval, offline, perplexity
+from tinylab.evaluate.results import ResultStore, model_identity
+from tinylab.evaluate.sandbox import sandbox_mode
+from tinylab.model import load_hf
+
+
+class _Model:
+    """The model and its tokenizer, each loaded on first use only."""
+
+    def __init__(self, hf_dir: Path, device: str):
+        self.hf_dir, self.device = hf_dir, device
+        self._model: PreTrainedModel | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+
+    def model(self) -> PreTrainedModel:
+        if self._model is None:
+            dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+            self._model = load_hf(self.hf_dir, attention="sdpa", dtype=dtype).to(self.device)
+            self._model.eval()
+        return self._model
+
+    def get(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.hf_dir)
+        return self.model(), self._tokenizer
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def include_paths(cfg: EvalConfig, *, progress: bool = True) -> list[Path]:
+    """Task folders for lm-eval: the built offline suites, then the params' include_path."""
+    paths = [offline.ensure_suite(suite, progress=progress) for suite in cfg.suites]
+    if cfg.include_path:
+        path = Path(cfg.include_path)
+        paths.append(path if path.is_absolute() else PROJECT_ROOT / path)
+    return paths
+
+
+def lm_eval_settings(task: EvalTask, cfg: EvalConfig) -> dict:
+    return {
+        "kind": "lm_eval",
+        "harness": harness.HARNESS,
+        "shots": task.num_fewshot,
+        "metric": task.metric,
+        "limit": cfg.limit,
+        "add_bos_token": cfg.add_bos_token,
+        "offline_recipe": offline.RECIPE_VERSION if cfg.suites else None,
+    }
+
+
+def evaluate_checkpoint(
+    hf_dir: Path,
+    cfg: EvalConfig,
+    out_dir: Path,
+    *,
+    name: str,
+    data_dir: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate `hf_dir` with `cfg`; write `<out_dir>/<name>.json` and `.samples.jsonl`.
+    Rows already on disk for this model and these settings are reused, not recomputed."""
+    hf_dir = Path(hf_dir)
+    store = ResultStore(Path(out_dir), name, model_identity(hf_dir))
+    model = _Model(hf_dir, resolve_device(cfg.device))
+    order = [t.name for t in cfg.tasks]
+    _run_benchmarks(cfg, store, model, progress=progress)
+    if cfg.humaneval is not None:
+        order.append("humaneval")
+        _run_humaneval(cfg, store, model)
+    if cfg.perplexity and data_dir is not None:
+        order += _run_perplexity(cfg, store, model, Path(data_dir))
+    return store.write(order)
+
+
+def evaluate_stage(
+    eval_params: str | Path,
+    run_dir: str | Path,
+    stage: str,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+) -> dict:
+    """Evaluate a run's stage export (`<run>/stages/<stage>/hf`) into `<run>/eval/<stage>.json`,
+    with perplexity on `<run>/data` when it exists. Relative paths are relative to the repo."""
+    run_dir = _from_root(run_dir)
+    cfg = load_config(_from_root(eval_params), EvalConfig, overrides=list(overrides))
+    hf_dir = run_dir / "stages" / stage / "hf"
+    if not (hf_dir / "config.json").is_file():
+        raise ConfigError(f"{hf_dir}: no exported model; train stage {stage!r} of this run first")
+    data_dir = run_dir / "data"
+    return evaluate_checkpoint(
+        hf_dir,
+        cfg,
+        run_dir / "eval",
+        name=stage,
+        data_dir=data_dir if (data_dir / "index.json").is_file() else None,
+        progress=progress,
+    )
+
+
+def _from_root(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _run_benchmarks(cfg: EvalConfig, store: ResultStore, model: _Model, *, progress: bool) -> None:
+    pending = [t for t in cfg.tasks if store.cached(t.name, lm_eval_settings(t, cfg)) is None]
+    if not pending:
+        return
+    manager = harness.task_manager(include_paths(cfg, progress=progress), [t.name for t in pending])
+    lm = harness.make_lm(*model.get(), add_bos_token=cfg.add_bos_token, batch_size=cfg.batch_size)
+    for task in pending:  # one task at a time, so each finished task is on disk at once
+        start = time.perf_counter()
+        (row,), samples = harness.run_tasks(lm, [task], manager=manager, limit=cfg.limit)
+        elapsed = time.perf_counter() - start
+        records = samples[task.name]
+        row.update(
+            kind="lm_eval",
+            chance=task.chance if task.chance is not None else _chance(records),
+            add_bos_token=cfg.add_bos_token,
+            bos_prepended=bos_prepended(model.get()[1], cfg.add_bos_token),
+            harness=harness.HARNESS,
+            seconds=elapsed,
+            items_per_s=(row["n"] or 0) / elapsed,
+            settings=lm_eval_settings(task, cfg),
+        )
+        store.put(row, records)
+        store.write()
+
+
+def bos_prepended(tokenizer: PreTrainedTokenizerBase, add_bos_token: bool) -> bool:
+    """Whether contexts really start with BOS: lm-eval's add_bos_token only asks the tokenizer
+    for its special tokens, and a tokenizer without a BOS template adds none."""
+    ids = tokenizer("a", add_special_tokens=add_bos_token)["input_ids"]
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
+
+def _chance(records: list[dict]) -> float | None:
+    sizes = [r["num_choices"] for r in records if r.get("num_choices")]
+    return sum(1 / k for k in sizes) / len(sizes) if sizes else None
+
+
+def _run_humaneval(cfg: EvalConfig, store: ResultStore, model: _Model) -> None:
+    he = cfg.humaneval
+    assert he is not None
+    settings = {
+        "kind": "humaneval",
+        **he.model_dump(mode="json"),
+        "add_bos_token": cfg.add_bos_token,
+        "sandbox": sandbox_mode(),
+    }
+    if store.cached("humaneval", settings) is not None:
+        return
+    start = time.perf_counter()
+    scores, records = humaneval.evaluate_humaneval(
+        *model.get(), he, add_bos_token=cfg.add_bos_token
+    )
+    elapsed = time.perf_counter() - start
+    headline = f"pass@{he.ks[0]}"
+    row = {
+        "task": "humaneval",
+        "metric": headline,
+        "value": scores[headline]["value"],
+        "stderr": scores[headline]["stderr"],
+        "n": scores[headline]["n"],
+        "shots": 0,
+        "metrics": {k: v["value"] for k, v in scores.items()},
+        "kind": "humaneval",
+        "chance": 0.0,
+        "add_bos_token": cfg.add_bos_token,
+        "harness": f"tinylab sandbox ({sandbox_mode()})",
+        "seconds": elapsed,
+        "items_per_s": scores[headline]["n"] * he.num_samples / elapsed,
+        "settings": settings,
+    }
+    store.put(row, records)
+    store.write()
+
+
+def _check_same_tokenizer(model: _Model, data_tokenizer: Path) -> None:
+    """Perplexity on data tokenized by another tokenizer would be meaningless: refuse it."""
+    if (
+        not (model.hf_dir / "tokenizer.json").is_file()
+        and not (model.hf_dir / "tokenizer_config.json").is_file()
+    ):
+        return  # a bare export: nothing to compare (the data's ids index its embedding)
+    ours = model.get()[1].get_vocab()
+    theirs = AutoTokenizer.from_pretrained(data_tokenizer).get_vocab()
+    if ours != theirs:
+        raise ConfigError(
+            f"{model.hf_dir}: its tokenizer differs from the data's ({data_tokenizer}); "
+            "perplexity needs the data the model was trained on (or set perplexity: false)"
+        )
+
+
+def _run_perplexity(cfg: EvalConfig, store: ResultStore, model: _Model, data_dir: Path) -> list:
+    from tinylab.data import PackedData
+
+    data = PackedData.open(data_dir)
+    _check_same_tokenizer(model, data.tokenizer_dir)
+    settings = {
+        "kind": "perplexity",
+        "max_windows": cfg.perplexity_max_windows,
+        "tokenizer_sha256": data.tokenizer_sha256,
+        "data_dir": str(data_dir.resolve()),
+    }
+    names = [f"perplexity/{domain}" for domain in data.domains]
+    if all(store.cached(n, settings) is not None for n in names):
+        return names
+    start = time.perf_counter()
+    rows = perplexity.domain_perplexity(
+        model.model(), data, max_windows=cfg.perplexity_max_windows, batch_size=cfg.batch_size
+    )
+    elapsed = time.perf_counter() - start
+    for row in rows:
+        row.update(
+            kind="perplexity",
+            chance=None,
+            add_bos_token=None,
+            harness="tinylab",
+            seconds=elapsed,
+            settings=settings,
+        )
+        store.put(row)
+    store.write()
+    return [row["task"] for row in rows]

@@ -1,0 +1,75 @@
+"""Perplexity and bits per byte per domain on the held-out windows of a prepared data folder.
+
+The windows are the ones training validates on (`PackedData.window(source, i, "val")`, seq_len+1
+tokens, predicting tokens 1..seq_len), so these numbers line up with the training curves; bits
+per byte divides by the domain's held-out bytes per token (the contract's formula:
+nats/token / ln 2 / bytes_per_token), which makes tokenizers comparable. The trade-off: packed
+windows cut documents at arbitrary points, so early tokens of a window see a short context
+(slightly pessimistic against a sliding-window evaluation), in exchange for reading the exact
+bytes the training run held out.
+
+    tinylab eval HF_DIR --params params/eval/demo.yaml --out DIR   # with a run's data folder
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+if TYPE_CHECKING:
+    from tinylab.data import PackedData
+
+
+@torch.no_grad()
+def window_nll(model: PreTrainedModel, windows: np.ndarray, *, batch_size: int = 8) -> np.ndarray:
+    """Mean negative log-likelihood (nats/token) of each window's tokens 1..T given the rest."""
+    model.eval()
+    out = []
+    for start in range(0, len(windows), batch_size):
+        batch = torch.as_tensor(windows[start : start + batch_size], device=model.device)
+        logits = model(input_ids=batch[:, :-1]).logits.float()
+        nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+        out.append(nll.mean(dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def domain_perplexity(
+    model: PreTrainedModel, data: PackedData, *, max_windows: int = 64, batch_size: int = 8
+) -> list[dict]:
+    """One row per domain: bits per byte (headline), perplexity, nats/token, windows used."""
+    by_domain: dict[str, list[np.ndarray]] = {}
+    for source, domain in sorted(data.sources.items()):
+        count = min(max_windows, data.num_windows(source, "val"))
+        if count:
+            windows = np.stack([data.window(source, i, "val") for i in range(count)])
+            by_domain.setdefault(domain, []).append(
+                window_nll(model, windows, batch_size=batch_size)
+            )
+    rows = []
+    for domain, parts in sorted(by_domain.items()):
+        nll = np.concatenate(parts)
+        scale = 1 / math.log(2) / data.bytes_per_token(domain)
+        mean = float(nll.mean())
+        stderr = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else None
+        rows.append(
+            {
+                "task": f"perplexity/{domain}",
+                "metric": "bits_per_byte",
+                "value": mean * scale,
+                "stderr": stderr * scale if stderr is not None else None,
+                "n": int(len(nll)),
+                "shots": 0,
+                "metrics": {
+                    "bits_per_byte": mean * scale,
+                    "perplexity": math.exp(mean),
+                    "nats_per_token": mean,
+                    "tokens": int(len(nll) * data.seq_len),
+                },
+            }
+        )
+    return rows

@@ -1,0 +1,105 @@
+"""Evaluation results on disk: one JSON per checkpoint, per-sample JSONL, and reuse of both.
+
+`<out>/<name>.json` holds one row per task: task, metric, value, stderr, n, shots, chance, all
+metrics, the settings that produced it (harness version, BOS, limit, ...) and the model identity
+(sha256 of the safetensors). `<out>/<name>.samples.jsonl` holds one line per scored example.
+A row is reused when the model hash and the settings match, so re-running a suite only computes
+what is new; a different checkpoint under the same name starts afresh. Writes are atomic
+(temporary file + rename), so an interrupted run leaves the previous files intact.
+
+    tinylab eval HF_DIR --params params/eval/demo.yaml --out outputs/runs/demo/eval
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import tinylab
+
+
+def model_identity(hf_dir: Path) -> dict[str, str]:
+    """The model's identity: sha256 over its safetensors files (names and bytes, sorted)."""
+    files = sorted(Path(hf_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{hf_dir}: no *.safetensors files")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return {"path": str(Path(hf_dir).resolve()), "sha256": digest.hexdigest()}
+
+
+class ResultStore:
+    """The results of one checkpoint under a name, as stored in out_dir."""
+
+    def __init__(self, out_dir: Path, name: str, model: dict[str, str]):
+        self.json_path = Path(out_dir) / f"{name}.json"
+        self.samples_path = Path(out_dir) / f"{name}.samples.jsonl"
+        self.name, self.model = name, model
+        self.rows: dict[str, dict] = {}
+        self.samples: dict[str, list[dict]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if not self.json_path.is_file():
+            return
+        stored = json.loads(self.json_path.read_text())
+        if stored.get("model", {}).get("sha256") != self.model["sha256"]:
+            return  # another checkpoint was stored under this name: nothing is reusable
+        self.rows = {row["task"]: row for row in stored.get("results", [])}
+        if self.samples_path.is_file():
+            for line in self.samples_path.read_text().splitlines():
+                record = json.loads(line)
+                self.samples.setdefault(record["task"], []).append(record)
+
+    def cached(self, task: str, settings: dict[str, Any]) -> dict | None:
+        """The stored row of a task when it was computed with exactly these settings."""
+        row = self.rows.get(task)
+        return row if row is not None and row.get("settings") == settings else None
+
+    def put(self, row: dict, samples: Iterable[dict] = ()) -> None:
+        """Add (or replace) one task's row and samples; call write() to store them."""
+        self.rows[row["task"]] = row
+        self.samples[row["task"]] = [{"task": row["task"], **s} for s in samples]
+
+    def write(self, tasks: Iterable[str] | None = None) -> dict:
+        """Write the JSON and the samples: rows of `tasks` first, in that order, then the other
+        stored rows of this checkpoint (an evaluation with other params keeps them)."""
+        first = [name for name in tasks or () if name in self.rows]
+        names = first + [name for name in self.rows if name not in first]
+        document = {
+            "checkpoint": self.name,
+            "model": self.model,
+            "tinylab": tinylab.__version__,
+            "results": [self.rows[name] for name in names],
+        }
+        _write_atomic(self.json_path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        lines = [
+            json.dumps(record, ensure_ascii=False)
+            for name in names
+            for record in self.samples.get(name, [])
+        ]
+        _write_atomic(self.samples_path, "".join(line + "\n" for line in lines))
+        return document
+
+
+def load_results(path: Path) -> dict:
+    """Read a results JSON written by ResultStore."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no evaluation results (run `tinylab eval` first)")
+    return json.loads(path.read_text())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)

@@ -1,0 +1,102 @@
+"""tinylab.analysis.runs on a small synthetic run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinylab.analysis.runs import benchmark_table, lineage, load_run, stage_deltas, variants
+from tinylab.config import ConfigError
+
+STAGES = {"base": (0, 0), "continual-code": (100, 1), "cooldown-code": (150, 2)}  # start, rank
+
+
+def _write_stage(run: Path, name: str, start: int, rank: int) -> None:
+    folder = run / "stages" / name
+    folder.mkdir(parents=True)
+    lines = []
+    for step in range(1, 4):
+        tokens = start + 10 * step
+        lines.append(
+            {
+                "kind": "train",
+                "step": step,
+                "stage_step": step,
+                "tokens": tokens,
+                "loss": 5.0 - rank - step / 10,
+                "lr": 1e-3,
+                "grad_norm": 1.0,
+                "tokens_per_s": 1000.0,
+                "mfu": None,
+                "peak_mem_bytes": 1,
+                "mixture": {},
+            }
+        )
+    lines.append(
+        {
+            "kind": "val",
+            "step": 3,
+            "tokens": start + 30,
+            "domains": {
+                "english": {"loss": 3.0, "bpb": 2.0 - 0.1 * rank, "windows": 4},
+                "code": {"loss": 3.0, "bpb": 3.0 - 0.5 * rank, "windows": 4},
+            },
+        }
+    )
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    results = [
+        {
+            "task": "arc_easy",
+            "metric": "acc_norm",
+            "value": 0.25 + 0.05 * rank,
+            "stderr": 0.01,
+            "n": 100,
+            "chance": 0.25,
+        },
+        {"task": "boolq", "metric": "acc", "value": 0.5, "stderr": 0.01, "n": 100, "chance": 0.5},
+    ]
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / f"{name}.json").write_text(json.dumps({"checkpoint": name, "results": results}))
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    for name, (start, rank) in STAGES.items():
+        _write_stage(tmp_path, name, start, rank)
+    return tmp_path
+
+
+def test_load_run_concatenates_stages(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    assert sorted(run.metrics["stage"].unique()) == sorted(STAGES)
+    assert set(run.metrics["phase"]) == {"base", "continual", "cooldown"}
+    assert len(run.validation) == 2 * len(STAGES)
+    assert len(run.evals) == 2 * len(STAGES)
+
+
+def test_stage_deltas_follow_the_lineage(run_dir: Path) -> None:
+    deltas = stage_deltas(load_run(run_dir)).set_index(["stage", "measure"])
+    assert deltas.loc[("continual", "code bpb"), "delta"] == pytest.approx(-0.5)
+    assert deltas.loc[("cooldown", "arc_easy"), "delta"] == pytest.approx(0.05)
+    assert deltas.loc[("continual", "boolq"), "delta"] == pytest.approx(0.0)
+    assert set(deltas["variant"]) == {"code"}
+
+
+def test_benchmark_table_is_in_percent(run_dir: Path) -> None:
+    table = benchmark_table(load_run(run_dir))
+    base = table[(table["model"] == "ours: base") & (table["task"] == "arc_easy")]
+    assert base["score"].item() == pytest.approx(25.0)
+    assert base["chance"].item() == pytest.approx(25.0)
+
+
+def test_lineage_and_variants() -> None:
+    stages = ["base", "continual-zh", "cooldown-zh", "continual-code"]
+    assert variants(stages) == ["zh", "code"]
+    assert lineage(stages, "code") == ["base", "continual-code"]
+
+
+def test_empty_run_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no trained stages"):
+        load_run(tmp_path)

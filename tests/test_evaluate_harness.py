@@ -1,0 +1,135 @@
+"""tinylab.evaluate.harness: lm-eval on tinylab's model object, through the hub tasks' own YAML on
+local files, and the same numbers as the `lm_eval` command line on the exported folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _evaluate_fixtures import ARC_ITEMS, arc_task, tiny_hf_dir
+from typer.testing import CliRunner
+
+from tinylab.cli import app
+from tinylab.config import ConfigError, EvalConfig, EvalTask
+from tinylab.evaluate import evaluate_checkpoint, harness
+from tinylab.evaluate.checkpoint import bos_prepended
+from tinylab.evaluate.tasks import PAPER_TASKS, paper_tasks
+from tinylab.model import load_hf
+
+TASK = EvalTask(name="local_arc_easy", metric="acc_norm", chance=0.25)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("harness")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    return tiny_hf_dir(root / "hf"), arc_task(root / "tasks")
+
+
+def _cfg(tasks_dir: Path, **kw) -> EvalConfig:
+    return EvalConfig(tasks=[TASK], include_path=str(tasks_dir), batch_size=8, device="cpu", **kw)
+
+
+def test_a_hub_format_task_runs_through_lm_eval(setup: tuple[Path, Path]) -> None:
+    hf_dir, tasks_dir = setup
+    from transformers import AutoTokenizer
+
+    lm = harness.make_lm(load_hf(hf_dir), AutoTokenizer.from_pretrained(hf_dir), batch_size=8)
+    manager = harness.task_manager([tasks_dir], [TASK.name])
+    (row,), samples = harness.run_tasks(lm, [TASK], manager=manager)
+    assert row["task"] == TASK.name and row["n"] == len(ARC_ITEMS) and row["shots"] == 0
+    assert set(row["metrics"]) == {"acc", "acc_norm"}
+    records = samples[TASK.name]
+    assert [r["doc_id"] for r in records] == list(range(len(ARC_ITEMS)))
+    assert all(r["num_choices"] == 4 for r in records)
+    assert row["value"] == pytest.approx(sum(r["acc_norm"] for r in records) / len(records))
+
+
+def test_bos_is_off_by_default_and_recorded(setup: tuple[Path, Path]) -> None:
+    hf_dir, tasks_dir = setup
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = load_hf(hf_dir)
+    assert harness.make_lm(model, tok).tok_encode("Question")[0] != tok.bos_token_id
+    assert harness.make_lm(model, tok, add_bos_token=True).tok_encode("Q")[0] == tok.bos_token_id
+    assert EvalConfig().add_bos_token is False
+    assert bos_prepended(tok, False) is False and bos_prepended(tok, True) is True
+
+
+def test_an_unreported_metric_is_a_clear_error(setup: tuple[Path, Path], tmp_path) -> None:
+    hf_dir, tasks_dir = setup
+    wrong_metric = _cfg(tasks_dir).model_copy(
+        update={"tasks": [EvalTask(name=TASK.name, metric="bleu")]}
+    )
+    with pytest.raises(ConfigError, match="bleu"):
+        evaluate_checkpoint(hf_dir, wrong_metric, tmp_path, name="x")
+
+
+@pytest.mark.slow
+def test_an_unknown_task_is_a_clear_error(setup: tuple[Path, Path], tmp_path) -> None:
+    hf_dir, tasks_dir = setup
+    bad = _cfg(tasks_dir).model_copy(update={"tasks": [EvalTask(name="no_such_task_xyz")]})
+    with pytest.raises(ConfigError, match="no_such_task_xyz"):
+        evaluate_checkpoint(hf_dir, bad, tmp_path, name="x")
+
+
+def test_the_paper_table_uses_the_papers_metrics() -> None:
+    metrics = {t.name: t.metric for t in paper_tasks()}
+    assert metrics == {
+        "hellaswag": "acc_norm", "openbookqa": "acc_norm", "winogrande": "acc",
+        "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "boolq": "acc", "piqa": "acc_norm",
+    }  # fmt: skip
+    assert all(t.metric == "acc" for t in paper_tasks("chinese"))
+    shots = {t.name: t.num_fewshot for t in paper_tasks("problem_solving")}
+    assert shots == {"mmlu": 5, "bbh_fewshot": 3, "drop": 3}
+    with pytest.raises(ValueError, match="unknown task groups"):
+        paper_tasks("nope")
+
+
+@pytest.mark.slow
+def test_the_paper_tasks_exist_in_lm_eval() -> None:
+    known = harness.task_manager([]).all_tasks
+    assert [t.name for t in PAPER_TASKS if t.name not in known] == []
+
+
+@pytest.mark.slow
+def test_numbers_equal_the_lm_eval_command_line(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    hf_dir, tasks_dir = setup
+    ours = evaluate_checkpoint(hf_dir, _cfg(tasks_dir), tmp_path / "ours", name="tiny")
+    command = [
+        sys.executable, "-m", "lm_eval", "run", "--model", "hf",
+        "--model_args", f"pretrained={hf_dir},add_bos_token=False,dtype=float32",
+        "--device", "cpu", "--batch_size", "8", "--tasks", TASK.name,
+        "--include_path", str(tasks_dir), "--output_path", str(tmp_path / "cli"),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
+    subprocess.run(command, check=True, capture_output=True, env=env, cwd=tmp_path)
+    cli = json.loads(next((tmp_path / "cli").rglob("results_*.json")).read_text())
+    theirs = cli["results"][TASK.name]
+    row = ours["results"][0]
+    for metric in ("acc", "acc_norm"):
+        assert row["metrics"][metric] == theirs[f"{metric},none"]
+    assert row["stderr"] == pytest.approx(theirs["acc_norm_stderr,none"])
+    assert row["n"] == cli["n-samples"][TASK.name]["effective"]
+
+
+def test_tinylab_eval_command(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    hf_dir, tasks_dir = setup
+    params = tmp_path / "eval.yaml"
+    params.write_text(
+        f"tasks: [{{name: {TASK.name}, metric: acc_norm, chance: 0.25}}]\n"
+        f"include_path: {tasks_dir}\nbatch_size: 8\ndevice: cpu\n"
+    )
+    args = ["eval", str(hf_dir), "--params", str(params), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--name", "base"])
+    assert result.exit_code == 0, result.output
+    assert TASK.name in result.output
+    stored = json.loads((tmp_path / "out" / "base.json").read_text())
+    assert stored["results"][0]["add_bos_token"] is False
+    bad = CliRunner().invoke(app, ["eval", str(tmp_path), "--params", str(params), "--out", "x"])
+    assert bad.exit_code == 2 and "config.json" in bad.output
