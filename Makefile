@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, no GPU, no conda):
-#   make demo   - creates .venv on first use, then runs the demo pipeline
+#   make demo   - creates .venv on first use, then runs the demo pipeline (outputs/runs/demo/)
 #   make test   - creates .venv on first use, then runs ruff and the tests
 # TORCH_SPEC picks the torch build; on machines without a local CPU wheel, a smaller CPU build
 # comes with: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), sys.version' \
@@ -23,9 +23,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/tinylab params check params/models/*.yaml params/data/*.yaml params/stages/*/*.yaml
-	$(BIN)/tinylab model info demo
-	@echo "note: the demo pipeline is not built yet; this ran the furthest part that exists"
+	$(BIN)/tinylab run params/pipelines/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ from _train_fixtures import final_weights, new_run, prepare_data, stage_config, 
 from tinylab.config import ConfigError
 from tinylab.train import run_stage, train_stage
 from tinylab.train.checkpoint import list_checkpoints, read_meta
+from tinylab.train.launch import launcher_world_size
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,35 @@ def test_indivisible_batch_fails_before_launching(tmp_path, prepared) -> None:
     with pytest.raises(ConfigError, match="not a multiple of micro_batch_size x seq_len x"):
         train_stage(stage_config(), run, nproc=3, progress=False)
     assert not (run / "stages").exists()
+
+
+def test_launcher_world_size_is_checked_before_launching(tmp_path, prepared) -> None:
+    run = new_run(tmp_path, prepared)
+    launcher = [
+        "srun",
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=3",
+        "--nproc-per-node",
+        "1",
+    ]
+    with pytest.raises(ConfigError, match="not a multiple of micro_batch_size x seq_len x"):
+        train_stage(stage_config(), run, launcher=launcher, progress=False)
+    assert not (run / "stages").exists()
+
+
+@pytest.mark.parametrize(
+    ("launcher", "world"),
+    [
+        (["torchrun", "--nnodes=2", "--nproc-per-node=8"], 16),
+        (["torchrun", "--nnodes", "4", "--nproc_per_node", "8"], 32),
+    ],
+)
+def test_launcher_world_size(launcher: list[str], world: int) -> None:
+    assert launcher_world_size(launcher) == world
+
+
+def test_elastic_launcher_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="needs numeric --nnodes"):
+        launcher_world_size(["torchrun", "--nnodes=1:4", "--nproc-per-node=8"])

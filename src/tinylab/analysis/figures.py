@@ -34,25 +34,36 @@ def _style() -> None:
     sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
 
 
-def _phase_bands(ax: plt.Axes, metrics: pd.DataFrame) -> None:
-    """Shade each phase's token span, labelled once at the top."""
+def _phase_bands(ax: plt.Axes, metrics: pd.DataFrame, *, labels: bool = True) -> None:
+    """Shade each phase's token span, labelled (when `labels`) inside the top of the axes."""
     spans = metrics.groupby("phase", sort=False)["tokens"].agg(["min", "max"])
     for phase, (start, stop) in spans.iterrows():
         ax.axvspan(start, stop, color=PHASE_COLORS.get(phase, "#eeeeee"), zorder=0, lw=0)
-        ax.text(
-            start, 1.0, f" {phase}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8
-        )
+        if labels:
+            ax.text(
+                start, 0.98, f" {phase}", transform=ax.get_xaxis_transform(), va="top", fontsize=8
+            )
 
 
-def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.9) -> plt.Figure:
-    """Training loss (raw and EMA), learning rate and gradient norm against tokens, all stages
-    and variants, with phase bands. Needs columns tokens, loss, lr, grad_norm, stage, phase,
-    variant."""
+def _palette(frame: pd.DataFrame) -> dict[str, tuple]:
+    """One colour per variant, the same in every figure: base first, then alphabetical."""
+    names = sorted(frame["variant"].unique(), key=lambda v: (v != "base", v))
+    return dict(zip(names, sns.color_palette("colorblind", len(names)), strict=True))
+
+
+def _ema(losses: pd.Series, fraction: float) -> pd.Series:
+    """Exponential moving average spanning `fraction` of the series (at least 2 points)."""
+    return losses.ewm(span=max(2, round(fraction * len(losses))), adjust=True).mean()
+
+
+def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.1) -> plt.Figure:
+    """Training loss (raw and an EMA spanning `ema` of each stage's steps), learning rate and
+    gradient norm against tokens, all stages and variants, with phase bands. Needs columns
+    tokens, loss, lr, grad_norm, stage, phase, variant."""
     _style()
     frame = metrics.sort_values(["stage", "tokens"]).copy()
-    frame["loss (EMA)"] = frame.groupby("stage")["loss"].transform(
-        lambda s: s.ewm(alpha=1 - ema, adjust=False).mean()
-    )
+    frame["loss (EMA)"] = frame.groupby("stage")["loss"].transform(lambda s: _ema(s, ema))
+    palette = _palette(frame)
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True, height_ratios=[3, 1, 1])
     _phase_bands(axes[0], frame)
     sns.lineplot(
@@ -60,6 +71,7 @@ def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.9) -> plt.Figure:
         x="tokens",
         y="loss",
         hue="variant",
+        palette=palette,
         units="stage",
         estimator=None,
         alpha=0.25,
@@ -68,7 +80,14 @@ def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.9) -> plt.Figure:
         ax=axes[0],
     )
     sns.lineplot(
-        frame, x="tokens", y="loss (EMA)", hue="variant", units="stage", estimator=None, ax=axes[0]
+        frame,
+        x="tokens",
+        y="loss (EMA)",
+        hue="variant",
+        units="stage",
+        estimator=None,
+        ax=axes[0],
+        palette=palette,
     )
     axes[0].set_ylabel("training loss (nats/token)")
     sns.lineplot(
@@ -76,6 +95,7 @@ def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.9) -> plt.Figure:
         x="tokens",
         y="lr",
         hue="variant",
+        palette=palette,
         units="stage",
         estimator=None,
         legend=False,
@@ -86,6 +106,7 @@ def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.9) -> plt.Figure:
         x="tokens",
         y="grad_norm",
         hue="variant",
+        palette=palette,
         units="stage",
         estimator=None,
         legend=False,
@@ -101,17 +122,19 @@ def validation_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
     columns tokens, domain, bpb, stage, phase, variant."""
     _style()
     domains = sorted(validation["domain"].unique())
+    palette = _palette(validation)
     fig, axes = plt.subplots(
         1, len(domains), figsize=(3.2 * len(domains), 3.4), sharex=True, squeeze=False
     )
     for ax, domain in zip(axes[0], domains, strict=True):
         part = validation[validation["domain"] == domain].sort_values("tokens")
-        _phase_bands(ax, part)
+        _phase_bands(ax, part, labels=ax is axes[0][0])
         sns.lineplot(
             part,
             x="tokens",
             y="bpb",
             hue="variant",
+            palette=palette,
             units="stage",
             estimator=None,
             marker="o",
@@ -119,7 +142,7 @@ def validation_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
             ax=ax,
             legend=ax is axes[0][-1],
         )
-        ax.set_title(domain)
+        ax.set_title(domain, pad=4)
         ax.set_ylabel("bits per byte" if ax is axes[0][0] else "")
         ax.set_xlabel("tokens seen")
     fig.tight_layout()
@@ -140,7 +163,7 @@ def stage_contributions(deltas: pd.DataFrame) -> plt.Figure:
     sns.heatmap(
         table,
         annot=True,
-        fmt=".3f",
+        fmt=".2f",
         cmap="RdBu",
         vmin=-limit,
         vmax=limit,
@@ -173,6 +196,7 @@ def benchmarks_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame) -> plt.Figure:
     ax.legend(fontsize=7, ncols=2, loc="upper left", bbox_to_anchor=(1, 1))
     ax.set_ylabel("score (%)")
     ax.set_xlabel("")
+    ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     return fig
 

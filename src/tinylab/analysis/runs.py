@@ -92,9 +92,10 @@ def variants(stages: list[str]) -> list[str]:
 def final_scores(run: Run) -> pd.DataFrame:
     """One value per (stage, measure): each task's headline score (higher is better) and each
     domain's last validation bits per byte (lower is better)."""
-    rows = [
+    rows = [  # held-out bits per byte comes from training's validation below, not twice
         {"stage": r.stage, "measure": r.task, "value": r.value, "better": "higher"}
         for r in run.evals.itertuples()
+        if r.metric != "bits_per_byte"
     ]
     last = run.validation.sort_values("tokens").groupby(["stage", "domain"]).tail(1)
     rows += [
@@ -135,6 +136,7 @@ def stage_deltas(run: Run) -> pd.DataFrame:
 def benchmark_table(run: Run) -> pd.DataFrame:
     """Our scores in the paper figure's units: model (stage), task, score (%), chance (%)."""
     frame = run.evals.dropna(subset=["value"])
+    frame = frame[frame["metric"] != "bits_per_byte"]  # not a score in %; see validation figures
     return pd.DataFrame(
         {
             "model": "ours: " + frame["stage"],

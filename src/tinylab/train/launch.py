@@ -4,8 +4,9 @@ With `nproc == 1` the stage runs in the caller's process (a notebook kernel show
 tqdm bar). With `nproc > 1` it writes the resolved params into the stage folder, starts
 `python -m torch.distributed.run --standalone --nproc-per-node N -m tinylab.train ...` as a
 subprocess, streams its log, drives a progress bar from the metrics file it writes, and reads the
-result from disk. Trade-off: one node only (multi-node jobs go through `tinylab submit`), in
-exchange for no launcher state in the notebook.
+result from disk. Across nodes, `tinylab submit` passes a `launcher` (srun + torchrun with a
+rendezvous, docs/CLUSTER.md) that replaces the standalone torchrun; its --nnodes and
+--nproc-per-node give the world size the batch is checked against.
 
     from tinylab.train import train_stage
     train_stage("params/stages/demo/base.yaml", "outputs/runs/demo", nproc=2)
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -43,29 +45,35 @@ def train_stage(
     run_dir: str | Path,
     *,
     nproc: int = 1,
+    launcher: Sequence[str] = (),
     overrides: list[str] | tuple[str, ...] = (),
     resume: bool = True,
     progress: bool = True,
 ) -> StageResult:
-    """Train a stage (params file or loaded config) in `run_dir` on `nproc` local processes.
-    Relative paths are resolved against the project root, so notebooks/ and the root agree."""
+    """Train a stage (params file or loaded config) in `run_dir` on `nproc` local processes, or
+    through `launcher` (a torchrun command prefix spanning nodes). Relative paths are resolved
+    against the project root, so notebooks/ and the root agree."""
     stage = load_stage(stage_params, overrides)
     run_dir = project_path(run_dir)
     if nproc < 1:
         raise ValueError(f"nproc = {nproc}: must be >= 1")
-    if nproc == 1:
+    if nproc == 1 and not launcher:
         return run_stage(stage, run_dir, resume=resume, progress=progress)
-    BatchPlan.from_stage(stage, world_size=nproc)  # an indivisible batch fails before launching
+    world_size = launcher_world_size(launcher) if launcher else nproc
+    BatchPlan.from_stage(stage, world_size=world_size)  # an indivisible batch fails before launch
     stage_dir = run_dir / "stages" / stage.name
     stage_dir.mkdir(parents=True, exist_ok=True)
     config = stage_dir / RESOLVED_FILE
     config.write_text(dump_config(stage))
-    command = [
+    torchrun = list(launcher) or [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         f"--nproc-per-node={nproc}",
+    ]
+    command = [
+        *torchrun,
         "-m",
         "tinylab.train",
         "--config",
@@ -75,6 +83,24 @@ def train_stage(
     ] + ([] if resume else ["--no-resume"])
     stream_subprocess(command, stage_dir / "metrics.jsonl", stage=stage, progress=progress)
     return StageResult.read(stage_dir)
+
+
+def launcher_world_size(launcher: Sequence[str]) -> int:
+    """nnodes x nproc-per-node of a torchrun command (`--opt=value` or `--opt value`)."""
+    values: dict[str, str] = {}
+    for i, arg in enumerate(launcher):
+        for name in ("--nnodes", "--nproc-per-node", "--nproc_per_node"):
+            if arg == name and i + 1 < len(launcher):
+                values[name.replace("_", "-")] = launcher[i + 1]
+            elif arg.startswith(name + "="):
+                values[name.replace("_", "-")] = arg.split("=", 1)[1]
+    try:
+        return int(values["--nnodes"]) * int(values["--nproc-per-node"])
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"launcher {' '.join(launcher)!r}: needs numeric --nnodes and --nproc-per-node "
+            "(an elastic range such as 1:4 cannot fix the global batch split)"
+        ) from None
 
 
 def load_stage(stage_params: str | Path | StageConfig, overrides=()) -> StageConfig:
