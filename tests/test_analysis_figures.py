@@ -100,4 +100,4 @@ def test_stage_contribution_sign_follows_better(tmp_path: Path) -> None:
     fig = figures.stage_contributions(deltas)
     heat = fig.axes[0]
     labels = [t.get_text() for t in heat.texts]
-    assert labels == ["1.000", "-1.000"]  # lower bpb is an improvement, lower acc is not
+    assert labels == ["1.00", "-1.00"]  # lower bpb is an improvement, lower acc is not

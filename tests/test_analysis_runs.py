@@ -56,6 +56,14 @@ def _write_stage(run: Path, name: str, start: int, rank: int) -> None:
             "chance": 0.25,
         },
         {"task": "boolq", "metric": "acc", "value": 0.5, "stderr": 0.01, "n": 100, "chance": 0.5},
+        {
+            "task": "perplexity/code",
+            "metric": "bits_per_byte",
+            "value": 3.0 - 0.5 * rank,
+            "stderr": None,
+            "n": 8,
+            "chance": None,
+        },
     ]
     (run / "eval").mkdir(exist_ok=True)
     (run / "eval" / f"{name}.json").write_text(json.dumps({"checkpoint": name, "results": results}))
@@ -73,7 +81,7 @@ def test_load_run_concatenates_stages(run_dir: Path) -> None:
     assert sorted(run.metrics["stage"].unique()) == sorted(STAGES)
     assert set(run.metrics["phase"]) == {"base", "continual", "cooldown"}
     assert len(run.validation) == 2 * len(STAGES)
-    assert len(run.evals) == 2 * len(STAGES)
+    assert len(run.evals) == 3 * len(STAGES)
 
 
 def test_stage_deltas_follow_the_lineage(run_dir: Path) -> None:
@@ -82,6 +90,8 @@ def test_stage_deltas_follow_the_lineage(run_dir: Path) -> None:
     assert deltas.loc[("cooldown", "arc_easy"), "delta"] == pytest.approx(0.05)
     assert deltas.loc[("continual", "boolq"), "delta"] == pytest.approx(0.0)
     assert set(deltas["variant"]) == {"code"}
+    # held-out bits per byte counts once (from validation), with lower = better
+    assert "perplexity/code" not in deltas.index.get_level_values("measure")
 
 
 def test_benchmark_table_is_in_percent(run_dir: Path) -> None:
@@ -89,6 +99,7 @@ def test_benchmark_table_is_in_percent(run_dir: Path) -> None:
     base = table[(table["model"] == "ours: base") & (table["task"] == "arc_easy")]
     assert base["score"].item() == pytest.approx(25.0)
     assert base["chance"].item() == pytest.approx(25.0)
+    assert "perplexity/code" not in set(table["task"])  # bits per byte is not a score in %
 
 
 def test_lineage_and_variants() -> None:
