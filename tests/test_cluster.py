@@ -96,7 +96,7 @@ def test_scripts_for_two_nodes_of_eight_gpus(project: dict[str, Path]) -> None:
         "#SBATCH --kill-on-invalid-dep=yes",
         f"#SBATCH --output={run_dir}/cluster/logs/base-%j.out",
         'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
-        "export MASTER_PORT=29500",
+        "export MASTER_PORT=$((29500 + SLURM_JOB_ID % 10000))",
         "module load cuda/12.4",
         "source .venv/bin/activate",
         "trap requeue_before_limit USR1",

@@ -24,6 +24,9 @@ with out.open("a") as f:
     f.write(f"{value} {overrides}\\n")
 if fail:
     raise RuntimeError(f"step {name} was told to fail")
+if die:
+    import os
+    os._exit(3)
 import time
 time.sleep(sleep_s)
 """
@@ -31,8 +34,8 @@ time.sleep(sleep_s)
 
 def _notebook(path: Path) -> None:
     params = nbformat.v4.new_code_cell(
-        'name: str = "x"\nvalue: int = 0\nfail: bool = False\nsleep_s: float = 0.0\n'
-        'run_dir: str = "."\noverrides: list = []',
+        'name: str = "x"\nvalue: int = 0\nfail: bool = False\ndie: bool = False\n'
+        'sleep_s: float = 0.0\nrun_dir: str = "."\noverrides: list = []',
         metadata={"tags": ["parameters"]},
     )
     nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(STEP_SOURCE)])
@@ -134,6 +137,16 @@ def test_failing_step_stops_the_run_and_keeps_earlier_outputs(project: dict[str,
     _run(project, _pipeline(project, THREE_STEPS))
     assert len(_lines(run_dir, "a")) == 1
     assert _lines(run_dir, "c") == ["3 []"]
+
+
+def test_a_dead_kernel_is_recorded_as_failed(project: dict[str, Path]) -> None:
+    steps = THREE_STEPS.replace("{name: b, value: 2}", "{name: b, value: 2, die: true}")
+    with pytest.raises(StepFailed, match="step 'b'"):
+        _run(project, _pipeline(project, steps))
+    manifest = json.loads((project["runs"] / "p" / "manifest.json").read_text())
+    assert manifest["steps"]["b"]["status"] == "failed"
+    assert manifest["steps"]["b"]["error"]
+    assert "c" not in manifest["steps"]
 
 
 def test_unknown_step_in_from_or_overrides(project: dict[str, Path]) -> None:

@@ -8,7 +8,14 @@ import math
 
 import pytest
 import torch
-from _train_fixtures import final_weights, new_run, prepare_data, stage_config, train_records
+from _train_fixtures import (
+    curve,
+    final_weights,
+    new_run,
+    prepare_data,
+    stage_config,
+    train_records,
+)
 
 from tinylab.config import ConfigError
 from tinylab.data import PackedData
@@ -167,6 +174,26 @@ def test_resuming_with_a_changed_model_shape_is_an_error(tmp_path, prepared) -> 
     wider = stage_config(max_tokens=4096, model={"hidden_size": 128})
     with pytest.raises(ConfigError, match="hidden_size: 64 in the checkpoint, 128 now"):
         run_stage(wider, run, progress=False)
+
+
+def test_resuming_under_changed_params_is_an_error_and_fresh_retrains(tmp_path, prepared) -> None:
+    run = new_run(tmp_path, prepared)
+    run_stage(stage_config(max_tokens=3072), run, progress=False)
+    first = curve(train_records(run))
+    changed = stage_config(max_tokens=3072, optim={"lr": 5e-4, "min_lr": 5e-5})
+    with pytest.raises(ConfigError, match=r"trained with other params \(optim changed since\)"):
+        run_stage(changed, run, progress=False)
+    run_stage(changed, run, resume=False, progress=False)
+    again = curve(train_records(run))
+    assert [r[0] for r in again] == [r[0] for r in first]
+    assert [r[3] for r in again] != [r[3] for r in first]  # the new learning rates were used
+
+
+def test_longer_budget_resumes_the_same_training(tmp_path, prepared) -> None:
+    run = new_run(tmp_path, prepared)
+    run_stage(stage_config(max_tokens=3072), run, progress=False)
+    run_stage(stage_config(max_tokens=4096), run, progress=False)  # max_tokens may grow
+    assert len(train_records(run)) == 4096 // stage_config().global_batch_tokens
 
 
 def test_data_prepared_for_another_seq_len_is_an_error(tmp_path, prepared) -> None:

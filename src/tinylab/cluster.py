@@ -220,7 +220,7 @@ def launcher_lines(resources: JobResources, profile: ClusterConfig) -> list[str]
     return [
         "# rendezvous on the first node of the allocation; one torchrun per node",
         'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
-        f"export MASTER_PORT={profile.rdzv_port}",
+        f"export MASTER_PORT=$(({profile.rdzv_port} + SLURM_JOB_ID % 10000))",
         f'LAUNCHER="{launcher}"',
     ]
 

@@ -651,7 +651,13 @@ class ClusterConfig(Schema):
     grace_s: PositiveInt = Field(
         300, description="--signal=B:USR1@grace_s: seconds before the limit the job is warned"
     )
-    rdzv_port: int = Field(29500, ge=1024, le=65535, description="torchrun rendezvous port")
+    rdzv_port: int = Field(
+        29500,
+        ge=1024,
+        le=55535,
+        description="base rendezvous port; a job uses base + (job id mod 10000), so jobs that "
+        "share a node do not collide",
+    )
     sbatch_options: list[str] = Field(
         default_factory=list, description="extra sbatch options, e.g. --exclusive"
     )

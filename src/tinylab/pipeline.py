@@ -247,6 +247,13 @@ def execute_step(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) 
             f"step {name!r} failed in cell {err.exec_count} of {planned.notebook.name}:\n"
             f"{err.ename}: {err.evalue}\nexecuted notebook: {output}"
         ) from None
+    except BaseException as err:  # a dead kernel, Ctrl-C, an I/O error: record, then stop
+        record.update(status="failed", seconds=round(time.perf_counter() - start, 2))
+        record["error"] = f"{type(err).__name__}: {err}"
+        _save_step(run_dir, manifest, name, record)
+        if not isinstance(err, Exception):
+            raise
+        raise StepFailed(f"step {name!r} stopped: {record['error']}") from err
     if planned.step.html:
         from tinylab.analysis.report import notebook_to_html
 

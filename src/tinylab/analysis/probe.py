@@ -14,13 +14,14 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from tinylab.analysis.runs import Run
-from tinylab.config import ConfigError
+from tinylab.config import ConfigError, project_path
 from tinylab.model import load_hf
 
 
 def find_hf_folder(path: Path | str) -> Path:
-    """An HF folder from a run's stage folder (stages/<name>/hf) or an HF folder itself."""
-    path = Path(path)
+    """An HF folder from a run's stage folder (stages/<name>/hf) or an HF folder itself
+    (relative paths: from the project root)."""
+    path = project_path(path)
     for candidate in (path, path / "hf"):
         if (candidate / "config.json").is_file():
             return candidate

@@ -17,7 +17,14 @@ import pandas as pd
 from tinylab.analysis import figures
 from tinylab.analysis.reference import paper_commonsense
 from tinylab.analysis.runs import Run, benchmark_table, stage_deltas
-from tinylab.config import PARAMS_DIR, PROJECT_ROOT, ConfigError, StageConfig, load_config
+from tinylab.config import (
+    PARAMS_DIR,
+    PROJECT_ROOT,
+    ConfigError,
+    StageConfig,
+    load_config,
+    project_path,
+)
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 REPORT_NOTEBOOK = PROJECT_ROOT / "notebooks" / "04_report.ipynb"
@@ -167,7 +174,7 @@ def render_report(run_dir: Path | str, *, notebook: Path = REPORT_NOTEBOOK) -> P
     """Execute the report notebook on a run and write run_dir/report.html; return its path."""
     import papermill
 
-    run_dir = Path(run_dir).resolve()
+    run_dir = project_path(run_dir)
     if not (run_dir / "manifest.json").is_file() and not (run_dir / "stages").is_dir():
         raise ConfigError(f"{run_dir}: not a run folder (no manifest.json and no stages/)")
     executed = run_dir / "notebooks" / "report.ipynb"

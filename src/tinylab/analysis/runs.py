@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from tinylab.config import ConfigError, StageConfig
+from tinylab.config import ConfigError, StageConfig, project_path
 from tinylab.evaluate.results import load_results
 from tinylab.train.metrics import stage_frames
 
@@ -40,8 +40,9 @@ class Run:
 
 
 def load_run(run_dir: Path | str) -> Run:
-    """Read a run folder: manifest, resolved stages, metrics, validation, evaluations."""
-    run_dir = Path(run_dir)
+    """Read a run folder (relative paths: from the project root): manifest, resolved stages,
+    metrics, validation, evaluations."""
+    run_dir = project_path(run_dir)
     stage_dirs = sorted(p.parent for p in (run_dir / "stages").glob("*/metrics.jsonl"))
     if not stage_dirs:
         raise ConfigError(f"{run_dir}: no trained stages (no stages/*/metrics.jsonl)")

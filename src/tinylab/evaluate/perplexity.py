@@ -1,7 +1,9 @@
 """Perplexity and bits per byte per domain on the held-out windows of a prepared data folder.
 
-The windows are the ones training validates on (`PackedData.window(source, i, "val")`, seq_len+1
-tokens, predicting tokens 1..seq_len), so these numbers line up with the training curves; bits
+The windows come from the same held-out split training validates on (`PackedData.window(source,
+i, "val")`, seq_len+1 tokens, predicting tokens 1..seq_len): the first `max_windows` of each
+source, while training spreads its validation windows over the split, so the two agree within
+sampling error rather than exactly; bits
 per byte divides by the domain's held-out bytes per token (the contract's formula:
 nats/token / ln 2 / bytes_per_token), which makes tokenizers comparable. The trade-off: packed
 windows cut documents at arbitrary points, so early tokens of a window see a short context

@@ -9,8 +9,9 @@ before any compute (the reference code's global batch silently depended on the G
 Trade-off: the mean loss over all G windows is the same for every (W, micro) split up to float
 rounding, which is what lets a run resume on another world size; a rank's windows are not
 interleaved with its neighbours', which costs nothing since the mixture is already shuffled.
-The mixture's seed mixes the stage seed with the stage name (`sampler_seed`), because windows
-are stage-relative: a continual stage must not re-read its parent's windows in the same order.
+The mixture's seed mixes the stage seed with the stage name (`MixtureSampler.for_stage`),
+because windows are stage-relative: a continual stage must not re-read its parent's windows in
+the same order.
 
     plan = BatchPlan.from_stage(stage, world_size=2, rank=0)
     plan.micro_windows(first_window=0, micro=3)   # -> range(...) of stage windows
@@ -18,7 +19,6 @@ are stage-relative: a continual stage must not re-read its parent's windows in t
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -105,13 +105,8 @@ class MixtureWindows:
                 "vocabulary or a smaller tokenizer"
             )
         self.data, self.seq_len, self.tokenizer_dir = data, data.seq_len, data.tokenizer_dir
-        self.sampler = MixtureSampler(
-            stage.mixture,
-            num_windows={s: data.num_windows(s, "train") for s in data.sources},
-            seq_len=data.seq_len,
-            seed=sampler_seed(stage),
-            ramp=stage.ramp,
-            max_tokens=stage.max_tokens,
+        self.sampler = MixtureSampler.for_stage(
+            stage, {s: data.num_windows(s, "train") for s in data.sources}
         )
 
     def train(self, windows: range) -> np.ndarray:
@@ -180,12 +175,6 @@ def open_windows(run_dir: Path, stage: StageConfig) -> MixtureWindows:
             f"`tinylab prepare <data params> --out {data_dir}` first"
         )
     return MixtureWindows(PackedData.open(data_dir), stage)
-
-
-def sampler_seed(stage: StageConfig) -> int:
-    """The mixture's seed: the stage seed mixed with the stage name, so a continual stage does
-    not re-read its parent's windows in the parent's order (windows are stage-relative)."""
-    return stage.seed ^ zlib.crc32(stage.name.encode("utf-8"))
 
 
 def to_batch(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,7 @@ planning collective on save; the HF export at the end of a stage is the portable
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import random
 import shutil
@@ -37,7 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from tinylab.config import ConfigError, ModelConfig
+from tinylab.config import ConfigError, ModelConfig, StageConfig
 from tinylab.train.parallel import Distributed
 
 PREFIX, TMP_SUFFIX, META, LATEST = "step-", ".tmp", "meta.json", "latest"
@@ -111,6 +112,40 @@ def check_model(path: Path, model: ModelConfig) -> None:
         )
 
 
+# What a stage's checkpoints are a function of: resuming under other values would silently keep
+# training that was done with the old ones (max_tokens may grow, cadences and kernels may change).
+RECIPE_FIELDS = {"model", "data", "mixture", "ramp", "optim", "schedule", "seed",
+                 "global_batch_tokens", "init_from"}  # fmt: skip
+
+
+def training_recipe(stage: StageConfig, parent: Path | None) -> dict[str, Any]:
+    """The params that define a stage's checkpoints, and the parent checkpoint it started from."""
+    recipe = stage.model_dump(mode="json", include=RECIPE_FIELDS)
+    recipe["model"].pop("attention", None)  # a kernel choice, not a different model
+    if parent is not None:
+        meta = read_meta(parent)
+        recipe["parent"] = {"checkpoint": parent.name, "recipe": meta.get("recipe_digest")}
+    return recipe
+
+
+def recipe_digest(recipe: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_recipe(path: Path, recipe: dict[str, Any], stage_name: str) -> None:
+    """ConfigError when a checkpoint was trained under other params than the stage has now."""
+    saved = read_meta(path).get("recipe")
+    if saved is None or saved == recipe:
+        return
+    changed = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
+    raise ConfigError(
+        f"stage {stage_name!r}: its checkpoint {path} was trained with other params "
+        f"({', '.join(changed)} changed since); resuming would keep that training under the new "
+        "params. Start the stage over (tinylab train --fresh, or delete its folder "
+        f"{path.parent.parent}) or use a new run folder"
+    )
+
+
 def save_checkpoint(
     folder: Path,
     *,
@@ -118,6 +153,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: TrainState,
     model_cfg: ModelConfig,
+    recipe: dict[str, Any] | None = None,
     finished: bool,
     keep_last: int,
     ctx: Distributed,
@@ -143,6 +179,8 @@ def save_checkpoint(
         meta = {
             "state": asdict(state),
             "model": model_cfg.model_dump(mode="json"),
+            "recipe": recipe,
+            "recipe_digest": None if recipe is None else recipe_digest(recipe),
             "world_size": ctx.world_size,
             "finished": finished,
         }

@@ -40,11 +40,13 @@ from tinylab.train.batching import BatchPlan, WindowSource, open_windows, to_bat
 from tinylab.train.checkpoint import (
     TrainState,
     check_model,
+    check_recipe,
     latest_checkpoint,
     load_checkpoint,
     read_meta,
     remove_partial,
     save_checkpoint,
+    training_recipe,
 )
 from tinylab.train.metrics import MetricsLog, mfu, peak_flops, peak_memory_bytes, read_metrics
 from tinylab.train.parallel import (
@@ -128,6 +130,7 @@ def fit(
     stage_dir = run_dir / "stages" / stage.name
     ckpt_dir = stage_dir / "checkpoints"
     own, parent = find_start(stage, run_dir, ckpt_dir, resume=resume)
+    recipe = training_recipe(stage, parent or _parent_of(stage, run_dir))
     source = source or open_windows(run_dir, stage)
     prepare_stage_dir(stage, stage_dir, fresh=own is None, ctx=ctx)
     model, optimizer = build(stage, ctx)
@@ -177,7 +180,7 @@ def fit(
         ):
             saved = save_checkpoint(
                 ckpt_dir, model=model, optimizer=optimizer, state=state, model_cfg=stage.model,
-                finished=finished, keep_last=stage.checkpoint.keep_last, ctx=ctx,
+                recipe=recipe, finished=finished, keep_last=stage.checkpoint.keep_last, ctx=ctx,
                 before_commit=lambda s=state.step: _fault("kill-in-save", s),
             )  # fmt: skip
         bar.update(1)
@@ -199,13 +202,18 @@ def find_start(
 ) -> tuple[Path | None, Path | None]:
     """(own checkpoint to resume, parent checkpoint to start from); loud errors, no compute."""
     own = latest_checkpoint(ckpt_dir) if resume else None
+    parent_dir = (
+        None
+        if stage.init_from is None
+        else (run_dir / "stages" / stage.init_from.stage / "checkpoints")
+    )
+    parent = None if parent_dir is None else latest_checkpoint(parent_dir)
     if own is not None:
         check_model(own, stage.model)
+        check_recipe(own, training_recipe(stage, parent), stage.name)
         return own, None
-    if stage.init_from is None:
+    if parent_dir is None:
         return None, None
-    parent_dir = run_dir / "stages" / stage.init_from.stage / "checkpoints"
-    parent = latest_checkpoint(parent_dir)
     if parent is None:
         raise ConfigError(
             f"stage {stage.name!r} starts from stage {stage.init_from.stage!r} (init_from), but "
@@ -221,6 +229,13 @@ def find_start(
     if "weights" in stage.init_from.carry:
         check_model(parent, stage.model)
     return None, parent
+
+
+def _parent_of(stage: StageConfig, run_dir: Path) -> Path | None:
+    """The parent stage's latest checkpoint (what a resumed child started from), if any."""
+    if stage.init_from is None:
+        return None
+    return latest_checkpoint(run_dir / "stages" / stage.init_from.stage / "checkpoints")
 
 
 def prepare_stage_dir(
