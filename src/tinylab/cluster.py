@@ -49,6 +49,7 @@ from tinylab.config import (
     load_config,
     project_path,
 )
+from tinylab.files import write_json_atomic
 from tinylab.pipeline import (
     MANIFEST,
     NOTEBOOKS_DIR,
@@ -61,7 +62,6 @@ from tinylab.pipeline import (
     read_manifest,
     steps_to_run,
 )
-from tinylab.provenance import write_json_atomic
 
 CLUSTER_DIR = "cluster"  # RUN/cluster/: the scripts and logs/
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
@@ -455,7 +455,7 @@ def update_cluster(run_dir: Path, values: dict[str, Any]) -> None:
     """Merge keys into manifest['cluster'] (call under manifest_lock)."""
     manifest = read_manifest(run_dir)
     manifest["cluster"] = {**cluster_section(manifest), **values}
-    write_json_atomic(run_dir / MANIFEST, manifest)
+    write_json_atomic(run_dir / MANIFEST, manifest, indent=2)
 
 
 def record_jobs(run_dir: Path, records: dict[str, dict[str, Any]]) -> None:

@@ -36,7 +36,8 @@ from tinylab.config import (
     load_config,
     parse_overrides,
 )
-from tinylab.provenance import provenance, write_json_atomic
+from tinylab.files import write_json_atomic
+from tinylab.provenance import provenance
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 RUNS_DIR = PROJECT_ROOT / "outputs" / "runs"
@@ -189,7 +190,7 @@ def open_manifest(run_dir: Path, pipeline_path: Path, pipeline: PipelineConfig) 
     with manifest_lock(run_dir):
         manifest = read_manifest(run_dir)
         manifest.update(fields)
-        write_json_atomic(run_dir / MANIFEST, manifest)
+        write_json_atomic(run_dir / MANIFEST, manifest, indent=2)
     return manifest
 
 
@@ -270,7 +271,7 @@ def _save_step(run_dir: Path, manifest: dict[str, Any], name: str, record: dict[
         on_disk = read_manifest(run_dir) if (run_dir / MANIFEST).is_file() else manifest
         on_disk["steps"][name] = dict(record)
         on_disk["updated"] = manifest["updated"]
-        write_json_atomic(run_dir / MANIFEST, on_disk)
+        write_json_atomic(run_dir / MANIFEST, on_disk, indent=2)
 
 
 def _configure_papermill_logging() -> None:

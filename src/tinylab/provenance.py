@@ -6,7 +6,6 @@ machine that made it.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -73,11 +72,3 @@ def hardware() -> dict[str, Any]:
 def provenance() -> dict[str, Any]:
     """Everything above in one mapping."""
     return {"git": git_state(), "packages": package_versions(), "hardware": hardware()}
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)

@@ -25,6 +25,7 @@ from tinylab.config import (
     load_config,
     project_path,
 )
+from tinylab.files import write_atomic
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 REPORT_NOTEBOOK = PROJECT_ROOT / "notebooks" / "04_report.ipynb"
@@ -203,7 +204,5 @@ def notebook_to_html(executed: Path, html_path: Path) -> Path:
         embed_images=True,
     )
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    tmp = html_path.with_name(f".{html_path.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(html_path)
+    write_atomic(html_path, body.encode("utf-8"))
     return html_path

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tinylab.config import DataConfig, DemoSource, HubSource, LocalSource
-from tinylab.data.files import write_atomic
+from tinylab.files import write_atomic
 
 CARD_FILE = "data_card.md"
 

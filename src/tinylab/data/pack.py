@@ -45,7 +45,6 @@ from tinylab.config import DataConfig, load_config, project_path
 from tinylab.data import tokenizer as toks
 from tinylab.data.card import write_data_card
 from tinylab.data.errors import DataError
-from tinylab.data.files import sha256_file, write_atomic, write_json_atomic
 from tinylab.data.packed import (
     FORMAT_VERSION,
     INDEX_FILE,
@@ -55,6 +54,7 @@ from tinylab.data.packed import (
     PackedData,
 )
 from tinylab.data.sources import digest, iter_documents, source_signature
+from tinylab.files import sha256_file, write_atomic, write_json_atomic
 
 RECIPE_FILE = "tinylab_recipe.json"  # how the tokenizer was made (reuse check)
 BATCH_DOCUMENTS = 256  # documents per task sent to a tokenizer process

@@ -21,7 +21,7 @@ import numpy as np
 
 from tinylab.data import tokenizer as toks
 from tinylab.data.errors import DataError
-from tinylab.data.files import sha256_file
+from tinylab.files import sha256_file
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import tinylab
+from tinylab.files import write_atomic, write_json_atomic
 
 
 def model_identity(hf_dir: Path) -> dict[str, str]:
@@ -80,13 +80,13 @@ class ResultStore:
             "tinylab": tinylab.__version__,
             "results": [self.rows[name] for name in names],
         }
-        _write_atomic(self.json_path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        write_json_atomic(self.json_path, document, indent=2)
         lines = [
             json.dumps(record, ensure_ascii=False)
             for name in names
             for record in self.samples.get(name, [])
         ]
-        _write_atomic(self.samples_path, "".join(line + "\n" for line in lines))
+        write_atomic(self.samples_path, "".join(line + "\n" for line in lines).encode("utf-8"))
         return document
 
 
@@ -96,10 +96,3 @@ def load_results(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no evaluation results (run `tinylab eval` first)")
     return json.loads(path.read_text())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)

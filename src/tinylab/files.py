@@ -1,4 +1,5 @@
-"""Small file helpers shared by the data modules: atomic writes and checksums."""
+"""Small file helpers for every module: atomic writes (temporary file, fsync, rename) and
+checksums, so an interrupted write never leaves a torn file behind."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """JSON (indented, UTF-8) written atomically."""
-    write_atomic(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+def write_json_atomic(path: Path, obj: Any, *, indent: int = 1) -> None:
+    """JSON (indented, UTF-8; values JSON lacks written as strings) written atomically."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n"
+    write_atomic(path, text.encode("utf-8"))
 
 
 def sha256_file(path: Path) -> str:
