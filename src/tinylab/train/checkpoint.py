@@ -39,6 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from tinylab.config import ConfigError, ModelConfig, StageConfig
+from tinylab.files import write_atomic
 from tinylab.train.parallel import Distributed
 
 PREFIX, TMP_SUFFIX, META, LATEST = "step-", ".tmp", "meta.json", "latest"
@@ -240,9 +241,7 @@ def set_rng_state(saved: dict[str, Any]) -> None:
 
 
 def _write_latest(folder: Path, name: str) -> None:
-    tmp = folder / (LATEST + TMP_SUFFIX)
-    tmp.write_text(name + "\n")
-    tmp.replace(folder / LATEST)
+    write_atomic(folder / LATEST, (name + "\n").encode("utf-8"))
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from tqdm.auto import tqdm
 
 from tinylab.config import ConfigError, OptimConfig, StageConfig, dump_config
+from tinylab.files import write_atomic
 from tinylab.model import build_model, flops_per_token, save_hf
 from tinylab.train.batching import BatchPlan, WindowSource, open_windows, to_batch
 from tinylab.train.checkpoint import (
@@ -192,7 +193,7 @@ def fit(
         final_loss(loss, stage_dir, ctx), time.perf_counter() - started, saved, hf_dir,
     )  # fmt: skip
     if ctx.is_main:
-        (stage_dir / RESULT_FILE).write_text(result.to_json() + "\n")
+        write_atomic(stage_dir / RESULT_FILE, (result.to_json() + "\n").encode("utf-8"))
     say(f"[{stage.name}] done: step {state.step}, loss {result.final_loss}, {result.wall_s:.1f} s")
     return result
 

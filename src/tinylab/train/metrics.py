@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from tinylab.config import ParallelConfig
+from tinylab.files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM (TINYLLAMA.md, "Throughput claims")
@@ -46,9 +47,7 @@ class MetricsLog:
         if not self.enabled:
             return
         kept = [] if step is None else [r for r in _parse(self.path) if r["step"] <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self.path)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8"))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
