@@ -140,7 +140,10 @@ def test_writing_outside_the_working_directory_touches_nothing() -> None:
         open({str(PROJECT_ROOT / marker)!r}, "w").write("escaped")
         """
     )
-    assert result.status == "failed" and "PermissionError" in result.stderr
+    # PermissionError as nobody; FileNotFoundError when the project itself lives under /tmp,
+    # which the sandbox replaces with a private empty one
+    assert result.status == "failed"
+    assert "PermissionError" in result.stderr or "FileNotFoundError" in result.stderr
     for folder in ("/tmp", "/var/tmp", "/dev/shm", str(PROJECT_ROOT)):
         assert not Path(folder, marker).exists()
 

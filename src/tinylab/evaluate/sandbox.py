@@ -66,13 +66,18 @@ class SandboxResult:
         return asdict(self)
 
 
+# The interpreter itself, not a virtual environment's link to it: programs run with -I (stdlib
+# only), and a venv under /tmp would vanish under the sandbox's private /tmp.
+PYTHON = os.path.realpath(sys.executable)
+
+
 @functools.cache
 def sandbox_mode() -> str:
     """The strongest isolation this machine allows: isolated, userns or plain."""
     if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv"):
         with tempfile.TemporaryDirectory() as folder:
             Path(folder, "program.py").write_text("pass\n")
-            command = [*_isolated_prefix(), folder, sys.executable]
+            command = [*_isolated_prefix(), folder, PYTHON]
             if _runs(command, cwd=folder):
                 return "isolated"
     probe = [sys.executable, "-I", "-c", "pass"]
@@ -148,7 +153,7 @@ def run_program(program: str, *, limits: Limits | None = None) -> SandboxResult:
     try:
         (workdir / "program.py").write_text(program, encoding="utf-8")
         if mode == "isolated":
-            command = [*_isolated_prefix(), str(workdir), sys.executable]
+            command = [*_isolated_prefix(), str(workdir), PYTHON]
             num_processes = limits.num_processes
         else:
             prefix = _userns_prefix() if mode == "userns" else []
