@@ -56,6 +56,12 @@ def _ema(losses: pd.Series, fraction: float) -> pd.Series:
     return losses.ewm(span=max(2, round(fraction * len(losses))), adjust=True).mean()
 
 
+def _stage_lines(frame: pd.DataFrame, y: str, ax: plt.Axes, palette: dict, **style) -> None:
+    """One line per stage against tokens, coloured by variant."""
+    sns.lineplot(frame, x="tokens", y=y, hue="variant", palette=palette, units="stage",
+                 estimator=None, ax=ax, **style)  # fmt: skip
+
+
 def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.1) -> plt.Figure:
     """Training loss (raw and an EMA spanning `ema` of each stage's steps), learning rate and
     gradient norm against tokens, all stages and variants, with phase bands. Needs columns
@@ -66,52 +72,11 @@ def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.1) -> plt.Figure:
     palette = _palette(frame)
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True, height_ratios=[3, 1, 1])
     _phase_bands(axes[0], frame)
-    sns.lineplot(
-        frame,
-        x="tokens",
-        y="loss",
-        hue="variant",
-        palette=palette,
-        units="stage",
-        estimator=None,
-        alpha=0.25,
-        lw=0.8,
-        legend=False,
-        ax=axes[0],
-    )
-    sns.lineplot(
-        frame,
-        x="tokens",
-        y="loss (EMA)",
-        hue="variant",
-        units="stage",
-        estimator=None,
-        ax=axes[0],
-        palette=palette,
-    )
+    _stage_lines(frame, "loss", axes[0], palette, alpha=0.25, lw=0.8, legend=False)
+    _stage_lines(frame, "loss (EMA)", axes[0], palette)
     axes[0].set_ylabel("training loss (nats/token)")
-    sns.lineplot(
-        frame,
-        x="tokens",
-        y="lr",
-        hue="variant",
-        palette=palette,
-        units="stage",
-        estimator=None,
-        legend=False,
-        ax=axes[1],
-    )
-    sns.lineplot(
-        frame,
-        x="tokens",
-        y="grad_norm",
-        hue="variant",
-        palette=palette,
-        units="stage",
-        estimator=None,
-        legend=False,
-        ax=axes[2],
-    )
+    _stage_lines(frame, "lr", axes[1], palette, legend=False)
+    _stage_lines(frame, "grad_norm", axes[2], palette, legend=False)
     axes[2].set_xlabel("tokens seen (all stages)")
     fig.tight_layout()
     return fig
@@ -129,19 +94,7 @@ def validation_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
     for ax, domain in zip(axes[0], domains, strict=True):
         part = validation[validation["domain"] == domain].sort_values("tokens")
         _phase_bands(ax, part, labels=ax is axes[0][0])
-        sns.lineplot(
-            part,
-            x="tokens",
-            y="bpb",
-            hue="variant",
-            palette=palette,
-            units="stage",
-            estimator=None,
-            marker="o",
-            ms=3,
-            ax=ax,
-            legend=ax is axes[0][-1],
-        )
+        _stage_lines(part, "bpb", ax, palette, marker="o", ms=3, legend=ax is axes[0][-1])
         ax.set_title(domain, pad=4)
         ax.set_ylabel("bits per byte" if ax is axes[0][0] else "")
         ax.set_xlabel("tokens seen")
