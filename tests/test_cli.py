@@ -67,3 +67,19 @@ def test_model_info_unknown_preset_exits_2() -> None:
     result = tinylab("model", "info", "nope")
     assert result.returncode == 2
     assert "presets" in result.stderr
+
+
+def test_run_bad_input_exits_2(tmp_path: Path) -> None:
+    missing = tinylab("run", str(tmp_path / "pipelines" / "nope.yaml"))
+    assert missing.returncode == 2
+    assert "file not found" in missing.stderr and "Traceback" not in missing.stderr
+    unknown_step = tinylab("run", str(PARAMS_DIR / "pipelines" / "demo.yaml"), "--from", "nope",
+                           "--run-id", f"cli-test-{tmp_path.name}")  # fmt: skip
+    assert unknown_step.returncode == 2
+    assert "--from 'nope': no such step" in unknown_step.stderr
+
+
+def test_report_on_a_folder_that_is_no_run_exits_2(tmp_path: Path) -> None:
+    result = tinylab("report", str(tmp_path))
+    assert result.returncode == 2
+    assert "not a run folder" in result.stderr and "Traceback" not in result.stderr
