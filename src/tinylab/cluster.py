@@ -208,6 +208,12 @@ def sbatch_header(
     return [f"#SBATCH {option}" for option in options]
 
 
+def port_span(profile: ClusterConfig) -> int:
+    """How many ports above rdzv_port jobs spread over (by job id), so jobs sharing a node do
+    not collide and the port stays below 65536."""
+    return min(10000, 65536 - profile.rdzv_port)
+
+
 def launcher_lines(resources: JobResources, profile: ClusterConfig) -> list[str]:
     """Shell lines setting MASTER_ADDR/PORT and LAUNCHER: srun one torchrun per node."""
     launcher = (
@@ -220,7 +226,7 @@ def launcher_lines(resources: JobResources, profile: ClusterConfig) -> list[str]
     return [
         "# rendezvous on the first node of the allocation; one torchrun per node",
         'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
-        f"export MASTER_PORT=$(({profile.rdzv_port} + SLURM_JOB_ID % 10000))",
+        f"export MASTER_PORT=$(({profile.rdzv_port} + SLURM_JOB_ID % {port_span(profile)}))",
         f'LAUNCHER="{launcher}"',
     ]
 

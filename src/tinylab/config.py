@@ -654,9 +654,9 @@ class ClusterConfig(Schema):
     rdzv_port: int = Field(
         29500,
         ge=1024,
-        le=55535,
-        description="base rendezvous port; a job uses base + (job id mod 10000), so jobs that "
-        "share a node do not collide",
+        le=65535,
+        description="base rendezvous port; a job uses base + (job id mod up to 10000, staying "
+        "below 65536), so jobs that share a node do not collide",
     )
     sbatch_options: list[str] = Field(
         default_factory=list, description="extra sbatch options, e.g. --exclusive"
