@@ -385,9 +385,20 @@ class ParallelConfig(Schema):
     )
     reshard_after_forward: bool = Field(True, description="FSDP2 reshard_after_forward")
     activation_checkpointing: Literal["off", "selective", "full"] = Field("off")
-    compile: bool = Field(False, description="torch.compile each decoder layer")
-    liger: bool = Field(
-        False, description="Liger-Kernel fused RMSNorm, RoPE, SwiGLU and loss, when installed"
+    compile: Literal["off", "layers", "model"] = Field(
+        "off",
+        description="torch.compile each decoder layer (layers; true = layers), or the whole "
+        "model in one process (model; under FSDP2 it compiles the layers)",
+    )
+    liger: Literal["off", "all", "loss"] = Field(
+        "off",
+        description="Liger-Kernel, when installed: all = fused RMSNorm, RoPE, SwiGLU and linear "
+        "cross-entropy; loss = the fused linear cross-entropy alone (true/false = all/off)",
+    )
+    sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
+        "auto",
+        description="kernel behind attention: sdpa (auto = PyTorch's choice; flash = its "
+        "FlashAttention-2, cudnn = cuDNN's fused attention)",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto = cuda when a GPU is present, else cpu"
@@ -397,6 +408,14 @@ class ParallelConfig(Schema):
         description="peak FLOP/s per device for MFU; null = 989e12 on H100/H200 in bf16, "
         "else MFU is not reported",
     )
+
+    @field_validator("compile", "liger", mode="before")
+    @classmethod
+    def _from_bool(cls, value: object, info: ValidationInfo) -> object:
+        """compile: true/false and liger: true/false mean layers/off and all/off."""
+        if not isinstance(value, bool):
+            return value
+        return {"compile": "layers", "liger": "all"}[info.field_name] if value else "off"
 
 
 class StageConfig(Schema):

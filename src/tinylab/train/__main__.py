@@ -34,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="show a tqdm bar (rank 0)")
     parser.add_argument(
         "--synthetic",
-        action="store_true",
-        help="random tokens instead of <run>/data (throughput benchmarks)",
+        nargs="?",
+        const="uniform",
+        choices=RandomWindows.PATTERNS,
+        help="synthetic tokens instead of <run>/data (benchmarks): uniform (the default) or "
+        "zipf-copy (learnable)",
     )
     args = parser.parse_args(argv)
     try:
@@ -43,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         source = None
         if args.synthetic:
             source = RandomWindows(
-                vocab_size=stage.model.vocab_size, seq_len=stage.data.seq_len, seed=stage.seed
+                vocab_size=stage.model.vocab_size,
+                seq_len=stage.data.seq_len,
+                seed=stage.seed,
+                pattern=args.synthetic,
             )
         run_stage(
             stage, args.run_dir, resume=not args.no_resume, progress=args.progress, source=source

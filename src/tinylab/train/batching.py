@@ -142,16 +142,44 @@ class MixtureWindows:
 
 
 class RandomWindows:
-    """Uniform random tokens, a pure function of (seed, window): for throughput benchmarks."""
+    """Synthetic tokens, a pure function of (seed, window), for benchmarks that need no corpus.
+
+    `uniform`: every token uniform over the vocabulary (nothing to learn). `zipf-copy`: a
+    learnable stream for comparing loss curves across kernels: each token is, with even odds,
+    a copy of the token `COPY_LAG` positions back (attention must find it) or a fresh draw from
+    a Zipf(1.1) unigram distribution (the embedding and head must learn it).
+    """
 
     tokenizer_dir = None
+    PATTERNS = ("uniform", "zipf-copy")
+    COPY_LAG = 64
 
-    def __init__(self, *, vocab_size: int, seq_len: int, seed: int):
+    def __init__(self, *, vocab_size: int, seq_len: int, seed: int, pattern: str = "uniform"):
+        if pattern not in self.PATTERNS:
+            raise ValueError(f"pattern = {pattern!r}: allowed: {', '.join(self.PATTERNS)}")
         self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
+        self.pattern = pattern
+        weights = 1.0 / np.arange(1, vocab_size + 1) ** 1.1
+        self._zipf_cdf = np.cumsum(weights / weights.sum())
 
     def train(self, windows: range) -> np.ndarray:
-        rows = [np.random.default_rng([self.seed, w]) for w in windows]
-        return np.stack([r.integers(0, self.vocab_size, self.seq_len + 1) for r in rows])
+        make = self._uniform if self.pattern == "uniform" else self._zipf_copy
+        return np.stack([make(np.random.default_rng([self.seed, w])) for w in windows])
+
+    def _uniform(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, self.vocab_size, self.seq_len + 1)
+
+    def _zipf_copy(self, rng: np.random.Generator) -> np.ndarray:
+        n, lag = self.seq_len + 1, self.COPY_LAG
+        fresh = np.searchsorted(self._zipf_cdf, rng.random(n), side="right")
+        fresh = np.minimum(fresh, self.vocab_size - 1)
+        copy = rng.random(n) < 0.5
+        tokens = fresh.copy()
+        for start in range(lag, n, lag):
+            block = slice(start, min(start + lag, n))
+            earlier = tokens[start - lag : block.stop - lag]
+            tokens[block] = np.where(copy[block], earlier, fresh[block])
+        return tokens
 
     def realized(self, start: int, stop: int) -> dict[str, float]:
         return {"random": 1.0}

@@ -37,7 +37,7 @@ from tinylab.config import (
     project_path,
 )
 from tinylab.train.batching import BatchPlan
-from tinylab.train.loop import RESOLVED_FILE, StageResult, run_stage
+from tinylab.train.loop import RESOLVED_FILE, StageResult, live_postfix, run_stage
 
 
 def train_stage(
@@ -81,7 +81,9 @@ def train_stage(
         "--run-dir",
         str(run_dir),
     ] + ([] if resume else ["--no-resume"])
-    stream_subprocess(command, stage_dir / "metrics.jsonl", stage=stage, progress=progress)
+    stream_subprocess(
+        command, stage_dir / "metrics.jsonl", stage=stage, world_size=world_size, progress=progress
+    )
     return StageResult.read(stage_dir)
 
 
@@ -119,9 +121,10 @@ def load_stage(stage_params: str | Path | StageConfig, overrides=()) -> StageCon
 
 
 def stream_subprocess(
-    command: list[str], metrics: Path, *, stage: StageConfig, progress: bool
+    command: list[str], metrics: Path, *, stage: StageConfig, world_size: int, progress: bool
 ) -> None:
-    """Run `command`, echo its output lines, advance a bar from `metrics`; raise on failure."""
+    """Run `command`, echo its output lines, advance a bar (step, loss, tokens/s per device,
+    MFU) from `metrics`; raise on failure."""
     total = -(-stage.max_tokens // stage.global_batch_tokens)
     lines: queue.Queue[str | None] = queue.Queue()
     tail: deque[str] = deque(maxlen=30)
@@ -147,7 +150,10 @@ def stream_subprocess(
         elif line:
             tail.append(line.rstrip())
             tqdm.write(line.rstrip())
-        bar.n = _last_stage_step(metrics)
+        record = _last_train_record(metrics)
+        if record is not None:
+            bar.n = int(record["stage_step"])
+            bar.set_postfix(live_postfix(record, world_size), refresh=False)
         bar.refresh()
     bar.close()
     code = proc.wait()
@@ -164,20 +170,20 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-def _last_stage_step(metrics: Path) -> int:
-    """The stage step of the last training line of a metrics file (0 if none yet)."""
+def _last_train_record(metrics: Path) -> dict | None:
+    """The last training line of a metrics file (None if none yet)."""
     try:
         with metrics.open("rb") as f:
             f.seek(0, 2)
             f.seek(max(0, f.tell() - 65536))
             text = f.read().decode("utf-8", "replace")
     except FileNotFoundError:
-        return 0
+        return None
     for line in reversed(text.splitlines()):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
         if record.get("kind") == "train":
-            return int(record["stage_step"])
-    return 0
+            return record
+    return None

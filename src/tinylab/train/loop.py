@@ -52,11 +52,12 @@ from tinylab.train.checkpoint import (
 from tinylab.train.metrics import MetricsLog, mfu, peak_flops, peak_memory_bytes, read_metrics
 from tinylab.train.parallel import (
     Distributed,
-    autocast,
+    compute_context,
     grad_norm_and_clip,
     init_distributed,
     parallelize,
     shutdown,
+    sync_gradients,
 )
 from tinylab.train.schedule import lr_at
 
@@ -159,6 +160,7 @@ def fit(
         first_window = state.stage_tokens // plan.seq_len
         loss = forward_backward(model, source, plan, first_window, stage=stage, ctx=ctx)
         grad_norm = grad_norm_and_clip(model, stage.optim.grad_clip)
+        loss, grad_norm = torch.stack([loss.float(), grad_norm.float()]).tolist()  # one sync
         if _fault("nan-at-step", state.step + 1):
             loss = loss * float("nan")
         ensure_finite(loss, grad_norm, stage=stage, state=state, ckpt_dir=ckpt_dir)
@@ -172,8 +174,7 @@ def fit(
             record = train_record(state, loss, lr, grad_norm, seconds, plan, flops, peak, ctx)
             record["mixture"] = source.realized(first_window, first_window + plan.windows_per_step)
             metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}",
-                            tok_s=f"{record['tokens_per_s']:,.0f}")  # fmt: skip
+            bar.set_postfix(live_postfix(record, ctx.world_size), refresh=False)
         _fault("kill-after-log", state.step)
         maybe_validate(model, source, plan, stage, state, metrics, ctx, force=finished, say=say)
         if (finished and stage.checkpoint.at_end) or (
@@ -321,10 +322,11 @@ def forward_backward(
     """Accumulate gradients of this rank's micro-batches; returns the step's mean loss."""
     total = torch.zeros((), device=ctx.device)
     for micro in range(plan.accum_steps):
+        sync_gradients(model, micro == plan.accum_steps - 1)
         inputs, targets = to_batch(
             source.train(plan.micro_windows(first_window, micro)), ctx.device
         )
-        with autocast(stage.parallel, ctx):
+        with compute_context(stage.parallel, ctx):
             loss = model(input_ids=inputs, labels=targets, shift_labels=targets).loss
         (loss / plan.accum_steps).backward()
         total += loss.detach()
@@ -332,19 +334,19 @@ def forward_backward(
 
 
 def ensure_finite(
-    loss: torch.Tensor,
-    grad_norm: torch.Tensor,
+    loss: float,
+    grad_norm: float,
     *,
     stage: StageConfig,
     state: TrainState,
     ckpt_dir: Path,
 ) -> None:
     """Stop before the optimizer step when the loss or gradient norm is NaN or inf."""
-    if math.isfinite(float(loss)) and math.isfinite(float(grad_norm)):
+    if math.isfinite(loss) and math.isfinite(grad_norm):
         return
     last = latest_checkpoint(ckpt_dir)
     raise NonFiniteLossError(
-        f"stage {stage.name!r}: loss = {float(loss)}, grad norm = {float(grad_norm)} at step "
+        f"stage {stage.name!r}: loss = {loss}, grad norm = {grad_norm} at step "
         f"{state.step + 1} (tokens {state.tokens:,}); stopped before the optimizer step. The "
         f"last good checkpoint is {last or 'none (nothing saved yet)'}; lower optim.lr or "
         "check the data, then resume"
@@ -369,9 +371,9 @@ def advance(state: TrainState, plan: BatchPlan) -> TrainState:
 
 def train_record(
     state: TrainState,
-    loss: torch.Tensor,
+    loss: float,
     lr: float,
-    grad_norm: torch.Tensor,
+    grad_norm: float,
     seconds: float,
     plan: BatchPlan,
     flops: int,
@@ -387,6 +389,18 @@ def train_record(
         "step_s": seconds, "mfu": mfu(tokens_per_s, flops, peak, ctx.world_size),
         "peak_mem_bytes": peak_memory_bytes(ctx.device),
     }  # fmt: skip
+
+
+def live_postfix(record: dict, world_size: int) -> dict[str, str]:
+    """What the progress bar shows after a step: loss, LR, tokens/s per device and MFU."""
+    postfix = {
+        "loss": f"{record['loss']:.3f}",
+        "lr": f"{record['lr']:.2e}",
+        "tok/s/dev": f"{record['tokens_per_s'] / world_size:,.0f}",
+    }
+    if record["mfu"] is not None:
+        postfix["mfu"] = f"{record['mfu']:.1%}"
+    return postfix
 
 
 def maybe_validate(
@@ -443,7 +457,7 @@ def validate(
             chunk = padded[start : start + plan.micro_batch_size]
             windows = np.stack([source.val_window(name, index) for name, index in chunk])
             inputs, targets = to_batch(windows, ctx.device)
-            with autocast(stage.parallel, ctx):
+            with compute_context(stage.parallel, ctx):
                 logits = model(input_ids=inputs).logits
             per_token = F.cross_entropy(
                 logits.float().flatten(0, 1), targets.flatten(), reduction="none"
@@ -507,7 +521,7 @@ def describe_start(own: Path | None, parent: Path | None, state: TrainState) -> 
     return "starting from scratch"
 
 
-def final_loss(loss: torch.Tensor | None, stage_dir: Path, ctx: Distributed) -> float | None:
+def final_loss(loss: float | None, stage_dir: Path, ctx: Distributed) -> float | None:
     """The last training loss of the stage (from metrics.jsonl when nothing ran now)."""
     if loss is not None:
         return float(loss)

@@ -9,8 +9,12 @@ a process group in the kernel, so the 1-process and N-process runs are the same 
 same code path below `parallelize`; tests check that they agree to 1e-6 in fp32.
 
 Options applied per decoder layer before sharding: activation checkpointing (full: every layer;
-selective: every other layer), torch.compile, and Liger-Kernel's fused RMSNorm/RoPE/SwiGLU and
-linear cross-entropy when the package is installed (lm_head stays in the root FSDP unit).
+selective: every other layer), torch.compile (`compile: model` compiles the whole unsharded
+model instead, fusing across layers and into the loss), and Liger-Kernel's fused
+RMSNorm/RoPE/SwiGLU and linear cross-entropy when the package is installed (`liger: all`), or
+its fused linear cross-entropy alone (`liger: loss`); lm_head stays in the root FSDP unit.
+`compute_context` wraps each forward (and so the backward it records) in bf16
+autocast for the unsharded model and in the SDPA backend that `parallel.sdpa_backend` picks.
 
     torchrun --nproc-per-node 2 -m tinylab.train --config resolved.yaml --run-dir RUN
 """
@@ -28,8 +32,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from tinylab.config import ConfigError, ParallelConfig
@@ -114,17 +119,19 @@ def _device(parallel: ParallelConfig, local_rank: int) -> torch.device:
 
 def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) -> nn.Module:
     """Apply kernels, activation checkpointing, compile and FSDP2 to a built model, in place."""
-    if parallel.liger:
-        apply_liger(model, ctx.device)
+    if parallel.liger != "off":
+        apply_liger(model, ctx.device, loss_only=parallel.liger == "loss")
     layers = list(model.model.layers)
     for i, layer in enumerate(layers):
         if parallel.activation_checkpointing == "full" or (
             parallel.activation_checkpointing == "selective" and i % 2 == 0
         ):
             checkpoint_layer(layer)
-        if parallel.compile:
+        if parallel.compile == "layers" or (parallel.compile == "model" and ctx.mesh is not None):
             layer.compile()
     if ctx.mesh is None:
+        if parallel.compile == "model":
+            model.compile()
         return model
     policy = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if parallel.precision == "bf16" else None,
@@ -143,6 +150,13 @@ def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) ->
     return model
 
 
+def sync_gradients(model: nn.Module, enabled: bool) -> None:
+    """Under FSDP2, reduce-scatter gradients in this backward only when `enabled` (the last
+    micro-batch of a step); earlier micro-batches accumulate unsharded fp32 gradients locally."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
+
+
 def checkpoint_layer(layer: nn.Module) -> None:
     """Recompute `layer`'s activations in backward; parameter names stay HF's."""
     forward = layer.forward
@@ -153,8 +167,9 @@ def checkpoint_layer(layer: nn.Module) -> None:
     layer.forward = recomputed
 
 
-def apply_liger(model: nn.Module, device: torch.device) -> bool:
-    """Liger-Kernel's fused Llama ops on this model; False (with a warning) when unavailable."""
+def apply_liger(model: nn.Module, device: torch.device, *, loss_only: bool = False) -> bool:
+    """Liger-Kernel's fused Llama ops on this model (only its fused linear cross-entropy when
+    `loss_only`); False (with a warning) when unavailable."""
     if importlib.util.find_spec("liger_kernel") is None or device.type != "cuda":
         warnings.warn(
             "parallel.liger is on but liger-kernel is not installed or no GPU is used; "
@@ -165,9 +180,9 @@ def apply_liger(model: nn.Module, device: torch.device) -> bool:
     from liger_kernel.transformers import apply_liger_kernel_to_llama
 
     apply_liger_kernel_to_llama(
-        rope=True,
-        rms_norm=True,
-        swiglu=True,
+        rope=not loss_only,
+        rms_norm=not loss_only,
+        swiglu=not loss_only,
         cross_entropy=False,
         fused_linear_cross_entropy=True,
         model=model,
@@ -175,13 +190,23 @@ def apply_liger(model: nn.Module, device: torch.device) -> bool:
     return True
 
 
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+
+
 @contextlib.contextmanager
-def autocast(parallel: ParallelConfig, ctx: Distributed) -> Iterator[None]:
-    """bf16 autocast for the unsharded model; FSDP2's policy casts the sharded one."""
-    if parallel.precision == "bf16" and ctx.mesh is None:
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16):
-            yield
-    else:
+def compute_context(parallel: ParallelConfig, ctx: Distributed) -> Iterator[None]:
+    """The chosen SDPA backend, and bf16 autocast for the unsharded model (FSDP2's policy casts
+    the sharded one)."""
+    with contextlib.ExitStack() as stack:
+        if parallel.sdpa_backend != "auto":
+            stack.enter_context(sdpa_kernel(SDPA_BACKENDS[parallel.sdpa_backend]))
+        if parallel.precision == "bf16" and ctx.mesh is None:
+            stack.enter_context(torch.autocast(ctx.device.type, dtype=torch.bfloat16))
         yield
 
 

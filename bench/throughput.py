@@ -1,0 +1,546 @@
+"""Training speed of tinylab's trainer against a plain transformers baseline, measured in one run.
+
+Every variant trains the same model from the same init on the same batches for `--steps`
+optimizer steps of one micro-batch per GPU (weak scaling), each in its own process:
+
+- `hf-compile` (the baseline) and `hf-eager`: plain transformers LlamaForCausalLM with the
+  preset's config, SDPA attention, bf16 autocast over fp32 weights, fused AdamW, the stage's LR
+  schedule and gradient clipping, `torch.compile` of the whole model (or none), no tinylab code
+  in the step; tinylab only builds the model (for the same init) and the batches.
+- every other variant: tinylab's trainer itself (`python -m tinylab.train --synthetic
+  zipf-copy`, under torchrun for several GPUs) on the paper's base stage
+  (params/stages/tinyllama-v1.1/base.yaml), every parallel option reset to plain and then set by
+  the variant: SDPA backend, per-layer compile, Liger-Kernel, micro-batch, activation
+  checkpointing, FSDP2 resharding, GPU count.
+
+Tokens are the learnable synthetic stream (`RandomWindows`, pattern zipf-copy) so loss curves
+mean something: the table gives each 1-GPU variant's largest per-step loss difference from the
+baseline over all steps (same init, same batches, same LR schedule; the first 10 steps warm the
+LR up), beside the baseline-eager difference as the bf16 reference. Speed is the mean over the
+steps after `--skip` (compile happens in the first): tokens/s per GPU, MFU against 989 TFLOP/s
+with 7.314 GFLOP/token for tinyllama-1.1b (tinylab.model.flops_per_token), and the peak memory
+allocated on GPU 0 (torch.cuda.max_memory_allocated). `--profile` runs a few steps of the given
+variants under torch.profiler and prints the attention kernels that ran and the top kernels.
+
+    python bench/throughput.py --list
+    python bench/throughput.py --variants hf-compile hf-eager plain compile+liger-loss --concurrent
+    python bench/throughput.py --variants hf-compile "fast:parallel.compile=true,micro=16,nproc=2"
+    python bench/throughput.py --profile plain sdpa-cudnn --variants ...
+
+`--concurrent` runs variants side by side, each on its own GPU(s) of the machine, so a sweep
+takes the time of its slowest part; say so when reporting its figures. On a CPU-only machine
+`--model demo --device cpu` runs the same code path small (a check, not a benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tinylab.config import PARAMS_DIR, StageConfig, apply_overrides, dump_config, load_config
+from tinylab.model import build_model, flops_per_token, load_preset
+from tinylab.train.batching import RandomWindows, to_batch
+from tinylab.train.metrics import H100_BF16_PEAK
+from tinylab.train.schedule import lr_at
+
+BASE_STAGE = PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml"
+PATTERN = "zipf-copy"
+WARMUP_STEPS = 10
+PLAIN = (
+    "model.attention=sdpa", "parallel.compile=false", "parallel.liger=off",
+    "parallel.sdpa_backend=auto", "parallel.activation_checkpointing=off",
+    "parallel.reshard_after_forward=true",
+)  # fmt: skip
+ATTENTION_KERNEL = re.compile(r"flash|fmha|cudnn|attention|sdpa|scaled_dot", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration to time: the HF baseline (`kind` hf) or tinylab's trainer."""
+
+    name: str
+    kind: str = "tinylab"
+    sets: tuple[str, ...] = ()
+    micro: int = 8
+    nproc: int = 1
+    compile: bool = True  # hf only: torch.compile of the whole model
+
+
+def _tl(name: str, *sets: str, micro: int = 8, nproc: int = 1) -> Variant:
+    return Variant(name, "tinylab", tuple(sets), micro, nproc)
+
+
+COMPILE, COMPILE_MODEL = "parallel.compile=layers", "parallel.compile=model"
+LIGER_ALL, LIGER_LOSS = "parallel.liger=all", "parallel.liger=loss"
+FLASH, CUDNN = "parallel.sdpa_backend=flash", "parallel.sdpa_backend=cudnn"
+SELECTIVE = "parallel.activation_checkpointing=selective"
+NO_RESHARD = "parallel.reshard_after_forward=false"
+VARIANTS = {v.name: v for v in [
+    Variant("hf-compile", "hf", compile=True),
+    Variant("hf-eager", "hf", compile=False),
+    _tl("plain"),
+    _tl("sdpa-flash", FLASH),
+    _tl("sdpa-cudnn", CUDNN),
+    _tl("compile", COMPILE),
+    _tl("compile-model", COMPILE_MODEL),
+    _tl("liger", LIGER_ALL),
+    _tl("liger-loss", LIGER_LOSS),
+    _tl("compile+liger", COMPILE, LIGER_ALL),
+    _tl("compile+liger-loss", COMPILE, LIGER_LOSS),
+    _tl("compile+liger-loss+cudnn", COMPILE, LIGER_LOSS, CUDNN),
+    _tl("compile+liger-loss+micro16", COMPILE, LIGER_LOSS, micro=16),
+    _tl("compile+liger-loss+selective", COMPILE, LIGER_LOSS, SELECTIVE),
+    _tl("compile+liger+selective", COMPILE, LIGER_ALL, SELECTIVE),
+    _tl("compile-model+liger", COMPILE_MODEL, LIGER_ALL),
+    _tl("compile-model+liger-loss", COMPILE_MODEL, LIGER_LOSS),
+    _tl("liger+selective", LIGER_ALL, SELECTIVE),
+    *[_tl(f"compile+liger@{n}", COMPILE, LIGER_ALL, nproc=n) for n in (2, 4)],
+    *[_tl(f"compile+liger+noreshard@{n}", COMPILE, LIGER_ALL, NO_RESHARD, nproc=n)
+      for n in (2, 4)],
+]}  # fmt: skip
+
+
+def parse_variant(spec: str) -> Variant:
+    """A known name, or `NAME:key=value,...` with stage overrides plus micro=N and nproc=N."""
+    if spec in VARIANTS:
+        return VARIANTS[spec]
+    name, sep, body = spec.partition(":")
+    if not sep:
+        raise SystemExit(f"unknown variant {spec!r}: known: {', '.join(VARIANTS)}; or NAME:k=v,...")
+    sets, micro, nproc = [], 8, 1
+    for item in filter(None, body.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"variant {spec!r}: {item!r} is not key=value")
+        if key == "micro":
+            micro = int(value)
+        elif key == "nproc":
+            nproc = int(value)
+        else:
+            sets.append(item)
+    return _tl(name, *sets, micro=micro, nproc=nproc)
+
+
+def bench_stage(
+    model: str, variant: Variant, *, steps: int, device: str, accum: int = 1
+) -> StageConfig:
+    """The paper's base stage resized for `steps` steps of `accum` micro-batches per GPU."""
+    stage = load_config(BASE_STAGE, StageConfig)
+    data = stage.model_dump(mode="json")
+    data["model"] = load_preset(model).model_dump(mode="json")
+    seq_len = min(stage.data.seq_len, data["model"]["max_position_embeddings"])
+    data["data"]["seq_len"] = seq_len
+    tokens = variant.micro * seq_len * variant.nproc * accum
+    data = apply_overrides(data, [
+        "name=bench", f"micro_batch_size={variant.micro}", f"global_batch_tokens={tokens}",
+        f"max_tokens={tokens * steps}", f"schedule.warmup_tokens={tokens * WARMUP_STEPS}",
+        "checkpoint.every_steps=1000000000", "checkpoint.at_end=false", "export_hf=false",
+        "validation.every_steps=1000000000", "log_every_steps=1", f"parallel.device={device}",
+        *PLAIN, *variant.sets,
+    ])  # fmt: skip
+    return StageConfig.model_validate(data)
+
+
+# ---------------------------------------------------------------- the plain HF baseline
+
+
+def hf_baseline(stage: StageConfig, *, compile: bool, steps: int, skip: int) -> dict:
+    """Train with a plain transformers loop; per-step losses, timed throughput, peak memory."""
+    device = torch.device("cuda" if stage.parallel.device != "cpu" else "cpu")
+    model = build_model(stage.model, device=device, seed=stage.seed)
+    optim = stage.optim
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=0.0, betas=optim.betas, eps=optim.eps,
+        weight_decay=optim.weight_decay, fused=device.type == "cuda",
+    )  # fmt: skip
+    forward = torch.compile(model) if compile else model
+    source = RandomWindows(
+        vocab_size=stage.model.vocab_size, seq_len=stage.data.seq_len, seed=stage.seed,
+        pattern=PATTERN,
+    )  # fmt: skip
+    micro, step_tokens = stage.micro_batch_size, stage.global_batch_tokens
+    accum = step_tokens // (micro * stage.data.seq_len)
+    losses, started = [], None
+    for step in range(steps):
+        if step == skip:
+            _sync(device)
+            started = time.perf_counter()
+        total = 0.0
+        for m in range(step * accum, (step + 1) * accum):
+            inputs, targets = to_batch(source.train(range(m * micro, (m + 1) * micro)), device)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = forward(input_ids=inputs, labels=targets, shift_labels=targets).loss
+            (loss / accum).backward()
+            total += loss.detach() / accum
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at((step + 1) * step_tokens, optim, stage.schedule)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    return {
+        "losses": [float(v) for v in losses],
+        "tokens_per_s": step_tokens * (steps - skip) / seconds,
+        "peak_mem_bytes": _peak_memory(device),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory(device: torch.device) -> int | None:
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+# ---------------------------------------------------------------- tinylab's trainer
+
+
+def tinylab_run(stage: StageConfig, variant: Variant, workdir: Path, *, skip: int) -> dict:
+    """Train `stage` with `python -m tinylab.train` (torchrun for several GPUs)."""
+    run_dir = workdir / variant.name
+    run_dir.mkdir(parents=True)
+    config = run_dir / "stage.yaml"
+    config.write_text(dump_config(stage))
+    launcher = [sys.executable]
+    if variant.nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone",
+                     f"--nproc-per-node={variant.nproc}"]  # fmt: skip
+    _run_logged(
+        [*launcher, "-m", "tinylab.train", "--config", str(config), "--run-dir", str(run_dir),
+         "--synthetic", PATTERN],
+        run_dir / "log.txt",
+    )  # fmt: skip
+    lines = (run_dir / "stages" / stage.name / "metrics.jsonl").read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if r["kind"] == "train"]
+    timed = records[skip:]
+    return {
+        "losses": [r["loss"] for r in records],
+        "tokens_per_s": stage.global_batch_tokens * len(timed) / sum(r["step_s"] for r in timed),
+        "peak_mem_bytes": max(r["peak_mem_bytes"] for r in records),
+    }
+
+
+# ---------------------------------------------------------------- the kernels that run
+
+
+def profile_kernels(stage: StageConfig, variant: Variant, *, steps: int = 2) -> dict:
+    """Kernels of `steps` training steps after 3 warm-up steps, by total device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = _profiled_step(stage, variant)
+    for i in range(3):
+        step(i)
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available() and stage.parallel.device != "cpu":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for i in range(3, 3 + steps):
+            step(i)
+    events = [e for e in prof.key_averages() if e.device_type.name in ("CUDA", "CPU")]
+    device_events = [e for e in events if e.device_type.name == "CUDA"] or events
+    key = "self_device_time_total" if device_events is not events else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in device_events) or 1.0
+    ranked = sorted(device_events, key=lambda e: -getattr(e, key))
+    rows = [(e.key, getattr(e, key) / total) for e in ranked]
+    return {
+        "attention": [r for r in rows if ATTENTION_KERNEL.search(r[0])][:6],
+        "top": rows[:12],
+    }
+
+
+def _profiled_step(stage: StageConfig, variant: Variant):
+    """One training step of `variant` through tinylab's functions; for the HF baseline the
+    same model (plain parallel options) compiled whole, as the baseline compiles it."""
+    from tinylab.train.batching import BatchPlan
+    from tinylab.train.loop import build, forward_backward, optimizer_step
+    from tinylab.train.parallel import grad_norm_and_clip, init_distributed
+
+    source = RandomWindows(
+        vocab_size=stage.model.vocab_size, seq_len=stage.data.seq_len, seed=stage.seed,
+        pattern=PATTERN,
+    )  # fmt: skip
+    ctx = init_distributed(stage.parallel)
+    model, optimizer = build(stage, ctx)
+    if variant.kind == "hf" and variant.compile:
+        model = torch.compile(model)
+    plan = BatchPlan.from_stage(stage, world_size=1, rank=0)
+
+    def step(i: int) -> None:
+        forward_backward(model, source, plan, i * plan.micro_batch_size, stage=stage, ctx=ctx)
+        grad_norm_and_clip(model, stage.optim.grad_clip)
+        optimizer_step(optimizer, 1e-5)
+        _sync(ctx.device)
+
+    return step
+
+
+# ---------------------------------------------------------------- running and reporting
+
+
+def _run_logged(command: list[str], log: Path, *, timeout: float = 900) -> None:
+    env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    with log.open("w") as out:
+        try:
+            code = subprocess.run(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout
+            ).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    if code != 0:
+        tail = [line for line in log.read_text().splitlines() if line.strip()][-3:]
+        raise RuntimeError(f"exit {code}: " + " | ".join(t[-200:] for t in tail))
+
+
+def run_variant(variant: Variant, gpus: list[int], args: argparse.Namespace) -> dict:
+    """Run one variant in a child process on `gpus`; its result (or its error)."""
+    workdir = args.workdir / variant.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, __file__, "--worker", variant.name, "--model", args.model,
+               "--steps", str(args.steps), "--skip", str(args.skip), "--device", args.device,
+               "--accum", str(args.accum),
+               "--workdir", str(workdir), "--spec", json.dumps(variant.__dict__)]  # fmt: skip
+    if args.worker_profile:
+        command.append("--worker-profile")
+    env_gpus = ",".join(map(str, gpus))
+    started = time.perf_counter()
+    try:
+        _run_logged(
+            ["env", f"CUDA_VISIBLE_DEVICES={env_gpus}", *command] if gpus else command,
+            workdir / "worker.txt",
+        )
+        result = json.loads((workdir / "result.json").read_text())
+    except (RuntimeError, FileNotFoundError) as err:
+        result = {"error": str(err)}
+    result.update(variant=variant.__dict__, gpus=gpus, wall_s=time.perf_counter() - started,
+                  profiled=args.worker_profile)  # fmt: skip
+    print(f"  {variant.name} on GPUs {gpus or 'cpu'}: {_short(result)}", flush=True)
+    if args.json:
+        with _JSON_LOCK, args.json.open("a") as out:
+            out.write(json.dumps(result) + "\n")
+    return result
+
+
+_JSON_LOCK = threading.Lock()
+
+
+def _short(result: dict) -> str:
+    if "error" in result:
+        return "FAILED " + result["error"]
+    if "tokens_per_s" in result:
+        return f"{result['tokens_per_s'] / result['variant']['nproc']:,.0f} tokens/s per GPU"
+    return "profiled"
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Child-process entry: one variant, result written to <workdir>/result.json."""
+    variant = Variant(**{**json.loads(args.spec), "sets": tuple(json.loads(args.spec)["sets"])})
+    stage = bench_stage(args.model, variant, steps=args.steps, device=args.device, accum=args.accum)
+    if args.worker_profile:
+        result = profile_kernels(stage, variant)
+    elif variant.kind == "hf":
+        result = hf_baseline(stage, compile=variant.compile, steps=args.steps, skip=args.skip)
+    else:
+        result = tinylab_run(stage, variant, args.workdir, skip=args.skip)
+    (args.workdir / "result.json").write_text(json.dumps(result))
+
+
+def schedule(jobs: list[tuple[Variant, bool]], args: argparse.Namespace) -> list[dict]:
+    """Run jobs in order, or side by side on free GPUs with `--concurrent`."""
+    visible = list(range(torch.cuda.device_count())) if args.device != "cpu" else []
+    runnable = []
+    for variant, profiled in jobs:
+        if variant.nproc > max(len(visible), 1):
+            print(f"  skipping {variant.name}: needs {variant.nproc} GPUs, {len(visible)} visible")
+        else:
+            runnable.append((variant, profiled))
+    free, lock, turn = list(visible), threading.Condition(), [0]
+
+    def one(order: int) -> dict:
+        variant, profiled = runnable[order]
+        need = variant.nproc if visible else 0
+        with lock:  # jobs start in the order given, each as soon as its GPUs are free
+            lock.wait_for(lambda: turn[0] == order and len(free) >= need)
+            mine = [free.pop(0) for _ in range(need)]
+            turn[0] += 1
+            lock.notify_all()
+        try:
+            worker_args = argparse.Namespace(**{**vars(args), "workdir": args.workdir /
+                                                ("profile" if profiled else "time")})  # fmt: skip
+            return run_variant(variant, mine, _with_profile(worker_args, profiled))
+        finally:
+            with lock:
+                free.extend(mine)
+                lock.notify_all()
+
+    if not args.concurrent:
+        return [one(order) for order in range(len(runnable))]
+    with ThreadPoolExecutor(max(len(runnable), 1)) as pool:
+        return list(pool.map(one, range(len(runnable))))
+
+
+def _with_profile(args: argparse.Namespace, profiled: bool) -> argparse.Namespace:
+    args.worker_profile = profiled
+    return args
+
+
+def speed_table(
+    results: list[dict], *, baseline: str, model: str, steps: int, skip: int, accum: int
+) -> str:
+    """Markdown: tokens/s per GPU, MFU, peak memory, vs baseline and 1 GPU, loss difference."""
+    preset = load_preset(model)
+    seq_len = min(2048, preset.max_position_embeddings)
+    flops = flops_per_token(preset, seq_len)
+    ok = [r for r in results if "error" not in r]
+    base = next((r for r in ok if r["variant"]["name"] == baseline), None)
+    reference = next((r for r in ok if r["variant"]["name"] == "hf-eager"), None)
+    one_gpu = {_key(r): r for r in ok if r["variant"]["nproc"] == 1}
+    lines = [
+        "| variant | GPUs | micro | tokens/s per GPU | MFU | peak GiB | vs baseline | "
+        "vs 1 GPU | max loss diff vs baseline |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        v = r["variant"]
+        if "error" in r:
+            lines.append(f"| {v['name']} | {v['nproc']} | {v['micro']} | failed: "
+                         f"{r['error'][:120]} | | | | | |")  # fmt: skip
+            continue
+        per_gpu = r["tokens_per_s"] / v["nproc"]
+        mem = "n/a" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**30:.1f}"
+        vs_base = f"{per_gpu / (base['tokens_per_s']):.2f}x" if base else "n/a"
+        single = one_gpu.get(_key(r))
+        scaling = (f"{per_gpu / single['tokens_per_s']:.1%}"
+                   if single and v["nproc"] > 1 else "")  # fmt: skip
+        lines.append(
+            f"| {v['name']} | {v['nproc']} | {v['micro']} | {per_gpu:,.0f} | "
+            f"{per_gpu * flops / H100_BF16_PEAK:.1%} | {mem} | {vs_base} | {scaling} | "
+            f"{_loss_diff(r, base, skip=0)} |"
+        )
+    card = torch.cuda.get_device_name(0) if torch.cuda.device_count() else "cpu"
+    head = (
+        f"{datetime.date.today()} | {card} | torch {torch.__version__} | {model}, seq {seq_len}, "
+        f"{steps} steps of {accum} micro-batch(es) per GPU, speed = mean over steps {skip + 1}-"
+        f"{steps} | baseline {baseline}"
+    )
+    note = ""
+    if reference and base:
+        note = (f"\nbf16 reference: hf-eager vs {baseline} max loss diff "
+                f"{_loss_diff(reference, base, skip=0)}")  # fmt: skip
+    return head + "\n\n" + "\n".join(lines) + note
+
+
+def _key(result: dict) -> tuple:
+    """What a run is, less its GPU count and FSDP resharding (no-ops on one GPU)."""
+    v = result["variant"]
+    sets = tuple(s for s in v["sets"] if not s.startswith("parallel.reshard_after_forward"))
+    return (v["kind"], sets, v["micro"], v["compile"])
+
+
+def _loss_diff(result: dict, base: dict | None, *, skip: int) -> str:
+    """Largest per-step |loss - baseline loss| when both saw the same batches, else blank."""
+    v = result["variant"]
+    if base is None or result is base or v["nproc"] != 1:
+        return ""
+    if v["micro"] != base["variant"]["micro"]:
+        return ""
+    pairs = list(zip(result["losses"], base["losses"], strict=False))[skip:]
+    worst = max(abs(a - b) for a, b in pairs)
+    return f"{worst:.4f} (final {result['losses'][-1]:.3f} vs {base['losses'][-1]:.3f})"
+
+
+def profile_report(results: list[dict]) -> str:
+    out = []
+    for r in results:
+        name = r["variant"]["name"]
+        if "error" in r:
+            out.append(f"{name}: profile failed: {r['error']}")
+            continue
+        attention = "; ".join(f"{k[:90]} ({share:.1%})" for k, share in r["attention"])
+        out.append(f"{name}: attention kernels: {attention or 'none matched'}")
+        out += [f"    {share:6.1%}  {k[:110]}" for k, share in r["top"]]
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=["hf-compile", "hf-eager", "plain"],
+        help="names (see --list) or NAME:key=value,...,micro=N,nproc=N",
+    )
+    parser.add_argument("--profile", nargs="*", default=[], help="variants to profile")
+    parser.add_argument("--baseline", default="hf-compile")
+    parser.add_argument("--model", default="tinyllama-1.1b", help="preset under params/models/")
+    parser.add_argument("--steps", type=int, default=50, help="optimizer steps per variant")
+    parser.add_argument("--skip", type=int, default=10, help="warm-up steps left out of speed")
+    parser.add_argument("--accum", type=int, default=1, help="micro-batches per GPU per step")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--concurrent", action="store_true", help="variants side by side")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep run folders here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="append each result to this JSON-lines file as it comes",
+    )
+    parser.add_argument(
+        "--table-from", type=Path, default=None, help="print the tables of a --json file and exit"
+    )
+    parser.add_argument("--list", action="store_true", help="print the known variants")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-profile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.list:
+        for v in VARIANTS.values():
+            print(f"{v.name:32} {v.kind:8} micro {v.micro} nproc {v.nproc} {' '.join(v.sets)}")
+        return 0
+    if args.worker:
+        worker(args)
+        return 0
+    if args.table_from:
+        results = [json.loads(line) for line in args.table_from.read_text().splitlines()]
+        report(results, args)
+        return 0
+    args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tinylab-throughput-"))
+    jobs = [(parse_variant(s), False) for s in args.variants]
+    jobs += [(parse_variant(s), True) for s in args.profile]
+    print(f"{len(jobs)} runs in {args.workdir}", flush=True)
+    results = schedule(jobs, args)
+    report(results, args)
+    return 0 if all("error" not in r for r in results) else 1
+
+
+def report(results: list[dict], args: argparse.Namespace) -> None:
+    """Print the kernel profiles and the speed table."""
+    timed = [r for r in results if not r["profiled"]]
+    profiled = [r for r in results if r["profiled"]]
+    if profiled:
+        print("\n" + profile_report(profiled))
+    if timed:
+        table = speed_table(timed, baseline=args.baseline, model=args.model, steps=args.steps,
+                            skip=args.skip, accum=args.accum)  # fmt: skip
+        print("\n" + table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

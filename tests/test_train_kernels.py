@@ -1,0 +1,124 @@
+"""The speed options of a stage (parallel.compile, liger, sdpa_backend), the synthetic token
+streams of the benchmarks and the trainer's live readout: same math on CPU, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _train_fixtures import new_run, prepare_data, stage_config, train_records
+
+from tinylab.config import PARAMS_DIR, ConfigError, ParallelConfig, load_config
+from tinylab.train import RandomWindows, run_stage
+from tinylab.train.loop import live_postfix
+from tinylab.train.parallel import Distributed, compute_context
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory):
+    return prepare_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def losses(options: dict, tmp_path, prepared, name: str) -> list[float]:
+    stage = stage_config(max_tokens=2048, checkpoint={"every_steps": 100}, parallel=options)
+    run = new_run(tmp_path, prepared, name)
+    run_stage(stage, run, progress=False)
+    return [r["loss"] for r in train_records(run)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["layers", "model"])
+def test_compiled_layers_or_model_train_the_same_math(tmp_path, prepared, mode) -> None:
+    eager = losses({"precision": "fp32"}, tmp_path, prepared, "eager")
+    compiled = losses({"precision": "fp32", "compile": mode}, tmp_path, prepared, "compiled")
+    assert compiled == pytest.approx(eager, abs=1e-5)
+
+
+def test_the_math_sdpa_backend_trains_the_same_as_pytorchs_choice(tmp_path, prepared) -> None:
+    auto = losses({"precision": "fp32"}, tmp_path, prepared, "auto")
+    math = losses({"precision": "fp32", "sdpa_backend": "math"}, tmp_path, prepared, "math")
+    assert math == pytest.approx(auto, abs=1e-5)
+
+
+def test_compute_context_selects_the_sdpa_backend_and_restores_it() -> None:
+    ctx = Distributed(0, 1, 0, torch.device("cpu"), None)
+    with compute_context(ParallelConfig(sdpa_backend="math", precision="fp32"), ctx):
+        assert torch.backends.cuda.math_sdp_enabled()
+        assert not torch.backends.cuda.flash_sdp_enabled()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled()
+
+
+def test_older_boolean_options_still_load() -> None:
+    assert (
+        ParallelConfig(compile=True, liger=True).model_dump()
+        == ParallelConfig(compile="layers", liger="all").model_dump()
+    )
+    assert (ParallelConfig(compile=False).compile, ParallelConfig(liger=False).liger) == (
+        "off",
+        "off",
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [
+        ("parallel.compile=fast", "'off', 'layers' or 'model'"),
+        ("parallel.liger=rope", "'off', 'all' or 'loss'"),
+        ("parallel.sdpa_backend=flash3", "'auto', 'flash', 'cudnn', 'efficient' or 'math'"),
+    ],
+)
+def test_unknown_speed_options_name_the_key_and_the_allowed_values(override, allowed) -> None:
+    base = PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(base, overrides=[override])
+    key, value = override.split("=")
+    assert key in str(err.value) and value in str(err.value) and allowed in str(err.value)
+
+
+def test_the_paper_stages_default_to_the_fastest_measured_configuration() -> None:
+    for name in ("base", "continual-mathcode", "cooldown-mathcode"):
+        stage = load_config(PARAMS_DIR / "stages" / "tinyllama-v1.1" / f"{name}.yaml")
+        parallel = stage.parallel
+        assert (parallel.compile, parallel.liger, parallel.sdpa_backend) == (
+            "layers",
+            "all",
+            "auto",
+        )
+        assert parallel.reshard_after_forward is False
+
+
+def test_zipf_copy_windows_are_deterministic_and_half_copies() -> None:
+    source = RandomWindows(vocab_size=1000, seq_len=4096, seed=3, pattern="zipf-copy")
+    windows = source.train(range(2, 4))
+    np.testing.assert_array_equal(windows, source.train(range(2, 4)))
+    assert windows.shape == (2, 4097) and windows.min() >= 0 and windows.max() < 1000
+    lag = RandomWindows.COPY_LAG
+    copied = (windows[:, lag:] == windows[:, :-lag]).mean()
+    assert 0.45 < copied < 0.6  # half are copies; a few fresh draws repeat by chance
+    frequent = np.bincount(windows.ravel(), minlength=1000)
+    assert frequent[0] > 10 * frequent[500]  # Zipf: rank 1 far above rank 501
+
+
+def test_an_unknown_synthetic_pattern_is_an_error() -> None:
+    with pytest.raises(ValueError, match="pattern = 'markov': allowed: uniform, zipf-copy"):
+        RandomWindows(vocab_size=10, seq_len=4, seed=0, pattern="markov")
+
+
+def test_the_live_readout_shows_loss_lr_tokens_per_device_and_mfu() -> None:
+    record = {"loss": 2.34567, "lr": 3e-4, "tokens_per_s": 120_000.0, "mfu": 0.4321}
+    assert live_postfix(record, world_size=2) == {
+        "loss": "2.346",
+        "lr": "3.00e-04",
+        "tok/s/dev": "60,000",
+        "mfu": "43.2%",
+    }
+    assert "mfu" not in live_postfix({**record, "mfu": None}, world_size=1)
