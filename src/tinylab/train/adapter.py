@@ -78,9 +78,8 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 def adapter_meta(stage: StageConfig, base: Path | None) -> dict[str, Any] | None:
     """What an adapter stage's checkpoint meta records: the adapter and its base checkpoint."""
-    if stage.adapter is None:
+    if stage.adapter is None or base is None:  # no base: preloaded_weights() raised already
         return None
-    assert base is not None  # config validation: an adapter stage carries weights
     return {
         "config": stage.adapter.model_dump(mode="json"),
         "base": {"stage": base.parent.parent.name, "checkpoint": base.name},

@@ -146,8 +146,8 @@ def fit(
     ckpt_dir = stage_dir / "checkpoints"
     own, parent = find_start(stage, run_dir, ckpt_dir, resume=resume)
     origin = parent or _parent_of(stage, run_dir)
-    recipe, adapter = training_recipe(stage, origin), adapter_meta(stage, origin)
     preload = preloaded_weights(stage, own=own, origin=origin)
+    recipe, adapter = training_recipe(stage, origin), adapter_meta(stage, origin)
     source = source or open_windows(run_dir, stage)
     prepare_stage_dir(stage, stage_dir, fresh=own is None, ctx=ctx)
     model, optimizer = build(stage, ctx, preload=preload)
