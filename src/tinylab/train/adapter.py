@@ -61,10 +61,10 @@ def add_lora(model: nn.Module, adapter: AdapterConfig) -> nn.Module:
 
 
 def llama_of(model: nn.Module) -> nn.Module:
-    """The LlamaForCausalLM inside a peft wrapper (or the model itself): what FSDP shards."""
-    from peft import PeftModel
-
-    return model.base_model.model if isinstance(model, PeftModel) else model
+    """The LlamaForCausalLM inside a peft wrapper (or the model itself): what FSDP shards.
+    Duck-typed, so full-weights stages never import peft."""
+    unwrap = getattr(model, "get_base_model", None)
+    return model if unwrap is None else unwrap()
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
