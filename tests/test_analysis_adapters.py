@@ -62,6 +62,7 @@ def test_side_by_side_shows_costs_and_effects_against_the_parent(run) -> None:
     assert list(table.columns) == ["continual-code", "continual-code-lora"]
     full, lora = table["continual-code"], table["continual-code-lora"]
     assert (full["trainable params"], lora["trainable params"]) == (1000, 10)
+    assert isinstance(lora["trainable params"], int)  # a count, not 10.0
     assert (full["trainable (% of total)"], lora["trainable (% of total)"]) == (100.0, 0.99)
     assert lora["wall time (s)"] == 12.3
     assert lora["tokens/s (median)"] == 2000.0

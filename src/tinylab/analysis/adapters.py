@@ -39,8 +39,8 @@ def adapter_pairs(run: Run) -> list[tuple[str, str]]:
 def side_by_side(run: Run, full: str, lora: str) -> pd.DataFrame:
     """One column per stage: costs, then held-out bits per byte before/after, then benchmark
     deltas against the parent (rows present for either stage)."""
-    columns = {name: _column(run, name) for name in (full, lora)}
-    table = pd.DataFrame(columns, dtype=object)
+    columns = {name: pd.Series(_column(run, name), dtype=object) for name in (full, lora)}
+    table = pd.DataFrame(columns)  # object columns: counts stay ints, gaps stay None
     table.index.name = "measure"
     return table.where(table.notna(), None)
 
