@@ -1,6 +1,6 @@
 """2-process torchrun with gloo on CPU: FSDP2 training equals single-process training, and a
-checkpoint written by 2 ranks resumes on 1. Launched through `train_stage(nproc=2)`, the path
-the notebook takes."""
+checkpoint written by 2 ranks resumes on 1; a LoRA stage under FSDP2 equals its single-process
+run. Launched through `train_stage(nproc=2)`, the path the notebook takes."""
 
 from __future__ import annotations
 
@@ -106,3 +106,28 @@ def test_launcher_world_size(launcher: list[str], world: int) -> None:
 def test_elastic_launcher_is_rejected() -> None:
     with pytest.raises(ConfigError, match="needs numeric --nnodes"):
         launcher_world_size(["torchrun", "--nnodes=1:4", "--nproc-per-node=8"])
+
+
+@pytest.mark.slow
+def test_lora_with_fsdp2_on_two_ranks_equals_one_process(tmp_path, prepared, one_thread) -> None:
+    lora = stage_config(
+        name="lora",
+        max_tokens=3072,
+        init_from={"stage": "base", "carry": ["weights", "schedule"]},
+        adapter={"rank": 4, "alpha": 8},
+    )
+    single = new_run(tmp_path, prepared, "single")
+    run_stage(stage_config(max_tokens=2048), single, progress=False)
+    run_stage(lora, single, progress=False)
+    sharded = new_run(tmp_path, prepared, "sharded")
+    shutil.copytree(single / "stages" / "base", sharded / "stages" / "base")  # the same parent
+    result = train_stage(lora, sharded, nproc=2, progress=False)
+    assert read_meta(result.checkpoint)["world_size"] == 2
+    assert result.trainable_params < result.total_params
+
+    want, got = train_records(single, "lora"), train_records(sharded, "lora")
+    assert [r["step"] for r in got] == [3, 4, 5]
+    assert losses(got) == pytest.approx(losses(want), abs=1e-6)
+    assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in want], abs=1e-5)
+    for name, tensor in final_weights(single, "lora").items():
+        torch.testing.assert_close(final_weights(sharded, "lora")[name], tensor, atol=1e-5, rtol=0)

@@ -418,6 +418,37 @@ class ParallelConfig(Schema):
         return {"compile": "layers", "liger": "all"}[info.field_name] if value else "off"
 
 
+# The Linear layers of a Llama decoder block: what a LoRA adapter can target.
+LLAMA_BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class AdapterConfig(Schema):
+    """A LoRA adapter (peft) trained on frozen parent weights instead of all weights."""
+
+    type: Literal["lora"] = Field("lora", description="adapter kind (peft LoRA)")
+    rank: PositiveInt = Field(16, description="LoRA rank r")
+    alpha: PositiveFloat = Field(32.0, description="LoRA alpha; the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] = Field(
+        list(LLAMA_BLOCK_LINEARS),
+        min_length=1,
+        description="Linear layers of each decoder block that get an adapter",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _known_unique_modules(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in LLAMA_BLOCK_LINEARS]
+        if unknown:
+            raise ValueError(
+                f"no module named {', '.join(map(repr, unknown))} in a Llama block; "
+                f"allowed: {', '.join(LLAMA_BLOCK_LINEARS)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("each module may appear once")
+        return names
+
+
 class StageConfig(Schema):
     """One training stage: model, data mixture, budget, batch, schedule and parent."""
 
@@ -436,6 +467,9 @@ class StageConfig(Schema):
     optim: OptimConfig
     schedule: ScheduleConfig
     init_from: InitFrom | None = Field(None, description="parent stage; null = from scratch")
+    adapter: AdapterConfig | None = Field(
+        None, description="null = train all weights; lora (or a mapping) = a LoRA adapter only"
+    )
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     validation: EvalEveryConfig = Field(default_factory=EvalEveryConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
@@ -469,6 +503,39 @@ class StageConfig(Schema):
                 f"{micro * data.seq_len})"
             )
         return batch
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _adapter_shorthand(cls, adapter: Any) -> Any:
+        if isinstance(adapter, str):
+            if adapter != "lora":
+                raise ValueError("expected 'lora' or a mapping {type: lora, rank, alpha, ...}")
+            return {"type": "lora"}
+        return adapter
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_on_parent_weights(
+        cls, adapter: AdapterConfig | None, info: ValidationInfo
+    ) -> AdapterConfig | None:
+        if adapter is None or "name" not in info.data:  # name missing: other errors first
+            return adapter
+        init_from = info.data.get("init_from")
+        carry = [] if init_from is None else init_from.carry
+        if "weights" not in carry:
+            raise ValueError(
+                f"a {adapter.type} adapter trains on a parent's weights, but init_from is "
+                f"{None if init_from is None else init_from.model_dump()}; set init_from: "
+                "{stage: <parent>, carry: [weights, schedule]} (an adapter on random weights is "
+                "almost certainly a mistake)"
+            )
+        if "optimizer" in carry:
+            raise ValueError(
+                f"a {adapter.type} adapter cannot carry the parent's 'optimizer' (init_from.carry "
+                f"= {carry}): that AdamW state belongs to other parameters; carry [weights] or "
+                "[weights, schedule]"
+            )
+        return adapter
 
     @model_validator(mode="after")
     def _ramp_fits_stage(self) -> StageConfig:

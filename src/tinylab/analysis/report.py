@@ -59,8 +59,19 @@ def compared_settings(stage: StageConfig) -> dict[str, str]:
         "init from": None
         if stage.init_from is None
         else f"{stage.init_from.stage} ({', '.join(stage.init_from.carry)})",
+        "adapter": _adapter(stage),
     }
     return {key: str(value) for key, value in settings.items()}
+
+
+def _adapter(stage: StageConfig) -> str:
+    adapter = stage.adapter
+    if adapter is None:
+        return "none (all weights train)"
+    return (
+        f"{adapter.type} r={adapter.rank} alpha={adapter.alpha:g} dropout={adapter.dropout:g} "
+        f"on {', '.join(adapter.target_modules)}"
+    )
 
 
 def _weights(weights: dict[str, float]) -> str:

@@ -21,6 +21,7 @@ import yaml
 
 from tinylab.config import ConfigError, StageConfig, project_path
 from tinylab.evaluate.results import load_results
+from tinylab.train.loop import RESULT_FILE, StageResult
 from tinylab.train.metrics import stage_frames
 
 PHASES = ("base", "continual", "cooldown")
@@ -37,11 +38,12 @@ class Run:
     validation: pd.DataFrame
     evals: pd.DataFrame
     data_index: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, StageResult] = field(default_factory=dict)  # finished stages
 
 
 def load_run(run_dir: Path | str) -> Run:
     """Read a run folder (relative paths: from the project root): manifest, resolved stages,
-    metrics, validation, evaluations."""
+    metrics, validation, evaluations, stage results."""
     run_dir = project_path(run_dir)
     stage_dirs = sorted(p.parent for p in (run_dir / "stages").glob("*/metrics.jsonl"))
     if not stage_dirs:
@@ -56,7 +58,13 @@ def load_run(run_dir: Path | str) -> Run:
         validation=pd.concat([val for _, val in frames], ignore_index=True),
         evals=load_evals(run_dir / "eval"),
         data_index=json.loads(index_path.read_text()) if index_path.is_file() else {},
+        results={p.parent.name: StageResult.read(p.parent) for p in stage_results(run_dir)},
     )
+
+
+def stage_results(run_dir: Path) -> list[Path]:
+    """The result.json of every finished stage (wall time, parameter counts, ...)."""
+    return sorted((run_dir / "stages").glob(f"*/{RESULT_FILE}"))
 
 
 def stage_configs(run_dir: Path) -> dict[str, StageConfig]:

@@ -3,9 +3,11 @@
 A checkpoint is a folder `checkpoints/step-XXXXXXXX/` (XXXXXXXX = optimizer steps since the first
 stage) holding the model and AdamW state as torch.distributed.checkpoint (DCP) shards, one RNG
 file per rank, and `meta.json` (the TrainState counters, the model config, the world size,
-whether the stage finished). All ranks write into `step-XXXXXXXX.tmp/`; rank 0 adds meta.json
-last and renames the folder into place, then points `checkpoints/latest` at it and deletes all
-but the newest `keep_last`. A crash at any moment leaves either the old or the new checkpoint
+whether the stage finished; for a LoRA stage also the adapter and the parent checkpoint under it,
+and then only the trainable parameters are stored: tinylab.train.adapter). All ranks write into
+`step-XXXXXXXX.tmp/`; rank 0 adds meta.json last and renames the folder into place, then points
+`checkpoints/latest` at it and deletes all but the newest `keep_last`. A crash at any moment
+leaves either the old or the new checkpoint
 complete; a leftover `.tmp` folder is ignored and removed on the next start.
 
 Trade-off: DCP stores every tensor with its global shape and offsets, so a checkpoint written by
@@ -32,6 +34,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
@@ -116,13 +119,15 @@ def check_model(path: Path, model: ModelConfig) -> None:
 # What a stage's checkpoints are a function of: resuming under other values would silently keep
 # training that was done with the old ones (max_tokens may grow, cadences and kernels may change).
 RECIPE_FIELDS = {"model", "data", "mixture", "ramp", "optim", "schedule", "seed",
-                 "global_batch_tokens", "init_from"}  # fmt: skip
+                 "global_batch_tokens", "init_from", "adapter"}  # fmt: skip
 
 
 def training_recipe(stage: StageConfig, parent: Path | None) -> dict[str, Any]:
     """The params that define a stage's checkpoints, and the parent checkpoint it started from."""
     recipe = stage.model_dump(mode="json", include=RECIPE_FIELDS)
     recipe["model"].pop("attention", None)  # a kernel choice, not a different model
+    if recipe.get("adapter") is None:  # full training: the recipe of checkpoints before adapters
+        recipe.pop("adapter", None)
     if parent is not None:
         meta = read_meta(parent)
         recipe["parent"] = {"checkpoint": parent.name, "recipe": meta.get("recipe_digest")}
@@ -155,20 +160,23 @@ def save_checkpoint(
     state: TrainState,
     model_cfg: ModelConfig,
     recipe: dict[str, Any] | None = None,
+    adapter: dict[str, Any] | None = None,
     finished: bool,
     keep_last: int,
     ctx: Distributed,
     before_commit=None,
 ) -> Path:
     """Write a checkpoint of `state` atomically; returns its folder. Collective on all ranks.
-    `before_commit` (tests) runs after the shards are written and before the rename."""
+    `before_commit` (tests) runs after the shards are written and before the rename. With
+    `adapter` (its meta record) only the trainable parameters and their state are stored."""
     final = step_dir(folder, state.step)
     tmp = final.with_name(final.name + TMP_SUFFIX)
     if ctx.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     ctx.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    options = StateDictOptions(ignore_frozen_params=adapter is not None)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
     alone = ctx.world_size == 1
     with _single_process_ok():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, no_dist=alone)
@@ -182,6 +190,7 @@ def save_checkpoint(
             "model": model_cfg.model_dump(mode="json"),
             "recipe": recipe,
             "recipe_digest": None if recipe is None else recipe_digest(recipe),
+            "adapter": adapter,
             "world_size": ctx.world_size,
             "finished": finished,
         }
@@ -204,18 +213,24 @@ def load_checkpoint(
     ctx: Distributed,
     restore_rng: bool = True,
 ) -> TrainState:
-    """Load model (and optimizer, and this rank's RNG) from `path`; returns its TrainState."""
+    """Load model (and optimizer, and this rank's RNG) from `path`; returns its TrainState.
+    An adapter checkpoint loads its trainable parameters into a wrapped model (all must be
+    there; the frozen ones are left as they are)."""
     path, alone = Path(path), ctx.world_size == 1
+    partial = read_meta(path).get("adapter") is not None
+    options = StateDictOptions(ignore_frozen_params=partial, strict=not partial)
     if optimizer is None:
-        model_sd = get_model_state_dict(model)
+        model_sd = get_model_state_dict(model, options=options)
         with _single_process_ok():
             dcp.load({"model": model_sd}, checkpoint_id=path, no_dist=alone)
-        set_model_state_dict(model, model_sd)
+        set_model_state_dict(model, model_sd, options=options)
     else:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
         with _single_process_ok():
             dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path, no_dist=alone)
-        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+        set_state_dict(
+            model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options
+        )
     rng_file = path / f"rng-{ctx.rank:05d}.pt"
     if restore_rng and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))

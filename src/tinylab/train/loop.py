@@ -6,6 +6,8 @@ checkpoint (`init_from`, carrying weights / optimizer state / schedule position 
 say). Each step: read this rank's micro-batches, forward + backward each, clip, stop on a
 non-finite loss, set the LR from tokens seen, AdamW step; then a metrics line, maybe a
 per-domain validation, maybe a checkpoint. At the end: a final checkpoint and an HF export.
+With `adapter: lora` the same loop trains a LoRA adapter on the parent's frozen weights
+(tinylab.train.adapter: what is built, checkpointed and exported differently).
 
 Trade-off: everything that defines the next step (weights, AdamW state, step and token counters,
 RNG; data position = stage tokens / seq_len) is in the checkpoint and nothing else, so a run
@@ -37,6 +39,16 @@ from tqdm.auto import tqdm
 from tinylab.config import ConfigError, OptimConfig, StageConfig, dump_config
 from tinylab.files import write_atomic
 from tinylab.model import build_model, flops_per_token, save_hf
+from tinylab.train.adapter import (
+    adapter_meta,
+    add_lora,
+    check_start,
+    export_merged,
+    llama_of,
+    load_weights,
+    parameter_counts,
+    preloaded_weights,
+)
 from tinylab.train.batching import BatchPlan, WindowSource, open_windows, to_batch
 from tinylab.train.checkpoint import (
     TrainState,
@@ -83,6 +95,8 @@ class StageResult:
     wall_s: float
     checkpoint: Path | None
     hf_dir: Path | None
+    trainable_params: int | None = None  # None: a result written before these were recorded
+    total_params: int | None = None
 
     @property
     def metrics_path(self) -> Path:
@@ -132,11 +146,16 @@ def fit(
     stage_dir = run_dir / "stages" / stage.name
     ckpt_dir = stage_dir / "checkpoints"
     own, parent = find_start(stage, run_dir, ckpt_dir, resume=resume)
-    recipe = training_recipe(stage, parent or _parent_of(stage, run_dir))
+    origin = parent or _parent_of(stage, run_dir)
+    preload = preloaded_weights(stage, own=own, origin=origin)
+    recipe, adapter = training_recipe(stage, origin), adapter_meta(stage, origin)
     source = source or open_windows(run_dir, stage)
     prepare_stage_dir(stage, stage_dir, fresh=own is None, ctx=ctx)
-    model, optimizer = build(stage, ctx)
-    state = restore(stage, model, optimizer, own=own, parent=parent, ctx=ctx)
+    model, optimizer = build(stage, ctx, preload=preload)
+    counts = parameter_counts(model)
+    state = restore(
+        stage, model, optimizer, own=own, parent=parent, ctx=ctx, preloaded=preload is not None
+    )
     metrics = MetricsLog(
         stage_dir / "metrics.jsonl", enabled=ctx.is_main, tensorboard=stage.tensorboard
     )
@@ -182,7 +201,8 @@ def fit(
         ):
             saved = save_checkpoint(
                 ckpt_dir, model=model, optimizer=optimizer, state=state, model_cfg=stage.model,
-                recipe=recipe, finished=finished, keep_last=stage.checkpoint.keep_last, ctx=ctx,
+                recipe=recipe, adapter=adapter, finished=finished,
+                keep_last=stage.checkpoint.keep_last, ctx=ctx,
                 before_commit=lambda s=state.step: _fault("kill-in-save", s),
             )  # fmt: skip
         bar.update(1)
@@ -192,6 +212,7 @@ def fit(
     result = StageResult(
         stage.name, stage_dir, state.step, state.tokens, state.stage_tokens,
         final_loss(loss, stage_dir, ctx), time.perf_counter() - started, saved, hf_dir,
+        **counts,
     )  # fmt: skip
     if ctx.is_main:
         write_atomic(stage_dir / RESULT_FILE, (result.to_json() + "\n").encode("utf-8"))
@@ -212,6 +233,7 @@ def find_start(
     parent = None if parent_dir is None else latest_checkpoint(parent_dir)
     if own is not None:
         check_model(own, stage.model)
+        check_start(stage, own=own, parent=parent)
         check_recipe(own, training_recipe(stage, parent), stage.name)
         return own, None
     if parent_dir is None:
@@ -230,6 +252,7 @@ def find_start(
         )
     if "weights" in stage.init_from.carry:
         check_model(parent, stage.model)
+    check_start(stage, own=None, parent=parent)
     return None, parent
 
 
@@ -255,15 +278,23 @@ def prepare_stage_dir(
     ctx.barrier()
 
 
-def build(stage: StageConfig, ctx: Distributed) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The model (TinyLlama init from the stage seed, then parallelized) and its AdamW."""
+def build(
+    stage: StageConfig, ctx: Distributed, *, preload: Path | None = None
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model (TinyLlama init from the stage seed; `preload`'s weights, merged if it is an
+    adapter checkpoint; wrapped with a LoRA adapter if the stage has one; then parallelized)
+    and AdamW over its trainable parameters."""
     random.seed(stage.seed)
     np.random.seed(stage.seed % 2**32)
     torch.manual_seed(stage.seed)
     model = build_model(stage.model, device=ctx.device, seed=stage.seed)
-    model = parallelize(model, stage.parallel, ctx)
+    if preload is not None:
+        load_weights(preload, model, ctx)
+    if stage.adapter is not None:
+        model = add_lora(model, stage.adapter)
+    parallelize(llama_of(model), stage.parallel, ctx)
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        [p for p in model.parameters() if p.requires_grad],
         lr=0.0,
         betas=stage.optim.betas,
         eps=stage.optim.eps,
@@ -281,14 +312,16 @@ def restore(
     own: Path | None,
     parent: Path | None,
     ctx: Distributed,
+    preloaded: bool = False,
 ) -> TrainState:
-    """Load the stage's own checkpoint whole, or what `init_from.carry` names from the parent."""
+    """Load the stage's own checkpoint whole, or what `init_from.carry` names from the parent
+    (its weights unless build() `preloaded` them)."""
     state = TrainState()
     if own is not None:
         state = load_checkpoint(own, model=model, optimizer=optimizer, ctx=ctx)
     elif parent is not None:
         carry = stage.init_from.carry
-        if "weights" in carry:
+        if "weights" in carry and not preloaded:
             parent_state = load_checkpoint(
                 parent,
                 model=model,
@@ -497,14 +530,18 @@ def maybe_export(
 def export_hf(
     model: nn.Module, stage: StageConfig, stage_dir: Path, source: WindowSource, ctx: Distributed
 ) -> Path | None:
-    """Write `<stage>/hf/`: safetensors + config + the run's tokenizer (rank 0; collective)."""
+    """Write `<stage>/hf/`: safetensors + config + the run's tokenizer (rank 0; collective); an
+    adapter stage writes `<stage>/adapter/` and merges the adapter into the export."""
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if not ctx.is_main:
         return None
     export = build_model(stage.model.model_copy(update={"attention": "sdpa"}), device="cpu")
-    export.load_state_dict(full)
+    if stage.adapter is not None:
+        export = export_merged(export, full, stage.adapter, stage_dir)
+    else:
+        export.load_state_dict(full)
     tokenizer = None
     if source.tokenizer_dir is not None:
         from transformers import AutoTokenizer
