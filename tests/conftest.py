@@ -1,10 +1,13 @@
-"""Shared fixtures: a tiny params tree that tests copy and break."""
+"""Shared fixtures: a tiny params tree that tests copy and break; tiny prepared data and one
+CPU thread for the tests of tinylab.train."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
+from _train_fixtures import prepare_data
 
 SMALL_MODEL = """\
 vocab_size: 300
@@ -56,3 +59,18 @@ def params(tmp_path: Path) -> Path:
     (root / "stages" / "base.yaml").write_text(BASE_STAGE)
     (root / "stages" / "child.yaml").write_text(CHILD_STAGE)
     return root
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny corpora of _train_fixtures, prepared once per test module."""
+    return prepare_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: fast and stable on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

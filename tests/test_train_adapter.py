@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from _train_fixtures import curve, final_weights, new_run, prepare_data, stage_config, train_records
+from _train_fixtures import curve, final_weights, new_run, stage_config, train_records
 
 from tinylab import cli
 from tinylab.config import ConfigError, dump_config
@@ -33,17 +33,7 @@ def lora_stage(**overrides):
     return stage_config(**{**LORA, **overrides})
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory):
-    return prepare_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,25 +9,12 @@ import shutil
 
 import pytest
 import torch
-from _train_fixtures import final_weights, new_run, prepare_data, stage_config, train_records
+from _train_fixtures import final_weights, new_run, stage_config, train_records
 
 from tinylab.config import ConfigError
 from tinylab.train import run_stage, train_stage
 from tinylab.train.checkpoint import list_checkpoints, read_meta
 from tinylab.train.launch import launcher_world_size
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory):
-    return prepare_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def losses(records: list[dict]) -> list[float]:

@@ -6,25 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _train_fixtures import new_run, prepare_data, stage_config, train_records
+from _train_fixtures import new_run, stage_config, train_records
 
 from tinylab.config import PARAMS_DIR, ConfigError, ParallelConfig, load_config
 from tinylab.train import RandomWindows, run_stage
 from tinylab.train.loop import live_postfix
 from tinylab.train.parallel import Distributed, compute_context
 
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory):
-    return prepare_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def losses(options: dict, tmp_path, prepared, name: str) -> list[float]:

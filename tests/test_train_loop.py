@@ -12,7 +12,6 @@ from _train_fixtures import (
     curve,
     final_weights,
     new_run,
-    prepare_data,
     stage_config,
     train_records,
 )
@@ -24,19 +23,7 @@ from tinylab.train.checkpoint import list_checkpoints, read_meta
 from tinylab.train.loop import build
 from tinylab.train.parallel import Distributed
 
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory):
-    return prepare_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: fast and stable on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_stage_writes_metrics_checkpoints_and_an_hf_export(tmp_path, prepared) -> None:

@@ -12,7 +12,6 @@ from _train_fixtures import (
     curve,
     final_weights,
     new_run,
-    prepare_data,
     run_module,
     stage_config,
     train_records,
@@ -21,11 +20,6 @@ from _train_fixtures import (
 from tinylab.config import dump_config
 from tinylab.train import run_stage
 from tinylab.train.checkpoint import list_checkpoints
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory):
-    return prepare_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.slow

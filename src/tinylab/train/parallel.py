@@ -153,8 +153,9 @@ def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) ->
 def sync_gradients(model: nn.Module, enabled: bool) -> None:
     """Under FSDP2, reduce-scatter gradients in this backward only when `enabled` (the last
     micro-batch of a step); earlier micro-batches accumulate unsharded fp32 gradients locally."""
-    if isinstance(model, FSDPModule):
-        model.set_requires_gradient_sync(enabled)
+    root = next((m for m in model.modules() if isinstance(m, FSDPModule)), None)
+    if root is not None:  # the outermost FSDP module (inside a peft wrapper for LoRA)
+        root.set_requires_gradient_sync(enabled)
 
 
 def checkpoint_layer(layer: nn.Module) -> None:
