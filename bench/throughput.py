@@ -60,7 +60,7 @@ BASE_STAGE = PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml"
 PATTERN = "zipf-copy"
 WARMUP_STEPS = 10
 PLAIN = (
-    "model.attention=sdpa", "parallel.compile=false", "parallel.liger=off",
+    "model.attention=sdpa", "parallel.compile=off", "parallel.liger=off",
     "parallel.sdpa_backend=auto", "parallel.activation_checkpointing=off",
     "parallel.reshard_after_forward=true",
 )  # fmt: skip
@@ -351,7 +351,8 @@ def _short(result: dict) -> str:
 
 def worker(args: argparse.Namespace) -> None:
     """Child-process entry: one variant, result written to <workdir>/result.json."""
-    variant = Variant(**{**json.loads(args.spec), "sets": tuple(json.loads(args.spec)["sets"])})
+    spec = json.loads(args.spec)
+    variant = Variant(**{**spec, "sets": tuple(spec["sets"])})
     stage = bench_stage(args.model, variant, steps=args.steps, device=args.device, accum=args.accum)
     if args.worker_profile:
         result = profile_kernels(stage, variant)
@@ -382,9 +383,11 @@ def schedule(jobs: list[tuple[Variant, bool]], args: argparse.Namespace) -> list
             turn[0] += 1
             lock.notify_all()
         try:
-            worker_args = argparse.Namespace(**{**vars(args), "workdir": args.workdir /
-                                                ("profile" if profiled else "time")})  # fmt: skip
-            return run_variant(variant, mine, _with_profile(worker_args, profiled))
+            folder = args.workdir / ("profile" if profiled else "time")
+            worker_args = argparse.Namespace(
+                **{**vars(args), "workdir": folder, "worker_profile": profiled}
+            )
+            return run_variant(variant, mine, worker_args)
         finally:
             with lock:
                 free.extend(mine)
@@ -394,11 +397,6 @@ def schedule(jobs: list[tuple[Variant, bool]], args: argparse.Namespace) -> list
         return [one(order) for order in range(len(runnable))]
     with ThreadPoolExecutor(max(len(runnable), 1)) as pool:
         return list(pool.map(one, range(len(runnable))))
-
-
-def _with_profile(args: argparse.Namespace, profiled: bool) -> argparse.Namespace:
-    args.worker_profile = profiled
-    return args
 
 
 def speed_table(
@@ -432,7 +430,7 @@ def speed_table(
         lines.append(
             f"| {v['name']} | {v['nproc']} | {v['micro']} | {per_gpu:,.0f} | "
             f"{per_gpu * flops / H100_BF16_PEAK:.1%} | {mem} | {vs_base} | {scaling} | "
-            f"{_loss_diff(r, base, skip=0)} |"
+            f"{_loss_diff(r, base)} |"
         )
     card = torch.cuda.get_device_name(0) if torch.cuda.device_count() else "cpu"
     head = (
@@ -443,7 +441,7 @@ def speed_table(
     note = ""
     if reference and base:
         note = (f"\nbf16 reference: hf-eager vs {baseline} max loss diff "
-                f"{_loss_diff(reference, base, skip=0)}")  # fmt: skip
+                f"{_loss_diff(reference, base)}")  # fmt: skip
     return head + "\n\n" + "\n".join(lines) + note
 
 
@@ -454,14 +452,14 @@ def _key(result: dict) -> tuple:
     return (v["kind"], sets, v["micro"], v["compile"])
 
 
-def _loss_diff(result: dict, base: dict | None, *, skip: int) -> str:
+def _loss_diff(result: dict, base: dict | None) -> str:
     """Largest per-step |loss - baseline loss| when both saw the same batches, else blank."""
     v = result["variant"]
     if base is None or result is base or v["nproc"] != 1:
         return ""
     if v["micro"] != base["variant"]["micro"]:
         return ""
-    pairs = list(zip(result["losses"], base["losses"], strict=False))[skip:]
+    pairs = zip(result["losses"], base["losses"], strict=False)
     worst = max(abs(a - b) for a, b in pairs)
     return f"{worst:.4f} (final {result['losses'][-1]:.3f} vs {base['losses'][-1]:.3f})"
 

@@ -7,8 +7,8 @@ whether the stage finished; for a LoRA stage also the adapter and the parent che
 and then only the trainable parameters are stored: tinylab.train.adapter). All ranks write into
 `step-XXXXXXXX.tmp/`; rank 0 adds meta.json last and renames the folder into place, then points
 `checkpoints/latest` at it and deletes all but the newest `keep_last`. A crash at any moment
-leaves either the old or the new checkpoint
-complete; a leftover `.tmp` folder is ignored and removed on the next start.
+leaves either the old or the new checkpoint complete; a leftover `.tmp` folder is ignored and
+removed on the next start.
 
 Trade-off: DCP stores every tensor with its global shape and offsets, so a checkpoint written by
 2 ranks loads on 1 (or 8) without a conversion step, at the price of one file per rank and a
