@@ -11,7 +11,8 @@ optimizer steps of one micro-batch per GPU (weak scaling), each in its own proce
   zipf-copy`, under torchrun for several GPUs) on the paper's base stage
   (params/stages/tinyllama-v1.1/base.yaml), every parallel option reset to plain and then set by
   the variant: SDPA backend, per-layer compile, Liger-Kernel, micro-batch, activation
-  checkpointing, FSDP2 resharding, GPU count.
+  checkpointing, FSDP2 resharding, FSDP2 on one GPU (bf16 parameters instead of autocast),
+  GPU count, inductor's GEMM autotuning (an environment variable).
 
 Tokens are the learnable synthetic stream (`RandomWindows`, pattern zipf-copy) so loss curves
 mean something: the table gives each 1-GPU variant's largest per-step loss difference from the
@@ -62,9 +63,22 @@ WARMUP_STEPS = 10
 PLAIN = (
     "model.attention=sdpa", "parallel.compile=off", "parallel.liger=off",
     "parallel.sdpa_backend=auto", "parallel.activation_checkpointing=off",
-    "parallel.reshard_after_forward=true",
+    "parallel.reshard_after_forward=true", "parallel.single_process=plain",
 )  # fmt: skip
 ATTENTION_KERNEL = re.compile(r"flash|fmha|cudnn|attention|sdpa|scaled_dot", re.IGNORECASE)
+KERNEL_KINDS = [  # first match wins: where GPU time goes, by kernel name
+    ("attention", ATTENTION_KERNEL),
+    ("matmul", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|splitk|aten::b?mm$|aten::addmm",
+                          re.IGNORECASE)),
+    ("optimizer", re.compile(r"adam|multi_tensor|foreach", re.IGNORECASE)),
+    ("communication", re.compile(r"nccl|all_gather|reduce_scatter|chunk_cat|split_with_sizes",
+                                 re.IGNORECASE)),
+    ("Liger", re.compile(r"^_\w+_kernel$|liger", re.IGNORECASE)),
+    ("inductor (fused)", re.compile(r"^triton_")),
+    ("copy / cast", re.compile(r"copy|convert|cast|memcpy|memset|fill", re.IGNORECASE)),
+    ("elementwise / reduce (eager)", re.compile(r"elementwise|vectorized|reduce|unrolled",
+                                                re.IGNORECASE)),
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,9 +102,12 @@ LIGER_ALL, LIGER_LOSS = "parallel.liger=all", "parallel.liger=loss"
 FLASH, CUDNN = "parallel.sdpa_backend=flash", "parallel.sdpa_backend=cudnn"
 SELECTIVE = "parallel.activation_checkpointing=selective"
 NO_RESHARD = "parallel.reshard_after_forward=false"
+FSDP_BF16 = "parallel.single_process=fsdp"
+AUTOTUNE = "TORCHINDUCTOR_MAX_AUTOTUNE=1"
 VARIANTS = {v.name: v for v in [
     Variant("hf-compile", "hf", compile=True),
     Variant("hf-eager", "hf", compile=False),
+    Variant("hf-compile+micro16", "hf", micro=16),
     _tl("plain"),
     _tl("sdpa-flash", FLASH),
     _tl("sdpa-cudnn", CUDNN),
@@ -107,6 +124,14 @@ VARIANTS = {v.name: v for v in [
     _tl("compile-model+liger", COMPILE_MODEL, LIGER_ALL),
     _tl("compile-model+liger-loss", COMPILE_MODEL, LIGER_LOSS),
     _tl("liger+selective", LIGER_ALL, SELECTIVE),
+    _tl("fsdp+compile+liger", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL),
+    _tl("fsdp+compile+liger+reshard", FSDP_BF16, COMPILE, LIGER_ALL),
+    _tl("fsdp+compile+liger+micro16", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL, micro=16),
+    _tl("fsdp+compile+liger+autotune", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL, AUTOTUNE),
+    _tl("compile+liger+autotune", COMPILE, LIGER_ALL, AUTOTUNE),
+    _tl("compile+liger+micro16", COMPILE, LIGER_ALL, micro=16),
+    *[_tl(f"fsdp+compile+liger+micro16@{n}", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL, micro=16,
+          nproc=n) for n in (2, 4)],
     *[_tl(f"compile+liger@{n}", COMPILE, LIGER_ALL, nproc=n) for n in (2, 4)],
     *[_tl(f"compile+liger+noreshard@{n}", COMPILE, LIGER_ALL, NO_RESHARD, nproc=n)
       for n in (2, 4)],
@@ -114,7 +139,8 @@ VARIANTS = {v.name: v for v in [
 
 
 def parse_variant(spec: str) -> Variant:
-    """A known name, or `NAME:key=value,...` with stage overrides plus micro=N and nproc=N."""
+    """A known name, or `NAME:key=value,...`: stage overrides, upper-case environment variables
+    of the variant's process (TORCHINDUCTOR_MAX_AUTOTUNE=1), micro=N and nproc=N."""
     if spec in VARIANTS:
         return VARIANTS[spec]
     name, sep, body = spec.partition(":")
@@ -149,9 +175,15 @@ def bench_stage(
         f"max_tokens={tokens * steps}", f"schedule.warmup_tokens={tokens * WARMUP_STEPS}",
         "checkpoint.every_steps=1000000000", "checkpoint.at_end=false", "export_hf=false",
         "validation.every_steps=1000000000", "log_every_steps=1", f"parallel.device={device}",
-        *PLAIN, *variant.sets,
+        *PLAIN, *(item for item in variant.sets if not _is_env(item)),
     ])  # fmt: skip
     return StageConfig.model_validate(data)
+
+
+def _is_env(item: str) -> bool:
+    """An upper-case key (TORCHINDUCTOR_MAX_AUTOTUNE=1) is an environment variable of the
+    variant's process, not a stage override."""
+    return item.partition("=")[0].isupper()
 
 
 # ---------------------------------------------------------------- the plain HF baseline
@@ -251,18 +283,40 @@ def profile_kernels(stage: StageConfig, variant: Variant, *, steps: int = 2) -> 
     if torch.cuda.is_available() and stage.parallel.device != "cpu":
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
+        started = time.perf_counter()
         for i in range(3, 3 + steps):
             step(i)
+        wall = time.perf_counter() - started
     events = [e for e in prof.key_averages() if e.device_type.name in ("CUDA", "CPU")]
-    device_events = [e for e in events if e.device_type.name == "CUDA"] or events
+    device_events = [
+        e for e in events if e.device_type.name == "CUDA" and not _annotation(e.key)
+    ] or events
     key = "self_device_time_total" if device_events is not events else "self_cpu_time_total"
     total = sum(getattr(e, key) for e in device_events) or 1.0
     ranked = sorted(device_events, key=lambda e: -getattr(e, key))
     rows = [(e.key, getattr(e, key) / total) for e in ranked]
     return {
         "attention": [r for r in rows if ATTENTION_KERNEL.search(r[0])][:6],
-        "top": rows[:12],
+        "top": rows[:20],
+        "kinds": kernel_kinds(rows),
+        "kernel_ms_per_step": total / 1e3 / steps,  # profiler times are in microseconds
+        "wall_ms_per_step": wall * 1e3 / steps,
     }
+
+
+def _annotation(name: str) -> bool:
+    """A profiler range shown on the GPU timeline (`Optimizer.step#AdamW.step`, `ProfilerStep#3`)
+    rather than a kernel: its time is its kernels' time again."""
+    return "#" in name
+
+
+def kernel_kinds(rows: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Shares of kernel time per kind of kernel (KERNEL_KINDS, else 'other'), largest first."""
+    shares: dict[str, float] = {}
+    for name, share in rows:
+        kind = next((k for k, pattern in KERNEL_KINDS if pattern.search(name)), "other")
+        shares[kind] = shares.get(kind, 0.0) + share
+    return sorted(shares.items(), key=lambda item: -item[1])
 
 
 def _profiled_step(stage: StageConfig, variant: Variant):
@@ -319,13 +373,12 @@ def run_variant(variant: Variant, gpus: list[int], args: argparse.Namespace) -> 
                "--workdir", str(workdir), "--spec", json.dumps(variant.__dict__)]  # fmt: skip
     if args.worker_profile:
         command.append("--worker-profile")
-    env_gpus = ",".join(map(str, gpus))
+    env = [item for item in variant.sets if _is_env(item)]
+    if gpus:
+        env.append("CUDA_VISIBLE_DEVICES=" + ",".join(map(str, gpus)))
     started = time.perf_counter()
     try:
-        _run_logged(
-            ["env", f"CUDA_VISIBLE_DEVICES={env_gpus}", *command] if gpus else command,
-            workdir / "worker.txt",
-        )
+        _run_logged(["env", *env, *command] if env else command, workdir / "worker.txt")
         result = json.loads((workdir / "result.json").read_text())
     except (RuntimeError, FileNotFoundError) as err:
         result = {"error": str(err)}
@@ -473,6 +526,12 @@ def profile_report(results: list[dict]) -> str:
             continue
         attention = "; ".join(f"{k[:90]} ({share:.1%})" for k, share in r["attention"])
         out.append(f"{name}: attention kernels: {attention or 'none matched'}")
+        kinds = ", ".join(f"{kind} {share:.1%}" for kind, share in r.get("kinds", []))
+        if kinds:
+            out.append(
+                f"    per step: {r['kernel_ms_per_step']:.0f} ms of kernels in "
+                f"{r['wall_ms_per_step']:.0f} ms (profiled); by kind: {kinds}"
+            )
         out += [f"    {share:6.1%}  {k[:110]}" for k, share in r["top"]]
     return "\n".join(out)
 
@@ -483,7 +542,7 @@ def main() -> int:
         "--variants",
         nargs="*",
         default=["hf-compile", "hf-eager", "plain"],
-        help="names (see --list) or NAME:key=value,...,micro=N,nproc=N",
+        help="names (see --list) or NAME:key=value,...,ENV_VAR=value,micro=N,nproc=N",
     )
     parser.add_argument("--profile", nargs="*", default=[], help="variants to profile")
     parser.add_argument("--baseline", default="hf-compile")

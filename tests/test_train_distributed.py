@@ -56,6 +56,30 @@ def test_fsdp2_on_two_ranks_equals_one_process_and_resumes_on_one(
         torch.testing.assert_close(final_weights(sharded)[name], tensor, atol=1e-5, rtol=0)
 
 
+def test_fsdp_on_one_process_equals_the_plain_module_and_resumes_plain(
+    tmp_path, prepared, one_thread, capsys
+) -> None:
+    plain = new_run(tmp_path, prepared, "plain")
+    run_stage(stage_config(), plain, progress=False)
+    assert "FSDP2" not in capsys.readouterr().out
+    one_rank = new_run(tmp_path, prepared, "one-rank")
+    stage = stage_config(parallel={"single_process": "fsdp"})
+    assert run_stage(stage, one_rank, progress=False).step == 8
+    assert "(1 x 8 x 4 x 32) on cpu, FSDP2" in capsys.readouterr().out
+    assert not torch.distributed.is_initialized()  # the group of one is left again
+
+    want = train_records(plain)
+    assert losses(train_records(one_rank)) == pytest.approx(losses(want), abs=1e-6)
+    for name, tensor in final_weights(plain).items():
+        torch.testing.assert_close(final_weights(one_rank)[name], tensor, atol=1e-5, rtol=0)
+
+    # its step-6 checkpoint (DTensor shards of one rank) resumes on the plain module
+    ckpts = one_rank / "stages" / "base" / "checkpoints"
+    shutil.rmtree(ckpts / "step-00000008")
+    assert run_stage(stage_config(), one_rank, progress=False).step == 8
+    assert losses(train_records(one_rank)) == pytest.approx(losses(want), abs=1e-6)
+
+
 def test_indivisible_batch_fails_before_launching(tmp_path, prepared) -> None:
     run = new_run(tmp_path, prepared)
     with pytest.raises(ConfigError, match="not a multiple of micro_batch_size x seq_len x"):

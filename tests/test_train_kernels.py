@@ -63,6 +63,7 @@ def test_older_boolean_options_still_load() -> None:
         ("parallel.compile=fast", "'off', 'layers' or 'model'"),
         ("parallel.liger=rope", "'off', 'all' or 'loss'"),
         ("parallel.sdpa_backend=flash3", "'auto', 'flash', 'cudnn', 'efficient' or 'math'"),
+        ("parallel.single_process=ddp", "'plain' or 'fsdp'"),
     ],
 )
 def test_unknown_speed_options_name_the_key_and_the_allowed_values(override, allowed) -> None:
@@ -83,6 +84,7 @@ def test_the_paper_stages_default_to_the_fastest_measured_configuration() -> Non
             "auto",
         )
         assert parallel.reshard_after_forward is False
+        assert parallel.single_process == "fsdp" and stage.micro_batch_size == 16
 
 
 def test_zipf_copy_windows_are_deterministic_and_half_copies() -> None:

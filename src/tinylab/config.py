@@ -384,6 +384,12 @@ class ParallelConfig(Schema):
         1, description="HSDP replica groups (usually the node count); 1 = plain FSDP"
     )
     reshard_after_forward: bool = Field(True, description="FSDP2 reshard_after_forward")
+    single_process: Literal["plain", "fsdp"] = Field(
+        "plain",
+        description="how one process trains: plain (the module itself; bf16 = autocast over fp32 "
+        "weights) or fsdp (FSDP2 over a one-device mesh, as several processes train: bf16 "
+        "parameters in compute, fp32 master weights and gradient accumulation)",
+    )
     activation_checkpointing: Literal["off", "selective", "full"] = Field("off")
     compile: Literal["off", "layers", "model"] = Field(
         "off",

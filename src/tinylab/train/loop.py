@@ -167,6 +167,7 @@ def fit(
         f"[{stage.name}] {describe_start(own, parent, state)}; {num_steps} steps of "
         f"{plan.step_tokens:,} tokens ({ctx.world_size} x {plan.accum_steps} x "
         f"{plan.micro_batch_size} x {plan.seq_len}) on {ctx.device.type}"
+        + (", FSDP2" if ctx.mesh is not None else "")
     )
     if own is None:
         maybe_validate(model, source, plan, stage, state, metrics, ctx, force=True, say=say)

@@ -1,12 +1,14 @@
 """Processes, devices and the sharded model: FSDP2 per decoder layer plus the root.
 
-World size 1 (a notebook kernel, one GPU) trains the plain module, with bf16 autocast when
-`parallel.precision` is bf16; more processes (torchrun) shard it with FSDP2 `fully_shard` over a
-device mesh: 1-D (FSDP) by default, 2-D (replicate x shard = HSDP) when
-`parallel.replicate_nodes` > 1, with a MixedPrecisionPolicy of bf16 params and fp32 gradient
-reduction. Trade-off: skipping FSDP on one process (as torchtitan does) avoids its copies and
-a process group in the kernel, so the 1-process and N-process runs are the same math but not the
-same code path below `parallelize`; tests check that they agree to 1e-6 in fp32.
+World size 1 (a notebook kernel, one GPU) trains the plain module by default, with bf16
+autocast over fp32 weights when `parallel.precision` is bf16; more processes (torchrun) shard it
+with FSDP2 `fully_shard` over a device mesh: 1-D (FSDP) by default, 2-D (replicate x shard =
+HSDP) when `parallel.replicate_nodes` > 1, with a MixedPrecisionPolicy of bf16 params and fp32
+gradient reduction. `parallel.single_process: fsdp` takes that path on one process too, over a
+one-device mesh and a process group of one (bf16 parameters in compute instead of autocast's
+per-use casts). Trade-off of the plain default: it avoids FSDP's copies and a process group in
+the kernel, so the 1-process and N-process runs are the same math but not the same code path
+below `parallelize`; tests check that they agree to 1e-6 in fp32.
 
 Options applied per decoder layer before sharding: activation checkpointing (full: every layer;
 selective: every other layer), torch.compile (`compile: model` compiles the whole unsharded
@@ -85,12 +87,14 @@ def init_distributed(parallel: ParallelConfig) -> Distributed:
             f"parallel.replicate_nodes = {parallel.replicate_nodes} must divide the world size "
             f"({world} processes)"
         )
-    if world == 1:
+    if world == 1 and parallel.single_process == "plain":
         return Distributed(0, 1, 0, device, None)
     owns = not dist.is_initialized()
     if owns:
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
+        if world == 1:  # no torchrun: a process group of one, rendezvous in memory
+            kwargs.update(store=dist.HashStore(), rank=0, world_size=1)
         dist.init_process_group(backend, **kwargs)
     replicas = parallel.replicate_nodes
     if replicas == 1:
