@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -178,7 +177,7 @@ def save_checkpoint(
     ctx.barrier()
     options = StateDictOptions(ignore_frozen_params=adapter is not None)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
-    alone = not dist.is_initialized()
+    alone = ctx.mesh is None  # no process group: DCP without collectives
     with _single_process_ok():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, no_dist=alone)
     torch.save(rng_state(), tmp / f"rng-{ctx.rank:05d}.pt")
@@ -217,7 +216,7 @@ def load_checkpoint(
     """Load model (and optimizer, and this rank's RNG) from `path`; returns its TrainState.
     An adapter checkpoint loads its trainable parameters into a wrapped model (all must be
     there; the frozen ones are left as they are)."""
-    path, alone = Path(path), not dist.is_initialized()
+    path, alone = Path(path), ctx.mesh is None
     partial = read_meta(path).get("adapter") is not None
     options = StateDictOptions(ignore_frozen_params=partial, strict=not partial)
     if optimizer is None:
