@@ -126,10 +126,17 @@ VARIANTS = {v.name: v for v in [
     _tl("liger+selective", LIGER_ALL, SELECTIVE),
     _tl("fsdp+compile+liger", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL),
     _tl("fsdp+compile+liger+reshard", FSDP_BF16, COMPILE, LIGER_ALL),
+    _tl("fsdp+compile+liger-loss", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_LOSS),
     _tl("fsdp+compile+liger+micro16", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL, micro=16),
     _tl("fsdp+compile+liger+autotune", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL, AUTOTUNE),
     _tl("compile+liger+autotune", COMPILE, LIGER_ALL, AUTOTUNE),
     _tl("compile+liger+micro16", COMPILE, LIGER_ALL, micro=16),
+    _tl("fsdp+compile+liger+micro16+flash", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL, FLASH,
+        micro=16),
+    *[_tl(f"fsdp+compile+liger-{name}+micro16", FSDP_BF16, NO_RESHARD, COMPILE,
+          f"parallel.liger={ops}", micro=16)
+      for name, ops in [("norope", "rms_norm+swiglu+loss"), ("swiglu-loss", "swiglu+loss"),
+                        ("loss", "loss")]],
     *[_tl(f"fsdp+compile+liger+micro16@{n}", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL, micro=16,
           nproc=n) for n in (2, 4)],
     *[_tl(f"compile+liger@{n}", COMPILE, LIGER_ALL, nproc=n) for n in (2, 4)],
@@ -413,6 +420,8 @@ def worker(args: argparse.Namespace) -> None:
         result = hf_baseline(stage, compile=variant.compile, steps=args.steps, skip=args.skip)
     else:
         result = tinylab_run(stage, variant, args.workdir, skip=args.skip)
+    result["card"] = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    result["torch"] = torch.__version__
     (args.workdir / "result.json").write_text(json.dumps(result))
 
 
@@ -485,9 +494,9 @@ def speed_table(
             f"{per_gpu * flops / H100_BF16_PEAK:.1%} | {mem} | {vs_base} | {scaling} | "
             f"{_loss_diff(r, base)} |"
         )
-    card = torch.cuda.get_device_name(0) if torch.cuda.device_count() else "cpu"
+    card, version = (ok[0]["card"], ok[0]["torch"]) if ok and "card" in ok[0] else ("?", "?")
     head = (
-        f"{datetime.date.today()} | {card} | torch {torch.__version__} | {model}, seq {seq_len}, "
+        f"{datetime.date.today()} | {card} | torch {version} | {model}, seq {seq_len}, "
         f"{steps} steps of {accum} micro-batch(es) per GPU, speed = mean over steps {skip + 1}-"
         f"{steps} | baseline {baseline}"
     )

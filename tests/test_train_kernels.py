@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from _train_fixtures import new_run, stage_config, train_records
+from torch._dynamo.utils import counters
 
 from tinylab.config import PARAMS_DIR, ConfigError, ParallelConfig, load_config
 from tinylab.train import RandomWindows, run_stage
@@ -29,6 +30,23 @@ def test_compiled_layers_or_model_train_the_same_math(tmp_path, prepared, mode) 
     eager = losses({"precision": "fp32"}, tmp_path, prepared, "eager")
     compiled = losses({"precision": "fp32", "compile": mode}, tmp_path, prepared, "compiled")
     assert compiled == pytest.approx(eager, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_one_compiled_graph_serves_every_layer(tmp_path, prepared) -> None:
+    """Per-layer compile must not recompile per layer: past dynamo's limit (8) the remaining
+    layers would silently run eager (as they did while training forwards built a KV cache)."""
+    torch._dynamo.reset()
+    counters.clear()
+    layers = torch._dynamo.config.recompile_limit + 2
+    stage = stage_config(
+        max_tokens=1024, model={"num_hidden_layers": layers}, checkpoint={"every_steps": 100},
+        parallel={"precision": "fp32", "compile": "layers"},
+    )  # fmt: skip
+    run_stage(stage, new_run(tmp_path, prepared, "layers"), progress=False)
+    frames = counters["frames"]  # one graph for training, one for validation (no grad)
+    assert frames["total"] == frames["ok"] <= 2, dict(frames)
+    assert counters["stats"]["unique_graphs"] <= 2
 
 
 def test_the_math_sdpa_backend_trains_the_same_as_pytorchs_choice(tmp_path, prepared) -> None:
@@ -58,10 +76,27 @@ def test_older_boolean_options_still_load() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "ops"),
+    [
+        ("off", set()),
+        ("loss", {"loss"}),
+        ("all", {"rms_norm", "rope", "swiglu", "loss"}),
+        ("loss+swiglu+rms_norm", {"rms_norm", "swiglu", "loss"}),
+        (["rope", "swiglu"], {"rope", "swiglu"}),
+    ],
+)
+def test_liger_takes_a_subset_of_its_ops(value, ops) -> None:
+    parallel = ParallelConfig(liger=value)
+    assert parallel.liger_ops == ops
+    assert ParallelConfig(liger=parallel.liger) == parallel  # the canonical form round-trips
+    assert ParallelConfig(liger="rms_norm+rope+swiglu+loss").liger == "all"
+
+
+@pytest.mark.parametrize(
     ("override", "allowed"),
     [
         ("parallel.compile=fast", "'off', 'layers' or 'model'"),
-        ("parallel.liger=rope", "'off', 'all' or 'loss'"),
+        ("parallel.liger=rope+flash", "'off', 'all' or 'loss', or ops joined by '+'"),
         ("parallel.sdpa_backend=flash3", "'auto', 'flash', 'cudnn', 'efficient' or 'math'"),
         ("parallel.single_process=ddp", "'plain' or 'fsdp'"),
     ],
@@ -80,7 +115,7 @@ def test_the_paper_stages_default_to_the_fastest_measured_configuration() -> Non
         parallel = stage.parallel
         assert (parallel.compile, parallel.liger, parallel.sdpa_backend) == (
             "layers",
-            "all",
+            "loss",
             "auto",
         )
         assert parallel.reshard_after_forward is False

@@ -376,6 +376,10 @@ class EvalEveryConfig(Schema):
     max_windows: PositiveInt = Field(64, description="validation windows per domain")
 
 
+# Liger-Kernel ops that `parallel.liger` can pick; `loss` is its fused linear cross-entropy.
+LIGER_OPS = ("rms_norm", "rope", "swiglu", "loss")
+
+
 class ParallelConfig(Schema):
     """FSDP2 and kernel options."""
 
@@ -396,10 +400,11 @@ class ParallelConfig(Schema):
         description="torch.compile each decoder layer (layers; true = layers), or the whole "
         "model in one process (model; under FSDP2 it compiles the layers)",
     )
-    liger: Literal["off", "all", "loss"] = Field(
+    liger: str = Field(
         "off",
         description="Liger-Kernel, when installed: all = fused RMSNorm, RoPE, SwiGLU and linear "
-        "cross-entropy; loss = the fused linear cross-entropy alone (true/false = all/off)",
+        "cross-entropy; loss = the fused linear cross-entropy alone; or the ops to use joined "
+        "by '+' (rms_norm+swiglu+loss); true/false = all/off",
     )
     sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
         "auto",
@@ -422,6 +427,27 @@ class ParallelConfig(Schema):
         if not isinstance(value, bool):
             return value
         return {"compile": "layers", "liger": "all"}[info.field_name] if value else "off"
+
+    @field_validator("liger", mode="before")
+    @classmethod
+    def _liger_ops(cls, value: object) -> object:
+        """off, all, loss, or a '+'-joined (or listed) subset of LIGER_OPS, in canonical form."""
+        if isinstance(value, bool) or value in ("off", "all", "loss"):
+            return value
+        parts = value.split("+") if isinstance(value, str) else value
+        if not isinstance(parts, list | tuple) or not set(parts) <= set(LIGER_OPS) or not parts:
+            raise ValueError(
+                "allowed: 'off', 'all' or 'loss', or ops joined by '+' from " + ", ".join(LIGER_OPS)
+            )
+        ops = [op for op in LIGER_OPS if op in parts]
+        return "all" if len(ops) == len(LIGER_OPS) else "+".join(ops)
+
+    @property
+    def liger_ops(self) -> frozenset[str]:
+        """The Liger-Kernel ops this config asks for (empty when off)."""
+        if self.liger == "off":
+            return frozenset()
+        return frozenset(LIGER_OPS if self.liger == "all" else self.liger.split("+"))
 
 
 # The Linear layers of a Llama decoder block: what a LoRA adapter can target.

@@ -73,7 +73,7 @@ def token_losses(
     ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
     if ids.shape[1] < 2:
         raise ValueError("text must hold at least two tokens")
-    logits = model(ids).logits[0, :-1].float()
+    logits = model(ids, use_cache=False).logits[0, :-1].float()
     losses = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
     tokens = tokenizer.convert_ids_to_tokens(ids[0, 1:].tolist())
     return pd.DataFrame(

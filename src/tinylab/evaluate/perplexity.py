@@ -34,7 +34,7 @@ def window_nll(model: PreTrainedModel, windows: np.ndarray, *, batch_size: int =
     out = []
     for start in range(0, len(windows), batch_size):
         batch = torch.as_tensor(windows[start : start + batch_size], device=model.device)
-        logits = model(input_ids=batch[:, :-1]).logits.float()
+        logits = model(input_ids=batch[:, :-1], use_cache=False).logits.float()
         nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
         out.append(nll.mean(dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)

@@ -361,7 +361,12 @@ def forward_backward(
             source.train(plan.micro_windows(first_window, micro)), ctx.device
         )
         with compute_context(stage.parallel, ctx):
-            loss = model(input_ids=inputs, labels=targets, shift_labels=targets).loss
+            # No KV cache: it is only for generation, and each layer writing into it made
+            # per-layer torch.compile recompile per layer until dynamo's limit (8) left the
+            # remaining layers eager.
+            loss = model(
+                input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False
+            ).loss
         (loss / plan.accum_steps).backward()
         total += loss.detach()
     return ctx.mean(total / plan.accum_steps)
@@ -492,7 +497,7 @@ def validate(
             windows = np.stack([source.val_window(name, index) for name, index in chunk])
             inputs, targets = to_batch(windows, ctx.device)
             with compute_context(stage.parallel, ctx):
-                logits = model(input_ids=inputs).logits
+                logits = model(input_ids=inputs, use_cache=False).logits
             per_token = F.cross_entropy(
                 logits.float().flatten(0, 1), targets.flatten(), reduction="none"
             )

@@ -13,8 +13,9 @@ below `parallelize`; tests check that they agree to 1e-6 in fp32.
 Options applied per decoder layer before sharding: activation checkpointing (full: every layer;
 selective: every other layer), torch.compile (`compile: model` compiles the whole unsharded
 model instead, fusing across layers and into the loss), and Liger-Kernel's fused
-RMSNorm/RoPE/SwiGLU and linear cross-entropy when the package is installed (`liger: all`), or
-its fused linear cross-entropy alone (`liger: loss`); lm_head stays in the root FSDP unit.
+RMSNorm/RoPE/SwiGLU and linear cross-entropy when the package is installed (`liger: all`), its
+fused linear cross-entropy alone (`liger: loss`) or any '+'-joined subset (`rms_norm+swiglu+loss`);
+lm_head stays in the root FSDP unit.
 `compute_context` wraps each forward (and so the backward it records) in bf16
 autocast for the unsharded model and in the SDPA backend that `parallel.sdpa_backend` picks.
 
@@ -27,7 +28,7 @@ import contextlib
 import importlib.util
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from tinylab.config import ConfigError, ParallelConfig
+from tinylab.config import LIGER_OPS, ConfigError, ParallelConfig
 
 
 @dataclass
@@ -123,8 +124,8 @@ def _device(parallel: ParallelConfig, local_rank: int) -> torch.device:
 
 def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) -> nn.Module:
     """Apply kernels, activation checkpointing, compile and FSDP2 to a built model, in place."""
-    if parallel.liger != "off":
-        apply_liger(model, ctx.device, loss_only=parallel.liger == "loss")
+    if parallel.liger_ops:
+        apply_liger(model, ctx.device, parallel.liger_ops)
     layers = list(model.model.layers)
     for i, layer in enumerate(layers):
         if parallel.activation_checkpointing == "full" or (
@@ -172,9 +173,9 @@ def checkpoint_layer(layer: nn.Module) -> None:
     layer.forward = recomputed
 
 
-def apply_liger(model: nn.Module, device: torch.device, *, loss_only: bool = False) -> bool:
-    """Liger-Kernel's fused Llama ops on this model (only its fused linear cross-entropy when
-    `loss_only`); False (with a warning) when unavailable."""
+def apply_liger(model: nn.Module, device: torch.device, ops: Collection[str] = LIGER_OPS) -> bool:
+    """Liger-Kernel's fused Llama `ops` (of LIGER_OPS; `loss` = fused linear cross-entropy) on
+    this model; False (with a warning) when unavailable."""
     if importlib.util.find_spec("liger_kernel") is None or device.type != "cuda":
         warnings.warn(
             "parallel.liger is on but liger-kernel is not installed or no GPU is used; "
@@ -185,11 +186,11 @@ def apply_liger(model: nn.Module, device: torch.device, *, loss_only: bool = Fal
     from liger_kernel.transformers import apply_liger_kernel_to_llama
 
     apply_liger_kernel_to_llama(
-        rope=not loss_only,
-        rms_norm=not loss_only,
-        swiglu=not loss_only,
+        rope="rope" in ops,
+        rms_norm="rms_norm" in ops,
+        swiglu="swiglu" in ops,
         cross_entropy=False,
-        fused_linear_cross_entropy=True,
+        fused_linear_cross_entropy="loss" in ops,
         model=model,
     )
     return True
