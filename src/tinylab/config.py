@@ -435,7 +435,11 @@ class ParallelConfig(Schema):
         if isinstance(value, bool) or value in ("off", "all", "loss"):
             return value
         parts = value.split("+") if isinstance(value, str) else value
-        if not isinstance(parts, list | tuple) or not set(parts) <= set(LIGER_OPS) or not parts:
+        if (
+            not isinstance(parts, list | tuple)
+            or not parts
+            or not all(isinstance(p, str) and p in LIGER_OPS for p in parts)
+        ):
             raise ValueError(
                 "allowed: 'off', 'all' or 'loss', or ops joined by '+' from " + ", ".join(LIGER_OPS)
             )
