@@ -97,6 +97,15 @@ def _tl(name: str, *sets: str, micro: int = 8, nproc: int = 1) -> Variant:
     return Variant(name, "tinylab", tuple(sets), micro, nproc)
 
 
+def _paper_default(nproc: int = 1) -> Variant:
+    """The base stage as committed: its own `parallel` settings and micro-batch."""
+    stage = load_config(BASE_STAGE, StageConfig)
+    chosen = stage.parallel.model_dump(mode="json", exclude_unset=True)
+    sets = [f"parallel.{key}={json.dumps(value)}" for key, value in chosen.items()]
+    name = "default" if nproc == 1 else f"default@{nproc}"
+    return _tl(name, *sets, micro=stage.micro_batch_size, nproc=nproc)
+
+
 COMPILE, COMPILE_MODEL = "parallel.compile=layers", "parallel.compile=model"
 LIGER_ALL, LIGER_LOSS = "parallel.liger=all", "parallel.liger=loss"
 FLASH, CUDNN = "parallel.sdpa_backend=flash", "parallel.sdpa_backend=cudnn"
@@ -106,6 +115,7 @@ FSDP_BF16 = "parallel.single_process=fsdp"
 AUTOTUNE = "TORCHINDUCTOR_MAX_AUTOTUNE=1"
 VARIANTS = {v.name: v for v in [
     Variant("hf-compile", "hf", compile=True),
+    *[_paper_default(n) for n in (1, 2, 4)],
     Variant("hf-eager", "hf", compile=False),
     Variant("hf-compile+micro16", "hf", micro=16),
     _tl("plain"),

@@ -1,0 +1,59 @@
+"""bench/throughput.py builds the stages it times as promised: the `default` variants are the
+committed base stage, other variants start from plain, bad specs stop with a clear message."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinylab.config import StageConfig, load_config
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["throughput"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["throughput"]
+
+
+@pytest.mark.parametrize("name, nproc", [("default", 1), ("default@2", 2), ("default@4", 4)])
+def test_default_variants_time_the_committed_base_stage(bench, name, nproc) -> None:
+    committed = load_config(bench.BASE_STAGE, StageConfig)
+    variant = bench.VARIANTS[name]
+    stage = bench.bench_stage("tinyllama-1.1b", variant, steps=3, device="cuda", accum=4)
+    assert variant.nproc == nproc
+    assert stage.micro_batch_size == committed.micro_batch_size
+    assert stage.parallel.model_dump(exclude={"device"}) == committed.parallel.model_dump(
+        exclude={"device"}
+    )
+    assert stage.global_batch_tokens == committed.micro_batch_size * 2048 * nproc * 4
+
+
+def test_other_variants_start_from_plain(bench) -> None:
+    stage = bench.bench_stage("tinyllama-1.1b", bench.VARIANTS["plain"], steps=3, device="cuda")
+    assert (stage.parallel.compile, stage.parallel.liger) == ("off", "off")
+    assert stage.parallel.single_process == "plain"
+
+
+def test_a_spec_sets_keys_micro_and_nproc(bench) -> None:
+    variant = bench.parse_variant("x:parallel.liger=loss,micro=16,nproc=2,TORCHINDUCTOR_X=1")
+    assert (variant.micro, variant.nproc) == (16, 2)
+    stage = bench.bench_stage("tinyllama-1.1b", variant, steps=3, device="cuda")
+    assert stage.parallel.liger == "loss" and stage.micro_batch_size == 16
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("nonesuch", "unknown variant 'nonesuch'"), ("x:micro", "'micro' is not key=value")],
+)
+def test_bad_specs_name_the_problem(bench, spec, message) -> None:
+    with pytest.raises(SystemExit, match=message):
+        bench.parse_variant(spec)
