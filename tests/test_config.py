@@ -66,6 +66,16 @@ def test_overrides_do_not_mutate_input() -> None:
     assert data == {"optim": {"lr": 1.0}}
 
 
+def test_an_override_inside_a_shorthand_keeps_its_type() -> None:
+    data = apply_overrides({"adapter": "lora"}, ["adapter.rank=8"])
+    assert data == {"adapter": {"type": "lora", "rank": 8}}
+
+
+def test_an_override_inside_a_value_that_is_no_mapping_names_it() -> None:
+    with pytest.raises(ConfigError, match=r"--set optim.lr.x: 'lr' holds 1.0, not a mapping"):
+        apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr.x=2"])
+
+
 def test_resolved_config_round_trips(params: Path, tmp_path: Path) -> None:
     stage = load_config(params / "stages" / "base.yaml")
     out = tmp_path / "stages" / "resolved.yaml"

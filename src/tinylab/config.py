@@ -928,6 +928,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+            elif isinstance(child, str):  # a shorthand names its mapping's type: adapter: lora
+                child = node[part] = {"type": child}
             elif not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part!r} holds {child!r}, not a mapping")
             else:
