@@ -76,6 +76,11 @@ def test_an_override_inside_a_value_that_is_no_mapping_names_it() -> None:
         apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr.x=2"])
 
 
+def test_an_override_inside_another_string_names_it(params: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--set name.x: 'name' holds 'base', not a mapping"):
+        load_config(params / "stages" / "base.yaml", overrides=["name.x=1"])
+
+
 def test_resolved_config_round_trips(params: Path, tmp_path: Path) -> None:
     stage = load_config(params / "stages" / "base.yaml")
     out = tmp_path / "stages" / "resolved.yaml"

@@ -420,19 +420,20 @@ class ParallelConfig(Schema):
         "else MFU is not reported",
     )
 
-    @field_validator("compile", "liger", mode="before")
+    @field_validator("compile", mode="before")
     @classmethod
-    def _from_bool(cls, value: object, info: ValidationInfo) -> object:
-        """compile: true/false and liger: true/false mean layers/off and all/off."""
-        if not isinstance(value, bool):
-            return value
-        return {"compile": "layers", "liger": "all"}[info.field_name] if value else "off"
+    def _compile_from_bool(cls, value: object) -> object:
+        """compile: true/false means layers/off."""
+        return ("layers" if value else "off") if isinstance(value, bool) else value
 
     @field_validator("liger", mode="before")
     @classmethod
     def _liger_ops(cls, value: object) -> object:
-        """off, all, loss, or a '+'-joined (or listed) subset of LIGER_OPS, in canonical form."""
-        if isinstance(value, bool) or value in ("off", "all", "loss"):
+        """off, all, loss, or a '+'-joined (or listed) subset of LIGER_OPS, in canonical form;
+        true/false mean all/off."""
+        if isinstance(value, bool):
+            return "all" if value else "off"
+        if value in ("off", "all", "loss"):
             return value
         parts = value.split("+") if isinstance(value, str) else value
         if (
@@ -456,6 +457,11 @@ class ParallelConfig(Schema):
 
 # The Linear layers of a Llama decoder block: what a LoRA adapter can target.
 LLAMA_BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# Keys whose string value is a shorthand naming their mapping's type (adapter: lora); an
+# override inside one (--set adapter.rank=8) keeps that type.
+TYPE_SHORTHANDS = frozenset({"adapter"})
 
 
 class AdapterConfig(Schema):
@@ -928,7 +934,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            elif isinstance(child, str):  # a shorthand names its mapping's type: adapter: lora
+            elif isinstance(child, str) and part in TYPE_SHORTHANDS:
                 child = node[part] = {"type": child}
             elif not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part!r} holds {child!r}, not a mapping")
