@@ -1,11 +1,15 @@
-"""Small file helpers for every module: atomic writes (temporary file, fsync, rename) and
-checksums, so an interrupted write never leaves a torn file behind."""
+"""Small file helpers for every module: atomic writes of files and folders (a staging copy
+beside the target, then a rename), checksums and digests, so an interrupted write never leaves a
+torn file behind."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +38,55 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: data.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def json_digest(obj: Any) -> str:
+    """sha256 hex digest of a JSON-serialisable object, stable across runs and key orders
+    (values JSON lacks are written as strings)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def replace_dir_atomic(folder: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside `folder`; when the block ends normally the staging
+    folder replaces `folder` whole, and when it raises the staging folder is removed and `folder`
+    is left as it was. Staging folders of processes that are gone are removed on entry."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(folder)
+    staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Delete `.NAME.tmp-PID` / `.NAME.old-PID` siblings whose process no longer runs; an old
+    copy whose replacement never arrived (killed between the two renames) is put back."""
+    for path in sorted(folder.parent.glob(f".{folder.name}.*-*")):
+        kind, _, pid = path.name.rpartition("-")
+        if not (kind.endswith((".tmp", ".old")) and pid.isdigit()) or _alive(int(pid)):
+            continue
+        if kind.endswith(".old") and not folder.exists():
+            os.replace(path, folder)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
