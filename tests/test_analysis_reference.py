@@ -1,10 +1,10 @@
-"""The paper's reference numbers are transcribed consistently (averages match TINYLLAMA.md)."""
+"""The paper's reference numbers are transcribed consistently (averages match docs/PAPER.md)."""
 
 import pytest
 
 from tinylab.analysis.reference import COMMONSENSE_TASKS, paper_average, paper_commonsense
 
-# TINYLLAMA.md's "Avg" column.
+# docs/PAPER.md's "Avg" column.
 PAPER_AVERAGES = {
     "Pythia-1.0B": 48.30,
     "TinyLlama v1.0 (3T)": 52.99,

@@ -37,7 +37,7 @@ def test_tinyllama_sizes_match_the_paper() -> None:
     counts = count_parameters(cfg)
     assert counts["params"] == 1_100_048_384
     assert counts["non_embedding"] == 968_976_384
-    assert flops_per_token(cfg, 2048) == 7_314_370_560  # 7.314 GFLOP/token (TINYLLAMA.md)
+    assert flops_per_token(cfg, 2048) == 7_314_370_560  # 7.314 GFLOP/token (docs/PAPER.md)
 
 
 def test_tinyllama_init_stds_are_the_formulas() -> None:

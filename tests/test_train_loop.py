@@ -85,7 +85,7 @@ def test_adamw_uses_the_stage_settings() -> None:
     ctx = Distributed(0, 1, 0, torch.device("cpu"), None)
     model, optimizer = build(stage, ctx)
     assert isinstance(optimizer, torch.optim.AdamW)
-    (group,) = optimizer.param_groups  # weight decay on all parameters (TINYLLAMA.md)
+    (group,) = optimizer.param_groups  # weight decay on all parameters (docs/PAPER.md)
     assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.8, 0.9), 1e-6, 0.05)
     assert len(group["params"]) == len(list(model.parameters()))
 

@@ -122,7 +122,7 @@ class Schema(BaseModel):
 
 
 class ModelConfig(Schema):
-    """A Llama architecture, in HF LlamaConfig's names (TinyLlama: TINYLLAMA.md, 'Model')."""
+    """A Llama architecture, in HF LlamaConfig's names (TinyLlama: docs/PAPER.md, 'Model')."""
 
     vocab_size: PositiveInt = Field(description="tokenizer vocabulary size")
     hidden_size: PositiveInt = Field(description="model width d")
@@ -291,7 +291,7 @@ class DataConfig(Schema):
 
 
 class OptimConfig(Schema):
-    """AdamW and clipping (TINYLLAMA.md, 'Training hyperparameters')."""
+    """AdamW and clipping (docs/PAPER.md, 'Training hyperparameters')."""
 
     lr: PositiveFloat = Field(description="peak learning rate")
     min_lr: NonNegativeFloat = Field(description="learning rate at the end of the cosine")

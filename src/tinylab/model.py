@@ -133,7 +133,7 @@ def count_parameters(cfg: ModelConfig) -> dict[str, int]:
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     """Training FLOPs per token: 6 N + 12 L d T, with N the non-embedding params incl. lm_head
-    (forward + backward of the matmuls, plus attention scores; TINYLLAMA.md, 'Throughput')."""
+    (forward + backward of the matmuls, plus attention scores; docs/PAPER.md, 'Throughput')."""
     counts = count_parameters(cfg)
     n_matmul = counts["non_embedding"] + cfg.hidden_size * cfg.vocab_size
     return 6 * n_matmul + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len

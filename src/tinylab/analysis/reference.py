@@ -1,4 +1,4 @@
-"""The paper's reported numbers (TINYLLAMA.md, "Reported results"), for plotting beside ours.
+"""The paper's reported numbers (docs/PAPER.md, "Reported results"), for plotting beside ours.
 
 Scores are percentages, zero-shot, lm-eval-harness; the metric per task is the paper's headline
 (acc_norm, except winogrande and boolq: acc).
@@ -39,7 +39,7 @@ CHANCE = {
     "piqa": 0.5,
 }
 
-# TINYLLAMA.md, "Reported results (commonsense, zero-shot)": HellaSwag, OBQA, WinoGrande, ARC-c,
+# docs/PAPER.md, "Reported results (commonsense, zero-shot)": HellaSwag, OBQA, WinoGrande, ARC-c,
 # ARC-e, BoolQ, PIQA, in COMMONSENSE_TASKS order.
 _PAPER_ROWS = {
     "Pythia-1.0B": (47.16, 31.40, 53.43, 27.05, 48.99, 60.83, 69.21),
@@ -49,7 +49,7 @@ _PAPER_ROWS = {
     "TinyLlama v1.1 Chinese": (58.23, 35.20, 59.27, 31.40, 55.35, 61.41, 73.01),
 }
 
-# TINYLLAMA.md: averages of intermediate v1.0 checkpoints, by tokens seen.
+# docs/PAPER.md: averages of intermediate v1.0 checkpoints, by tokens seen.
 INTERMEDIATE_AVERAGES = {
     103e9: 46.11,
     503e9: 48.28,
@@ -59,7 +59,7 @@ INTERMEDIATE_AVERAGES = {
     2.5e12: 53.86,
 }
 
-# TINYLLAMA.md: HumanEval pass@1 (%).
+# docs/PAPER.md: HumanEval pass@1 (%).
 HUMANEVAL_PASS_AT_1 = {"TinyLlama v1.0 (2.5T)": 9.15, "TinyLlama v1.1 Math&Code": 15.24}
 
 

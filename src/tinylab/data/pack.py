@@ -9,7 +9,7 @@ Layout of a data folder (`<run>/data/`):
                                split: documents, tokens, windows, bytes, shards with sha256
     data_card.md               what each source is and its licence
 
-Policy (TINYLLAMA.md: "documents joined with separator tokens, no cross-document attention
+Policy (docs/PAPER.md: "documents joined with separator tokens, no cross-document attention
 mask"; the reference code changed its BOS/EOS convention mid-run): each document becomes
 `[<s>] ids [</s>]` as `add_bos` / `add_eos` say, documents are concatenated in order and cut
 into non-overlapping windows of seq_len + 1 tokens (input = w[:-1], target = w[1:]); the tail

@@ -28,7 +28,7 @@ from tinylab.config import ConfigError, HumanEvalConfig
 from tinylab.evaluate.sandbox import Limits, run_program
 
 NUM_PROBLEMS = 164
-# TINYLLAMA.md, "Evaluation protocol": sampled at T=0.1, 3 s per problem; top-p and n are ours.
+# docs/PAPER.md, "Evaluation protocol": sampled at T=0.1, 3 s per problem; top-p and n are ours.
 PRESETS: dict[str, HumanEvalConfig] = {
     "greedy": HumanEvalConfig(num_samples=1, temperature=0.0),
     "paper": HumanEvalConfig(num_samples=10, temperature=0.1, top_p=0.95, ks=[1, 10]),

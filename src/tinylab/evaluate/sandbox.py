@@ -41,7 +41,7 @@ SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 class Limits:
     """Resource limits of one sandboxed program."""
 
-    timeout_s: float = 3.0  # wall clock (TINYLLAMA.md: 3 s per HumanEval problem)
+    timeout_s: float = 3.0  # wall clock (docs/PAPER.md: 3 s per HumanEval problem)
     cpu_s: int = 10
     memory_bytes: int = 2 * 1024**3  # address space
     file_bytes: int = 16 * 1024**2  # largest file the program may write

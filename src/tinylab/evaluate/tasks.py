@@ -1,6 +1,6 @@
 """The paper's benchmark table: which lm-eval tasks, how many shots, which headline metric, chance.
 
-Facts from TINYLLAMA.md ("Evaluation protocol"): commonsense tasks zero-shot, scored by acc_norm
+Facts from docs/PAPER.md ("Evaluation protocol"): commonsense tasks zero-shot, scored by acc_norm
 except winogrande and boolq (acc); the Chinese variant on four XTREME-style tasks (acc); problem
 solving (InstructEval) on MMLU 5-shot, BBH 3-shot, DROP 3-shot. Chance levels are what uniform
 guessing scores (ARC has 3-5 choices per question: 0.25 is the usual approximation; BBH mixes

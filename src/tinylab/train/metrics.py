@@ -30,7 +30,7 @@ from tinylab.config import ParallelConfig
 from tinylab.files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
-H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM (TINYLLAMA.md, "Throughput claims")
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM (docs/PAPER.md, "Throughput claims")
 
 
 class MetricsLog:

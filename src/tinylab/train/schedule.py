@@ -1,9 +1,9 @@
 """The learning rate as a pure function of tokens seen since the first stage.
 
 Linear warmup from 0 to `optim.lr` over `schedule.warmup_tokens`, then one cosine down to
-`optim.min_lr` at `schedule.decay_tokens`, flat after that (TINYLLAMA.md, "Training
+`optim.min_lr` at `schedule.decay_tokens`, flat after that (docs/PAPER.md, "Training
 hyperparameters"). Trade-off: the schedule is measured in tokens, not steps, so the cooldown can
-raise its global batch 4x and still continue the same cosine (TINYLLAMA.md, "The v1.1
+raise its global batch 4x and still continue the same cosine (docs/PAPER.md, "The v1.1
 three-stage pipeline"); the trainer evaluates it at the token count where a step *ends*, so the
 first step already has a non-zero LR.
 
