@@ -1,8 +1,17 @@
-"""The paper's reference numbers are transcribed consistently (averages match docs/PAPER.md)."""
+"""The paper's reported numbers are transcribed consistently (averages match docs/PAPER.md), and
+the metric and chance beside them come from the eval protocol, params/eval/paper.yaml."""
+
+from pathlib import Path
 
 import pytest
 
-from tinylab.analysis.reference import COMMONSENSE_TASKS, paper_average, paper_commonsense
+from tinylab.analysis.reference import (
+    COMMONSENSE_COLUMNS,
+    PAPER_PROTOCOL,
+    paper_average,
+    paper_commonsense,
+)
+from tinylab.config import EvalConfig, load_config
 
 # docs/PAPER.md's "Avg" column.
 PAPER_AVERAGES = {
@@ -24,6 +33,17 @@ def test_rows_reproduce_the_papers_averages(model: str, average: float) -> None:
 
 def test_long_table_has_every_task_with_its_metric() -> None:
     table = paper_commonsense()
-    assert set(table["task"]) == set(COMMONSENSE_TASKS)
+    assert set(table["task"]) == set(COMMONSENSE_COLUMNS)
     assert set(table.loc[table["metric"] == "acc", "task"]) == {"winogrande", "boolq"}
     assert len(table) == 5 * 7
+
+
+def test_metric_and_chance_come_from_the_protocol(tmp_path: Path) -> None:
+    protocol = load_config(PAPER_PROTOCOL, EvalConfig)
+    assert set(COMMONSENSE_COLUMNS) <= {task.name for task in protocol.tasks}
+    changed = protocol.model_copy(
+        update={"tasks": [t.model_copy(update={"chance": 0.5}) for t in protocol.tasks]}
+    )
+    path = tmp_path / "eval.yaml"
+    path.write_text(changed.model_dump_json())  # JSON is YAML
+    assert set(paper_commonsense(path)["chance"]) == {50.0}

@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 from tinylab.cli import app
 from tinylab.config import ConfigError, EvalConfig, EvalTask
 from tinylab.evaluate import evaluate_checkpoint, harness
-from tinylab.evaluate.checkpoint import bos_prepended
-from tinylab.evaluate.tasks import PAPER_TASKS, paper_tasks
+from tinylab.evaluate.runner import bos_prepended
 from tinylab.model import load_hf
 
 TASK = EvalTask(name="local_arc_easy", metric="acc_norm", chance=0.25)
@@ -76,25 +75,6 @@ def test_an_unknown_task_is_a_clear_error(setup: tuple[Path, Path], tmp_path) ->
     bad = _cfg(tasks_dir).model_copy(update={"tasks": [EvalTask(name="no_such_task_xyz")]})
     with pytest.raises(ConfigError, match="no_such_task_xyz"):
         evaluate_checkpoint(hf_dir, bad, tmp_path, name="x")
-
-
-def test_the_paper_table_uses_the_papers_metrics() -> None:
-    metrics = {t.name: t.metric for t in paper_tasks()}
-    assert metrics == {
-        "hellaswag": "acc_norm", "openbookqa": "acc_norm", "winogrande": "acc",
-        "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "boolq": "acc", "piqa": "acc_norm",
-    }  # fmt: skip
-    assert all(t.metric == "acc" for t in paper_tasks("chinese"))
-    shots = {t.name: t.num_fewshot for t in paper_tasks("problem_solving")}
-    assert shots == {"mmlu": 5, "bbh_fewshot": 3, "drop": 3}
-    with pytest.raises(ValueError, match="unknown task groups"):
-        paper_tasks("nope")
-
-
-@pytest.mark.slow
-def test_the_paper_tasks_exist_in_lm_eval() -> None:
-    known = harness.task_manager([]).all_tasks
-    assert [t.name for t in PAPER_TASKS if t.name not in known] == []
 
 
 @pytest.mark.slow

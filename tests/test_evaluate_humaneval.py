@@ -10,7 +10,6 @@ from _evaluate_fixtures import TINY_MODEL, tiny_tokenizer
 from tinylab.config import ConfigError, HumanEvalConfig
 from tinylab.evaluate.humaneval import (
     NUM_PROBLEMS,
-    PRESETS,
     evaluate_humaneval,
     execute,
     generate,
@@ -88,10 +87,6 @@ def test_completions_stop_at_the_first_stop_sequence() -> None:
     assert truncate_at_stop(text, stop) == "    return x\n"
     assert truncate_at_stop("    return 1\nprint(2)", stop) == "    return 1"
     assert truncate_at_stop("    return 1", stop) == "    return 1"
-
-
-def test_the_paper_preset_samples_at_t_0_1() -> None:
-    assert PRESETS["paper"].temperature == 0.1 and PRESETS["greedy"].temperature == 0.0
 
 
 def test_greedy_generation_is_deterministic_and_sampling_is_seeded() -> None:

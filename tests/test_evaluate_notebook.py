@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 from _evaluate_fixtures import arc_task, tiny_hf_dir
 
-from tinylab.config import PROJECT_ROOT, ConfigError
+from tinylab.config import ConfigError
 from tinylab.evaluate import evaluate_stage
+from tinylab.layout import RunLayout
+from tinylab.notebook import NOTEBOOKS_DIR
 
-NOTEBOOK = PROJECT_ROOT / "notebooks" / "03_evaluate.ipynb"
+NOTEBOOK = NOTEBOOKS_DIR / "03_evaluate.ipynb"
 
 
 def _run_with_eval_params(tmp_path: Path) -> tuple[Path, Path]:
     run_dir = tmp_path / "run"
-    tiny_hf_dir(run_dir / "stages" / "base" / "hf")
+    tiny_hf_dir(RunLayout(run_dir).stage("base").hf)
     tasks = arc_task(tmp_path / "tasks")
     params = tmp_path / "eval.yaml"
     params.write_text(
@@ -43,7 +45,7 @@ def test_evaluate_stage_reads_the_run_layout(tmp_path: Path) -> None:
     run_dir, params = _run_with_eval_params(tmp_path)
     results = evaluate_stage(params, run_dir, "base", overrides=["limit=4"])
     assert results["results"][0]["n"] == 4
-    assert (run_dir / "eval" / "base.json").is_file()
+    assert RunLayout(run_dir).eval_json("base").is_file()
     with pytest.raises(ConfigError, match="train stage 'cooldown'"):
         evaluate_stage(params, run_dir, "cooldown")
 
@@ -59,7 +61,7 @@ def test_notebook_runs_under_papermill_from_the_notebooks_folder(tmp_path: Path)
         str(NOTEBOOK), str(out), cwd=str(NOTEBOOK.parent), progress_bar=False,
         parameters={"run_dir": str(run_dir), "eval_params": str(params), "overrides": []},
     )  # fmt: skip
-    assert (run_dir / "eval" / "base.json").is_file()
+    assert RunLayout(run_dir).eval_json("base").is_file()
     executed = json.loads(out.read_text())
     images = [
         o

@@ -12,8 +12,10 @@ import pytest
 from _evaluate_fixtures import ARC_ITEMS, arc_task, tiny_hf_dir
 
 from tinylab.config import EvalConfig, EvalTask
-from tinylab.evaluate import checkpoint, harness, model_identity, plot_scores, scores_table
+from tinylab.errors import UserError
+from tinylab.evaluate import EvalError, harness, model_identity, plot_scores, runner, scores_table
 from tinylab.evaluate.results import ResultStore, load_results
+from tinylab.layout import RunLayout
 
 matplotlib.use("Agg")
 ARC = EvalTask(name="local_arc_easy", metric="acc_norm", chance=0.25)
@@ -40,7 +42,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 def _run(setup: dict, cfg: EvalConfig | None = None, hf: Path | None = None) -> dict:
     cfg = cfg or setup["cfg"]
-    return checkpoint.evaluate_checkpoint(hf or setup["hf"], cfg, setup["out"], name="base")
+    return runner.evaluate_checkpoint(hf or setup["hf"], cfg, setup["out"], name="base")
 
 
 def test_one_json_per_checkpoint_with_provenance_and_samples(setup: dict) -> None:
@@ -62,7 +64,7 @@ def test_nothing_is_recomputed_for_the_same_checkpoint_and_settings(
     setup: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = _run(setup)
-    monkeypatch.setattr(checkpoint, "load_hf", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(runner, "load_hf", lambda *a, **k: pytest.fail("model loaded"))
     assert _run(setup) == first
     assert setup["calls"] == [[ARC.name]]
 
@@ -114,5 +116,20 @@ def test_table_and_figure_mark_chance(setup: dict) -> None:
     assert [t.get_text() for t in ax.get_yticklabels()] == [f"{ARC.name} (acc_norm)"]
     chance = [c for c in ax.collections if c.get_label() == "chance"][0]
     assert chance.get_offsets()[0][0] == pytest.approx(0.25)
-    with pytest.raises(ValueError, match="no benchmark scores"):
+    with pytest.raises(EvalError, match="no benchmark scores"):
         plot_scores(table[table["kind"] == "perplexity"])
+
+
+def test_a_run_stores_its_results_where_the_layout_says(tmp_path: Path) -> None:
+    run = RunLayout(tmp_path)
+    store = ResultStore(run.eval, "base", {"path": "p", "sha256": "abc"})
+    assert store.json_path == run.eval_json("base")
+    assert store.samples_path == run.eval_samples("base")
+
+
+def test_missing_weights_or_results_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(EvalError, match="no \\*.safetensors"):
+        model_identity(tmp_path)
+    with pytest.raises(EvalError, match="run `tinylab eval` first"):
+        load_results(tmp_path / "base.json")
+    assert issubclass(EvalError, UserError)

@@ -5,7 +5,8 @@ data file and never use its executor, which runs model code in-process. Generati
 `model.generate` (greedy, or sampling with temperature/top-p, `num_samples` per problem), cut at
 the Codex stop sequences; execution is `sandbox.run_program` in a thread pool; pass@k is the
 unbiased estimator of Chen et al. (2021). The trade-off: batched left-padded generation is fast
-but pads; the sandbox costs ~70 ms per program, so execution is parallel.
+but pads; the sandbox costs ~70 ms per program, so execution is parallel. The paper's settings
+(sampled at T=0.1, 3 s per program) are the `humaneval:` block of params/eval/paper.yaml.
 
     tinylab eval outputs/runs/demo/stages/base/hf --params params/eval/demo.yaml --out /tmp/ev
 """
@@ -28,11 +29,6 @@ from tinylab.config import ConfigError, HumanEvalConfig
 from tinylab.evaluate.sandbox import Limits, run_program
 
 NUM_PROBLEMS = 164
-# docs/PAPER.md, "Evaluation protocol": sampled at T=0.1, 3 s per problem; top-p and n are ours.
-PRESETS: dict[str, HumanEvalConfig] = {
-    "greedy": HumanEvalConfig(num_samples=1, temperature=0.0),
-    "paper": HumanEvalConfig(num_samples=10, temperature=0.1, top_p=0.95, ks=[1, 10]),
-}
 
 
 def load_problems(limit: int | None = None) -> list[dict]:

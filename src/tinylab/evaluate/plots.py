@@ -15,6 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from tinylab.evaluate.errors import EvalError
+
 COLUMNS = ["task", "metric", "value", "stderr", "n", "shots", "chance", "kind"]
 
 
@@ -41,7 +43,7 @@ def plot_scores(table: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Headline metric per task (bars, ±1 stderr) with chance levels marked (black ticks)."""
     scores = table[table["kind"] != "perplexity"].reset_index(drop=True)
     if scores.empty:
-        raise ValueError("no benchmark scores to plot (only perplexity or nothing)")
+        raise EvalError("no benchmark scores to plot (only perplexity or nothing)")
     labels = [f"{t} ({m})" for t, m in zip(scores["task"], scores["metric"], strict=True)]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(scores) + 1.2))
     sns.barplot(x=scores["value"], y=labels, ax=ax, color=sns.color_palette("deep")[0])

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import tinylab
+from tinylab.evaluate.errors import EvalError
 from tinylab.files import write_atomic, write_json_atomic
 
 
@@ -26,7 +27,9 @@ def model_identity(hf_dir: Path) -> dict[str, str]:
     """The model's identity: sha256 over its safetensors files (names and bytes, sorted)."""
     files = sorted(Path(hf_dir).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{hf_dir}: no *.safetensors files")
+        raise EvalError(
+            f"{hf_dir}: no *.safetensors files; evaluation needs a safetensors HF export"
+        )
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
@@ -94,5 +97,5 @@ def load_results(path: Path) -> dict:
     """Read a results JSON written by ResultStore."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no evaluation results (run `tinylab eval` first)")
+        raise EvalError(f"{path}: no evaluation results (run `tinylab eval` first)")
     return json.loads(path.read_text())

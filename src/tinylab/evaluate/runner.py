@@ -1,10 +1,12 @@
-"""Evaluate one exported checkpoint with an eval params file: benchmarks, HumanEval, perplexity.
+"""The evaluation runner: one exported checkpoint, one eval params file (the protocol: tasks,
+shots, metrics, BOS, HumanEval settings), scored by benchmarks, HumanEval and perplexity.
 
-`evaluate_checkpoint` is what the CLI and notebooks/03_evaluate.ipynb call. It first works out
-which rows of `<out>/<name>.json` are still valid (same model hash, same settings) and loads the
-model only if something is left to compute; lm-eval tasks run in batches (`batch_size`), one
-`simple_evaluate` per shot count, HumanEval programs in parallel sandboxes. Each finished part is
-written at once, so an interrupted evaluation resumes where it stopped.
+`evaluate_checkpoint` is what the CLI calls, `evaluate_stage` (a run's stage) what
+notebooks/03_evaluate.ipynb calls. It first works out which rows of `<out>/<name>.json` are still
+valid (same model hash, same settings) and loads the model only if something is left to compute;
+lm-eval tasks run in batches (`batch_size`), one `simple_evaluate` per shot count, HumanEval
+programs in parallel sandboxes. Each finished part is written at once, so an interrupted
+evaluation resumes where it stopped.
 
     tinylab eval outputs/runs/demo/stages/base/hf --params params/eval/demo.yaml \
         --out outputs/runs/demo/eval
@@ -18,10 +20,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from tinylab.config import PROJECT_ROOT, ConfigError, EvalConfig, EvalTask, load_config
+from tinylab.config import ConfigError, EvalConfig, EvalTask, load_config, project_path
 from tinylab.evaluate import harness, humaneval, offline, perplexity
 from tinylab.evaluate.results import ResultStore, model_identity
 from tinylab.evaluate.sandbox import sandbox_mode
+from tinylab.layout import RunLayout
 from tinylab.model import load_hf
 
 
@@ -56,8 +59,7 @@ def include_paths(cfg: EvalConfig, *, progress: bool = True) -> list[Path]:
     """Task folders for lm-eval: the built offline suites, then the params' include_path."""
     paths = [offline.ensure_suite(suite, progress=progress) for suite in cfg.suites]
     if cfg.include_path:
-        path = Path(cfg.include_path)
-        paths.append(path if path.is_absolute() else PROJECT_ROOT / path)
+        paths.append(project_path(cfg.include_path))
     return paths
 
 
@@ -107,25 +109,19 @@ def evaluate_stage(
 ) -> dict:
     """Evaluate a run's stage export (`<run>/stages/<stage>/hf`) into `<run>/eval/<stage>.json`,
     with perplexity on `<run>/data` when it exists. Relative paths are relative to the repo."""
-    run_dir = _from_root(run_dir)
-    cfg = load_config(_from_root(eval_params), EvalConfig, overrides=list(overrides))
-    hf_dir = run_dir / "stages" / stage / "hf"
+    run = RunLayout(project_path(run_dir))
+    cfg = load_config(project_path(eval_params), EvalConfig, overrides=list(overrides))
+    hf_dir = run.stage(stage).hf
     if not (hf_dir / "config.json").is_file():
         raise ConfigError(f"{hf_dir}: no exported model; train stage {stage!r} of this run first")
-    data_dir = run_dir / "data"
     return evaluate_checkpoint(
         hf_dir,
         cfg,
-        run_dir / "eval",
+        run.eval,
         name=stage,
-        data_dir=data_dir if (data_dir / "index.json").is_file() else None,
+        data_dir=run.data if run.data_index.is_file() else None,
         progress=progress,
     )
-
-
-def _from_root(path: str | Path) -> Path:
-    path = Path(path)
-    return path if path.is_absolute() else PROJECT_ROOT / path
 
 
 def _run_benchmarks(cfg: EvalConfig, store: ResultStore, model: _Model, *, progress: bool) -> None:
