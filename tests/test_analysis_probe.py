@@ -73,5 +73,5 @@ def test_find_hf_folder_errors_clearly(tmp_path: Path) -> None:
 
 def test_token_losses_needs_two_tokens(stage_dir: Path) -> None:
     model, tokenizer = load_for_probing(stage_dir)
-    with pytest.raises(ValueError, match="at least two tokens"):
+    with pytest.raises(ConfigError, match="at least two tokens"):
         token_losses(model, tokenizer, "the")

@@ -7,15 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from tinylab.analysis.runs import benchmark_table, lineage, load_run, stage_deltas, variants
+from tinylab.analysis.runs import (
+    benchmark_table,
+    final_validation,
+    lineage,
+    load_run,
+    stage_deltas,
+    stage_frames,
+    variants,
+)
 from tinylab.config import ConfigError
+from tinylab.layout import RunLayout
 
 STAGES = {"base": (0, 0), "continual-code": (100, 1), "cooldown-code": (150, 2)}  # start, rank
 
 
-def _write_stage(run: Path, name: str, start: int, rank: int) -> None:
-    folder = run / "stages" / name
-    folder.mkdir(parents=True)
+def _write_stage(run_dir: Path, name: str, start: int, rank: int) -> None:
+    run = RunLayout(run_dir)
+    stage = run.stage(name)
+    stage.root.mkdir(parents=True)
     lines = []
     for step in range(1, 4):
         tokens = start + 10 * step
@@ -45,7 +55,7 @@ def _write_stage(run: Path, name: str, start: int, rank: int) -> None:
             },
         }
     )
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    stage.metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
     results = [
         {
             "task": "arc_easy",
@@ -65,8 +75,8 @@ def _write_stage(run: Path, name: str, start: int, rank: int) -> None:
             "chance": None,
         },
     ]
-    (run / "eval").mkdir(exist_ok=True)
-    (run / "eval" / f"{name}.json").write_text(json.dumps({"checkpoint": name, "results": results}))
+    run.eval.mkdir(exist_ok=True)
+    run.eval_json(name).write_text(json.dumps({"checkpoint": name, "results": results}))
 
 
 @pytest.fixture
@@ -111,3 +121,22 @@ def test_lineage_and_variants() -> None:
 def test_empty_run_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no trained stages"):
         load_run(tmp_path)
+
+
+def test_stage_frames_label_phase_and_variant(run_dir: Path) -> None:
+    train, validation = stage_frames(RunLayout(run_dir).stage("continual-code").root)
+    assert list(train["step"]) == [1, 2, 3] and "mixture" not in train and "kind" not in train
+    assert set(train["phase"]) == {"continual"} and set(train["variant"]) == {"code"}
+    assert list(validation.columns[:6]) == ["step", "tokens", "domain", "loss", "bpb", "windows"]
+    assert dict(zip(validation["domain"], validation["bpb"], strict=True)) == {
+        "english": pytest.approx(1.9),
+        "code": pytest.approx(2.5),
+    }
+    base, _ = stage_frames(RunLayout(run_dir).stage("base").root)
+    assert set(base["variant"]) == {"base"}  # a stage without a variant is its own
+
+
+def test_final_validation_is_each_stages_last(run_dir: Path) -> None:
+    last = final_validation(load_run(run_dir))
+    assert len(last) == 2 * len(STAGES)
+    assert set(last["tokens"]) == {start + 30 for start, _ in STAGES.values()}

@@ -185,7 +185,7 @@ def report_command(
 ) -> None:
     """Execute notebooks/04_report.ipynb on a run and write RUN/report.html (code hidden,
     images embedded)."""
-    from tinylab.analysis.report import render_report
+    from tinylab.analysis.publish import render_report
 
     typer.echo(f"wrote {render_report(run_dir)}")
 

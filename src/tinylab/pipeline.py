@@ -256,7 +256,7 @@ def execute_step(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) 
             raise
         raise StepFailed(f"step {name!r} stopped: {record['error']}") from err
     if planned.step.html:
-        from tinylab.analysis.report import notebook_to_html
+        from tinylab.analysis.publish import notebook_to_html
 
         notebook_to_html(output, run_dir / planned.step.html)
     record.update(status="done", seconds=round(time.perf_counter() - start, 2), finished=_now())

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tinylab.analysis.runs import Run
+from tinylab.analysis.runs import Run, final_validation
 
 MIB = 2**20
 
@@ -74,7 +74,7 @@ def _costs(run: Run, name: str) -> dict[str, object]:
 
 
 def _bits_per_byte(run: Run, name: str, parent: str) -> dict[str, float]:
-    last = run.validation.sort_values("tokens").groupby(["stage", "domain"]).tail(1)
+    last = final_validation(run)
     bpb = last.set_index(["stage", "domain"])["bpb"]
     rows = {}
     for domain in sorted(last.loc[last["stage"] == name, "domain"]):

@@ -2,7 +2,7 @@
 
 Each function takes the frames that `load_run` returns and gives a matplotlib Figure; `save_figure`
 writes it as PNG and SVG with deterministic bytes (same data, same file), so figures can be
-diffed and cached.
+diffed and cached; `draw(run, name)` makes one of the report's FIGURES into RUN/figures/.
 
 Stage names follow `<phase>[-<variant>]` (base, continual-mathcode, cooldown-chinese, ...): the
 phase gives the background bands, the variant the colour.
@@ -15,6 +15,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+
+from tinylab.analysis.reference import paper_commonsense
+from tinylab.analysis.runs import Run, benchmark_table, stage_deltas
+from tinylab.layout import RunLayout
 
 PHASE_COLORS = {"base": "#f2f2f2", "continual": "#e3eef9", "cooldown": "#fbeee0"}
 
@@ -171,3 +175,25 @@ def throughput(metrics: pd.DataFrame) -> plt.Figure:
     axes[1].set_ylabel("")
     fig.tight_layout()
     return fig
+
+
+def _benchmarks(run: Run) -> plt.Figure:
+    ours = benchmark_table(run)
+    paper = paper_commonsense()
+    return benchmarks_vs_paper(ours, paper[paper["task"].isin(ours["task"])])
+
+
+FIGURES = {
+    "loss": lambda run: loss_curves(run.metrics),
+    "bits_per_byte": lambda run: validation_bits_per_byte(run.validation),
+    "stage_contributions": lambda run: stage_contributions(stage_deltas(run)),
+    "benchmarks": _benchmarks,
+    "throughput": lambda run: throughput(run.metrics),
+}
+
+
+def draw(run: Run, name: str) -> Path:
+    """Draw one of FIGURES for a run into RUN/figures/ (PNG + SVG); return the PNG."""
+    if name not in FIGURES:
+        raise ValueError(f"figure {name!r}: allowed: {', '.join(FIGURES)}")
+    return save_figure(FIGURES[name](run), RunLayout(run.run_dir).figures / name)[0]

@@ -13,8 +13,9 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from tinylab.analysis.runs import Run
+from tinylab.analysis.runs import Run, final_validation
 from tinylab.config import ConfigError, project_path
+from tinylab.layout import StageLayout
 from tinylab.model import load_hf
 
 
@@ -22,7 +23,7 @@ def find_hf_folder(path: Path | str) -> Path:
     """An HF folder from a run's stage folder (stages/<name>/hf) or an HF folder itself
     (relative paths: from the project root)."""
     path = project_path(path)
-    for candidate in (path, path / "hf"):
+    for candidate in (path, StageLayout(path).hf):
         if (candidate / "config.json").is_file():
             return candidate
     raise ConfigError(
@@ -72,7 +73,7 @@ def token_losses(
     """Loss (nats) of every token of `text` given the ones before it (the first has none)."""
     ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
     if ids.shape[1] < 2:
-        raise ValueError("text must hold at least two tokens")
+        raise ConfigError(f"text {text!r}: must hold at least two tokens to score one")
     logits = model(ids, use_cache=False).logits[0, :-1].float()
     losses = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
     tokens = tokenizer.convert_ids_to_tokens(ids[0, 1:].tolist())
@@ -83,8 +84,7 @@ def token_losses(
 
 def last_validation(run: Run) -> pd.DataFrame:
     """Bits per byte by domain (columns) at the last validation of every stage (rows)."""
-    last = run.validation.sort_values("tokens").groupby(["stage", "domain"]).tail(1)
-    return last.pivot_table(index="stage", columns="domain", values="bpb")
+    return final_validation(run).pivot_table(index="stage", columns="domain", values="bpb")
 
 
 def token_loss_figure(losses: pd.DataFrame, *, per_row: int = 24) -> plt.Figure:

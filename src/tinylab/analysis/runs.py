@@ -6,7 +6,7 @@
 
 Stage names follow `<phase>[-<variant>]`: `base`, `continual-mathcode`, `cooldown-mathcode`.
 A variant's lineage is base -> continual-<variant> -> cooldown-<variant>; a missing metric is an
-error, never a silent zero.
+error, never a silent zero. Paths and records come from `tinylab.layout`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,14 @@ import yaml
 
 from tinylab.config import ConfigError, StageConfig, project_path
 from tinylab.evaluate.results import load_results
-from tinylab.train.loop import RESULT_FILE, StageResult
-from tinylab.train.metrics import stage_frames
+from tinylab.layout import (
+    RESOLVED_FILE,
+    RESULT_FILE,
+    RunLayout,
+    StageLayout,
+    StageResult,
+    read_metrics,
+)
 
 PHASES = ("base", "continual", "cooldown")
 
@@ -44,33 +50,63 @@ class Run:
 def load_run(run_dir: Path | str) -> Run:
     """Read a run folder (relative paths: from the project root): manifest, resolved stages,
     metrics, validation, evaluations, stage results."""
-    run_dir = project_path(run_dir)
-    stage_dirs = sorted(p.parent for p in (run_dir / "stages").glob("*/metrics.jsonl"))
-    if not stage_dirs:
-        raise ConfigError(f"{run_dir}: no trained stages (no stages/*/metrics.jsonl)")
-    frames = [stage_frames(d) for d in stage_dirs]
-    manifest_path, index_path = run_dir / "manifest.json", run_dir / "data" / "index.json"
+    run = RunLayout(project_path(run_dir))
+    trained = run.trained_stages()
+    if not trained:
+        raise ConfigError(f"{run.root}: no trained stages (no stages/*/metrics.jsonl)")
+    frames = [stage_frames(stage.root) for stage in trained]
     return Run(
-        run_dir=run_dir,
-        manifest=json.loads(manifest_path.read_text()) if manifest_path.is_file() else {},
-        stages=stage_configs(run_dir),
+        run_dir=run.root,
+        manifest=_json_or_empty(run.manifest),
+        stages=stage_configs(run),
         metrics=pd.concat([train for train, _ in frames], ignore_index=True),
         validation=pd.concat([val for _, val in frames], ignore_index=True),
-        evals=load_evals(run_dir / "eval"),
-        data_index=json.loads(index_path.read_text()) if index_path.is_file() else {},
-        results={p.parent.name: StageResult.read(p.parent) for p in stage_results(run_dir)},
+        evals=load_evals(run.eval),
+        data_index=_json_or_empty(run.data_index),
+        results={p.parent.name: StageResult.read(p.parent) for p in stage_results(run)},
     )
 
 
-def stage_results(run_dir: Path) -> list[Path]:
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def stage_frames(stage_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A stage's metrics as tidy frames: training steps (tokens, loss, lr, grad_norm,
+    tokens_per_s, mfu, ...) and validation (tokens, domain, loss, bpb), both with columns stage,
+    phase and variant (stage names are `<phase>[-<variant>]`)."""
+    stage = StageLayout(Path(stage_dir))
+    records = read_metrics(stage.metrics)
+    phase, _, variant = stage.name.partition("-")
+    labels = {"stage": stage.name, "phase": phase, "variant": variant or stage.name}
+    train = pd.DataFrame(
+        [
+            {k: v for k, v in r.items() if k not in ("kind", "mixture")}
+            for r in records
+            if r["kind"] == "train"
+        ]
+    ).assign(**labels)
+    validation = pd.DataFrame(
+        [
+            {"step": r["step"], "tokens": r["tokens"], "domain": domain, **values}
+            for r in records
+            if r["kind"] == "val"
+            for domain, values in r["domains"].items()
+        ],
+        columns=["step", "tokens", "domain", "loss", "bpb", "windows"],
+    ).assign(**labels)
+    return train, validation
+
+
+def stage_results(run: RunLayout) -> list[Path]:
     """The result.json of every finished stage (wall time, parameter counts, ...)."""
-    return sorted((run_dir / "stages").glob(f"*/{RESULT_FILE}"))
+    return sorted(run.stages.glob(f"*/{RESULT_FILE}"))
 
 
-def stage_configs(run_dir: Path) -> dict[str, StageConfig]:
+def stage_configs(run: RunLayout) -> dict[str, StageConfig]:
     """The resolved config of every stage trained in a run (stages/<name>/resolved.yaml)."""
     configs = {}
-    for path in sorted((run_dir / "stages").glob("*/resolved.yaml")):
+    for path in sorted(run.stages.glob(f"*/{RESOLVED_FILE}")):
         configs[path.parent.name] = StageConfig.model_validate(yaml.safe_load(path.read_text()))
     return configs
 
@@ -98,6 +134,11 @@ def variants(stages: list[str]) -> list[str]:
     return list(dict.fromkeys(v for v in found if v))
 
 
+def final_validation(run: Run) -> pd.DataFrame:
+    """Each stage's last validation of each domain (rows of `run.validation`)."""
+    return run.validation.sort_values("tokens").groupby(["stage", "domain"]).tail(1)
+
+
 def final_scores(run: Run) -> pd.DataFrame:
     """One value per (stage, measure): each task's headline score (higher is better) and each
     domain's last validation bits per byte (lower is better)."""
@@ -106,10 +147,9 @@ def final_scores(run: Run) -> pd.DataFrame:
         for r in run.evals.itertuples()
         if r.metric != "bits_per_byte"
     ]
-    last = run.validation.sort_values("tokens").groupby(["stage", "domain"]).tail(1)
     rows += [
         {"stage": r.stage, "measure": f"{r.domain} bpb", "value": r.bpb, "better": "lower"}
-        for r in last.itertuples()
+        for r in final_validation(run).itertuples()
     ]
     return pd.DataFrame(rows, columns=["stage", "measure", "value", "better"])
 

@@ -1,0 +1,62 @@
+"""The report's tables of a run: provenance, pipeline steps, data, benchmark scores per stage.
+
+Each takes the `Run` that `load_run` returns and gives a DataFrame for display; figures are in
+tinylab.analysis.figures, deviations from the paper in tinylab.analysis.deviations.
+
+    tables.benchmark_scores(load_run("outputs/runs/demo"))
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tinylab.analysis.runs import Run
+
+
+def benchmark_scores(run: Run) -> pd.DataFrame:
+    """Scores per task (rows) and evaluated stage (columns), with the metric and chance."""
+    evals = run.evals
+    if evals.empty:
+        return pd.DataFrame()
+    table = evals.pivot_table(index=["task", "metric", "chance"], columns="stage", values="value")
+    return table.reset_index()
+
+
+def data_table(run: Run) -> pd.DataFrame:
+    """Documents, tokens, windows and bytes per source and split (from data/index.json)."""
+    rows = [
+        {
+            "source": name,
+            "domain": entry["domain"],
+            "split": split,
+            **{key: counts.get(key) for key in ("documents", "tokens", "windows", "bytes")},
+        }
+        for name, entry in run.data_index.get("sources", {}).items()
+        for split, counts in entry.get("splits", {}).items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def provenance_table(run: Run) -> pd.DataFrame:
+    """Code, packages and machine that produced the run (from manifest.json)."""
+    manifest = run.manifest
+    git = manifest.get("git", {})
+    rows = {
+        "run": manifest.get("run_id", run.run_dir.name),
+        "pipeline": manifest.get("pipeline"),
+        "git commit": f"{git.get('sha')}{' (uncommitted changes)' if git.get('dirty') else ''}",
+        **{f"hardware: {k}": v for k, v in manifest.get("hardware", {}).items()},
+        **{k: v for k, v in manifest.get("packages", {}).items() if v},
+    }
+    return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
+
+
+def steps_table(run: Run) -> pd.DataFrame:
+    """Each pipeline step's status and wall time."""
+    steps = run.manifest.get("steps", {})
+    return pd.DataFrame(
+        [
+            {"step": n, "status": r.get("status"), "seconds": r.get("seconds")}
+            for n, r in steps.items()
+        ]
+    )

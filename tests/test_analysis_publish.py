@@ -1,0 +1,49 @@
+"""tinylab.analysis.publish: the report notebook executed on a run and rendered to HTML with the
+code hidden and images embedded."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from _analysis_fixtures import write_run
+
+from tinylab.analysis.publish import notebook_to_html, render_report
+from tinylab.config import ConfigError
+from tinylab.layout import RunLayout
+
+
+def test_html_hides_code_and_embeds_images(tmp_path: Path) -> None:
+    png = nbformat.v4.new_output(
+        "display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}
+    )
+    cell = nbformat.v4.new_code_cell("secret_code_line = 1", outputs=[png])
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title"), cell])
+    executed = tmp_path / "report.ipynb"
+    nbformat.write(nb, executed)
+    html = notebook_to_html(executed, tmp_path / "report.html").read_text()
+    assert "secret_code_line" not in html
+    assert "data:image/png;base64,iVBORw0KGgo=" in html
+    assert "Title" in html
+    external = re.findall(r'<script[^>]*src="(http[^"]*)"', html)
+    assert all("mathjax" in url for url in external), external
+
+
+def test_a_folder_that_is_no_run_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a run folder"):
+        render_report(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_report_notebook_renders_a_run(tmp_path: Path) -> None:
+    run = RunLayout(write_run(tmp_path / "run"))
+    assert render_report(run.root) == run.report
+    html = run.report.read_text()
+    assert "Deviations from the paper" in html and "continual-code vs continual-code-lora" in html
+    assert "from tinylab" not in html  # code hidden
+    figures = {"loss", "bits_per_byte", "stage_contributions", "benchmarks", "throughput"}
+    assert {p.stem for p in run.figures.glob("*.png")} == figures
+    assert html.count("data:image/png;base64,") == len(figures)
+    assert (run.notebooks / "report.ipynb").is_file()

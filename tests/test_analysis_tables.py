@@ -1,0 +1,51 @@
+"""tinylab.analysis.tables: the report's tables of a run, on a small synthetic run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from _analysis_fixtures import STAGES, write_run
+
+from tinylab.analysis import tables
+from tinylab.analysis.runs import load_run
+from tinylab.layout import RunLayout
+
+
+@pytest.fixture
+def run(tmp_path: Path):
+    layout = RunLayout(write_run(tmp_path))
+    manifest = {
+        "run_id": "demo",
+        "git": {"sha": "abc123", "dirty": True},
+        "hardware": {"cpu": "test"},
+        "packages": {"torch": "2.0", "missing": None},
+        "steps": {"base": {"status": "done", "seconds": 1.5}},
+    }
+    layout.manifest.write_text(json.dumps(manifest))
+    return load_run(layout.root)
+
+
+def test_benchmark_scores_are_one_column_per_stage(run) -> None:
+    scored = dataclasses.replace(run, evals=run.evals.assign(chance=0.25))
+    table = tables.benchmark_scores(scored)
+    assert table[["task", "metric", "chance"]].values.tolist() == [["arc_easy", "acc_norm", 0.25]]
+    assert {stage: table[stage].item() for stage in STAGES} == {
+        name: spec[2] for name, spec in STAGES.items()
+    }
+
+
+def test_provenance_and_steps_come_from_the_manifest(run) -> None:
+    provenance = tables.provenance_table(run)["value"]
+    assert provenance["run"] == "demo"
+    assert provenance["git commit"] == "abc123 (uncommitted changes)"
+    assert provenance["hardware: cpu"] == "test" and "missing" not in provenance
+    assert tables.steps_table(run).to_dict("records") == [
+        {"step": "base", "status": "done", "seconds": 1.5}
+    ]
+
+
+def test_a_run_without_data_has_an_empty_data_table(run) -> None:
+    assert tables.data_table(run).empty
