@@ -13,6 +13,7 @@ import torch
 from _evaluate_fixtures import TINY_MODEL
 
 from tinylab.config import DataConfig, EvalConfig
+from tinylab.data.packed import bits_per_byte
 from tinylab.evaluate import evaluate_checkpoint
 from tinylab.evaluate.perplexity import domain_perplexity, window_nll
 from tinylab.model import build_model, save_hf
@@ -87,6 +88,9 @@ def test_bits_per_byte_per_domain(data) -> None:
     assert english["metrics"]["perplexity"] == pytest.approx(math.exp(nats), rel=1e-5)
     expected = nats / math.log(2) / data.bytes_per_token("english")
     assert english["value"] == pytest.approx(expected, rel=1e-5)
+    # training's validation formula, to the last bit
+    reported = english["metrics"]["nats_per_token"]
+    assert english["value"] == bits_per_byte(reported, data.bytes_per_token("english"))
     # a random model is near log(vocab) nats per token
     assert abs(nats - math.log(TINY_MODEL.vocab_size)) < 0.5
 

@@ -14,6 +14,7 @@ rank or loader worker costs nothing.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,12 @@ class PackedData:
             path = self.data_dir / SHARDS_DIR / name
             self._maps[name] = np.memmap(path, dtype=self.dtype, mode="r")
         return self._maps[name]
+
+
+def bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:
+    """A held-out loss (or its standard error) in bits per UTF-8 byte, comparable across
+    tokenizers: nats/token / ln 2 / bytes per token (`PackedData.bytes_per_token`)."""
+    return nats_per_token / math.log(2) / bytes_per_token
 
 
 def _load_index(path: Path) -> dict[str, Any]:

@@ -3,12 +3,11 @@
 The windows come from the same held-out split training validates on (`PackedData.window(source,
 i, "val")`, seq_len+1 tokens, predicting tokens 1..seq_len): the first `max_windows` of each
 source, while training spreads its validation windows over the split, so the two agree within
-sampling error rather than exactly; bits
-per byte divides by the domain's held-out bytes per token (the contract's formula:
-nats/token / ln 2 / bytes_per_token), which makes tokenizers comparable. The trade-off: packed
-windows cut documents at arbitrary points, so early tokens of a window see a short context
-(slightly pessimistic against a sliding-window evaluation), in exchange for reading the exact
-bytes the training run held out.
+sampling error rather than exactly. Bits per byte is training's formula too
+(`tinylab.data.packed.bits_per_byte`: nats/token / ln 2 / the domain's held-out bytes per
+token), which makes tokenizers comparable. The trade-off: packed windows cut documents at
+arbitrary points, so early tokens of a window see a short context (slightly pessimistic against
+a sliding-window evaluation), in exchange for reading the exact bytes the training run held out.
 
     tinylab eval HF_DIR --params params/eval/demo.yaml --out DIR   # with a run's data folder
 """
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
+
+from tinylab.data.packed import bits_per_byte
 
 if TYPE_CHECKING:
     from tinylab.data import PackedData
@@ -55,19 +56,20 @@ def domain_perplexity(
     rows = []
     for domain, parts in sorted(by_domain.items()):
         nll = np.concatenate(parts)
-        scale = 1 / math.log(2) / data.bytes_per_token(domain)
+        bytes_per_token = data.bytes_per_token(domain)
         mean = float(nll.mean())
         stderr = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else None
+        bpb = bits_per_byte(mean, bytes_per_token)
         rows.append(
             {
                 "task": f"perplexity/{domain}",
                 "metric": "bits_per_byte",
-                "value": mean * scale,
-                "stderr": stderr * scale if stderr is not None else None,
+                "value": bpb,
+                "stderr": None if stderr is None else bits_per_byte(stderr, bytes_per_token),
                 "n": int(len(nll)),
                 "shots": 0,
                 "metrics": {
-                    "bits_per_byte": mean * scale,
+                    "bits_per_byte": bpb,
                     "perplexity": math.exp(mean),
                     "nats_per_token": mean,
                     "tokens": int(len(nll) * data.seq_len),
