@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from _evaluate_fixtures import arc_task, tiny_hf_dir
 
-from tinylab.config import ConfigError
-from tinylab.evaluate import evaluate_stage
+from tinylab.evaluate import EvalError, evaluate_stage
 from tinylab.layout import RunLayout
 from tinylab.notebook import NOTEBOOKS_DIR
 
@@ -46,7 +45,7 @@ def test_evaluate_stage_reads_the_run_layout(tmp_path: Path) -> None:
     results = evaluate_stage(params, run_dir, "base", overrides=["limit=4"])
     assert results["results"][0]["n"] == 4
     assert RunLayout(run_dir).eval_json("base").is_file()
-    with pytest.raises(ConfigError, match="train stage 'cooldown'"):
+    with pytest.raises(EvalError, match="train stage 'cooldown'"):
         evaluate_stage(params, run_dir, "cooldown")
 
 

@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tinylab.config import ConfigError, EvalConfig, EvalTask, load_config, project_path
 from tinylab.evaluate import harness, humaneval, offline, perplexity
+from tinylab.evaluate.errors import EvalError
 from tinylab.evaluate.results import ResultStore, model_identity
 from tinylab.evaluate.sandbox import sandbox_mode
 from tinylab.layout import RunLayout
@@ -113,7 +114,7 @@ def evaluate_stage(
     cfg = load_config(project_path(eval_params), EvalConfig, overrides=list(overrides))
     hf_dir = run.stage(stage).hf
     if not (hf_dir / "config.json").is_file():
-        raise ConfigError(f"{hf_dir}: no exported model; train stage {stage!r} of this run first")
+        raise EvalError(f"{hf_dir}: no exported model; train stage {stage!r} of this run first")
     return evaluate_checkpoint(
         hf_dir,
         cfg,
