@@ -27,7 +27,7 @@ def write_stage(run_dir: Path, name: str, overrides: dict, bpb: float, score: fl
     eval JSON with one arc_easy score."""
     run = RunLayout(run_dir)
     stage = run.stage(name)
-    stage.root.mkdir(parents=True)
+    stage.root.mkdir(parents=True, exist_ok=True)
     stage.resolved.write_text(dump_config(stage_config(name=name, **overrides)))
     records = [
         {"kind": "train", "step": s, "stage_step": s, "tokens": 100 * s, "loss": 3.0, "lr": 1e-3,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
+from _analysis_fixtures import write_stage
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -17,7 +19,9 @@ from tinylab.analysis.probe import (
     token_losses,
 )
 from tinylab.config import ConfigError, ModelConfig
+from tinylab.layout import RunLayout
 from tinylab.model import build_model, save_hf
+from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 20
 
@@ -42,8 +46,9 @@ def stage_dir(tmp_path: Path) -> Path:
         max_position_embeddings=64,
         attention="sdpa",
     )
-    save_hf(build_model(cfg, seed=0), tmp_path / "stages" / "base" / "hf", tokenizer=tokenizer)
-    return tmp_path / "stages" / "base"
+    stage = RunLayout(tmp_path).stage("base")
+    save_hf(build_model(cfg, seed=0), stage.hf, tokenizer=tokenizer)
+    return stage.root
 
 
 def test_token_losses_average_to_the_model_loss(stage_dir: Path) -> None:
@@ -75,3 +80,18 @@ def test_token_losses_needs_two_tokens(stage_dir: Path) -> None:
     model, tokenizer = load_for_probing(stage_dir)
     with pytest.raises(ConfigError, match="at least two tokens"):
         token_losses(model, tokenizer, "the")
+
+
+@pytest.mark.slow
+def test_the_explore_notebook_runs_on_a_stage(stage_dir: Path, tmp_path: Path) -> None:
+    write_stage(tmp_path, "base", {}, 3.0, 0.3, (1000, 1000), 100)  # metrics beside the model
+    parameters = {"model_path": str(stage_dir), "run_dir": str(tmp_path), "max_new_tokens": 4}
+    out = execute_notebook(NOTEBOOKS_DIR / "05_explore.ipynb", tmp_path / "out.ipynb", parameters)
+    outputs = [
+        o for cell in nbformat.read(out, as_version=4).cells for o in cell.get("outputs", [])
+    ]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert text.startswith("The king said")  # the prompt and its continuation
+    tables = [o["data"]["text/plain"] for o in outputs if "text/html" in o.get("data", {})]
+    assert "code" in tables[0] and "english" in tables[0]  # last validation by domain
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # token losses drawn
