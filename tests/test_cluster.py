@@ -13,9 +13,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tinylab import cluster
+from tinylab.cluster.plan import load_profile, plan_jobs, run_dir_for
+from tinylab.cluster.records import record_jobs
+from tinylab.cluster.slurm import ClusterError, submit
+from tinylab.cluster.status import format_status, run_status
 from tinylab.config import PARAMS_DIR, ClusterConfig, ConfigError, JobResources, load_config
-from tinylab.pipeline import MANIFEST, plan_steps
+from tinylab.layout import RunLayout
+from tinylab.pipeline import plan_steps
 
 
 def _notebook(path: Path, params: str) -> None:
@@ -55,15 +59,13 @@ def project(tmp_path: Path) -> dict[str, Path]:
 
 
 def _profile(tmp_path: Path, **changes) -> ClusterConfig:
-    profile = cluster.load_profile("2x8-h100")
+    profile = load_profile("2x8-h100")
     data = profile.model_dump(mode="json") | {"run_root": str(tmp_path / "runs")} | changes
     return ClusterConfig.model_validate(data)
 
 
 def _plan(project: dict[str, Path], profile: ClusterConfig, **kwargs):
-    return cluster.plan_jobs(
-        project["pipeline"], profile, notebooks_dir=project["notebooks"], **kwargs
-    )
+    return plan_jobs(project["pipeline"], profile, notebooks_dir=project["notebooks"], **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,11 +155,11 @@ def test_done_steps_are_not_submitted_again(project: dict[str, Path]) -> None:
     plan = plan_steps(pipeline, run_dir, notebooks_dir=project["notebooks"])
     run_dir.mkdir(parents=True)
     steps = {"prepare": {"status": "done", "fingerprint": plan["prepare"].fingerprint}}
-    (run_dir / MANIFEST).write_text(json.dumps({"steps": steps}))
+    RunLayout(run_dir).manifest.write_text(json.dumps({"steps": steps}))
     _, jobs = _plan(project, profile)
     assert [(j.name, j.depends_on) for j in jobs] == [("base", []), ("report", ["base"])]
     steps["report"] = {"status": "done", "fingerprint": plan["report"].fingerprint}
-    (run_dir / MANIFEST).write_text(json.dumps({"steps": steps}))
+    RunLayout(run_dir).manifest.write_text(json.dumps({"steps": steps}))
     _, jobs = _plan(project, profile)  # report is done, but it comes after base, which runs
     assert [j.name for j in jobs] == ["base", "report"]
 
@@ -189,14 +191,14 @@ def test_manifest_writers_merge_instead_of_overwriting(project: dict[str, Path])
     from tinylab.pipeline import execute_step, manifest_lock, open_manifest
 
     profile = _profile(project["root"])
-    run_dir = cluster.run_dir_for(profile, "merge")
+    run_dir = run_dir_for(profile, "merge")
     pipeline = load_config(project["pipeline"])
     plan = plan_steps(pipeline, run_dir, notebooks_dir=project["notebooks"])
     manifest = open_manifest(run_dir, project["pipeline"], pipeline)  # this job's copy
     with manifest_lock(run_dir):  # meanwhile, elsewhere
-        cluster.record_jobs(run_dir, {"report": {"job_id": "9", "state": "PENDING"}})
+        record_jobs(run_dir, {"report": {"job_id": "9", "state": "PENDING"}})
     execute_step(plan["prepare"], run_dir, manifest)
-    on_disk = json.loads((run_dir / MANIFEST).read_text())
+    on_disk = json.loads(RunLayout(run_dir).manifest.read_text())
     assert on_disk["steps"]["prepare"]["status"] == "done"
     assert on_disk["cluster"]["jobs"]["report"] == {"job_id": "9", "state": "PENDING"}
 
@@ -205,7 +207,7 @@ def test_manifest_writers_merge_instead_of_overwriting(project: dict[str, Path])
     "pipeline", sorted((PARAMS_DIR / "pipelines").glob("*.yaml")), ids=lambda p: p.stem
 )
 def test_every_pipeline_renders_on_the_two_node_profile(pipeline: Path, tmp_path: Path) -> None:
-    _, jobs = cluster.plan_jobs(pipeline, _profile(tmp_path))
+    _, jobs = plan_jobs(pipeline, _profile(tmp_path))
     assert jobs
     for job in jobs:
         subprocess.run(["bash", "-n"], input=job.script, text=True, check=True)
@@ -219,7 +221,7 @@ def test_every_pipeline_renders_on_the_two_node_profile(pipeline: Path, tmp_path
 
 def test_unknown_profile_names_the_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"no such profile .* profiles: .*2x8-h100.*local"):
-        cluster.load_profile("nope")
+        load_profile("nope")
 
 
 @pytest.mark.parametrize(
@@ -267,9 +269,7 @@ def test_training_notebook_without_launcher_parameter(
     assert "old_train.ipynb has no `launcher` parameter" in jobs[1].problems[0]
     _fake_slurm(project["root"], monkeypatch)
     with pytest.raises(ConfigError, match="cannot submit:\n.*old_train.ipynb has no `launcher`"):
-        cluster.submit(
-            project["pipeline"], _profile(project["root"]), notebooks_dir=project["notebooks"]
-        )
+        submit(project["pipeline"], _profile(project["root"]), notebooks_dir=project["notebooks"])
     one_node = _profile(project["root"], train={"nodes": 1, "gpus_per_node": 8})
     _, jobs = _plan(project, one_node)  # one node: the notebook's own nproc still works
     assert not jobs[1].problems and "launches with its own nproc" in jobs[1].notes[0]
@@ -322,7 +322,7 @@ def test_submit_holds_records_and_releases(
     project: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = _fake_slurm(project["root"], monkeypatch)
-    run_dir, jobs = cluster.submit(
+    run_dir, jobs = submit(
         project["pipeline"], _profile(project["root"]), notebooks_dir=project["notebooks"]
     )
     assert [j.job_id for j in jobs] == ["101", "102", "103"]
@@ -330,26 +330,22 @@ def test_submit_holds_records_and_releases(
     assert calls[0] == f"sbatch --parsable --hold {run_dir}/cluster/prepare.sbatch"
     assert calls[-1] == "scontrol release 101,102,103"
     assert "#SBATCH --dependency=afterok:101" in (run_dir / "cluster" / "base.sbatch").read_text()
-    manifest = json.loads((run_dir / MANIFEST).read_text())
+    manifest = json.loads(RunLayout(run_dir).manifest.read_text())
     assert manifest["cluster"]["jobs"]["base"]["job_id"] == "102"
     assert manifest["cluster"]["jobs"]["base"]["depends_on"] == ["prepare"]
     assert manifest["cluster"]["profile"]["name"] == "2x8-h100"
     assert manifest["git"] and manifest["pipeline_resolved"]["name"] == "tiny"
     # a second submission while the jobs are queued would write the same run folder
-    with pytest.raises(cluster.ClusterError, match="still has jobs in the queue: prepare"):
-        cluster.submit(
-            project["pipeline"], _profile(project["root"]), notebooks_dir=project["notebooks"]
-        )
+    with pytest.raises(ClusterError, match="still has jobs in the queue: prepare"):
+        submit(project["pipeline"], _profile(project["root"]), notebooks_dir=project["notebooks"])
 
 
 def test_refused_job_cancels_the_ones_submitted(
     project: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = _fake_slurm(project["root"], monkeypatch, fail_at=2)
-    with pytest.raises(cluster.ClusterError, match="Invalid account"):
-        cluster.submit(
-            project["pipeline"], _profile(project["root"]), notebooks_dir=project["notebooks"]
-        )
+    with pytest.raises(ClusterError, match="Invalid account"):
+        submit(project["pipeline"], _profile(project["root"]), notebooks_dir=project["notebooks"])
     assert log.read_text().splitlines()[-1] == "scancel 101"
 
 
@@ -357,8 +353,8 @@ def test_missing_sbatch_is_a_clear_error(
     project: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(cluster.ClusterError, match="sbatch, scontrol not found on PATH"):
-        cluster.submit(project["pipeline"], _profile(project["root"]))
+    with pytest.raises(ClusterError, match="sbatch, scontrol not found on PATH"):
+        submit(project["pipeline"], _profile(project["root"]))
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -448,10 +444,10 @@ def test_status_shows_steps_jobs_and_last_metrics(tmp_path: Path) -> None:
         "steps": {"prepare": {"status": "done", "seconds": 12.0}, "base": {"status": "running"}},
         "cluster": {"jobs": {"base": {"job_id": "7", "state": "RUNNING", "restarts": 1}}},
     }
-    (run_dir / MANIFEST).write_text(json.dumps(manifest))
-    status = cluster.run_status(run_dir)
+    RunLayout(run_dir).manifest.write_text(json.dumps(manifest))
+    status = run_status(run_dir)
     assert status["metrics"]["base"]["step"] == 2
-    text = cluster.format_status(status)
+    text = format_status(status)
     assert "prepare  done     -         -            -" in text
     assert "base     running  7         RUNNING      1" in text
     assert "base: step=2 tokens=512 loss=8.25 lr=0.0002" in text

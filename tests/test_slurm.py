@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tinylab import cluster
+from tinylab.cluster.status import run_status
 from tinylab.config import PROJECT_ROOT
 from tinylab.pipeline import run_pipeline
 
@@ -340,7 +340,7 @@ def _submit(project: dict[str, Path], run_id: str) -> list[str]:
 def _wait_jobs(run_dir: Path, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = cluster.run_status(run_dir)
+        status = run_status(run_dir)
         states = [r["job_state"] for r in status["rows"] if r["job_id"]]
         if states and all(s in TERMINAL for s in states):
             return status
@@ -426,7 +426,7 @@ def test_submit_requeue_cancel_resubmit_resumes_with_the_outputs_of_tinylab_run(
 def _wait_state(run_dir: Path, step: str, state: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rows = {r["step"]: r for r in cluster.run_status(run_dir)["rows"]}
+        rows = {r["step"]: r for r in run_status(run_dir)["rows"]}
         if rows[step]["job_state"] == state:
             return
         time.sleep(0.5)
