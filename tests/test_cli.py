@@ -83,3 +83,50 @@ def test_report_on_a_folder_that_is_no_run_exits_2(tmp_path: Path) -> None:
     result = tinylab("report", str(tmp_path))
     assert result.returncode == 2
     assert "not a run folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def tinylab_with(patch: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command with `patch` (Python source) run first in its process, e.g. to plant a bug."""
+    main = f"import sys\nfrom tinylab.cli import run\nsys.argv = ['tinylab', *{args!r}]\nrun()"
+    code = f"{patch}\n{main}"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+RAISE = "def boom(*args, **kwargs):\n    raise {error}('planted bug')\n"
+
+
+def test_a_bug_keeps_its_traceback_and_exits_1() -> None:
+    for error in ("ValueError", "RuntimeError"):
+        patch = RAISE.format(error=error) + "import tinylab.model\ntinylab.model.load_preset = boom"
+        result = tinylab_with(patch, "model", "info", "tinyllama-1.1b")
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" in result.stderr and f"{error}: planted bug" in result.stderr
+
+
+def test_a_runtime_error_from_training_is_not_turned_into_one_line(tmp_path: Path) -> None:
+    patch = (
+        RAISE.format(error="RuntimeError")
+        + "import tinylab.train\ntinylab.train.train_stage = boom"
+    )
+    stage = str(PARAMS_DIR / "stages" / "demo" / "base.yaml")
+    result = tinylab_with(patch, "train", stage, "--run-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "RuntimeError: planted bug" in result.stderr
+
+
+def test_a_user_error_is_one_line_and_debug_shows_its_traceback(tmp_path: Path) -> None:
+    patch = "from tinylab.errors import UserError\n" + RAISE.format(error="UserError")
+    patch += "import tinylab.model\ntinylab.model.load_preset = boom"
+    result = tinylab_with(patch, "model", "info", "tinyllama-1.1b")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: planted bug"]
+    for command in (
+        ("model", "info", "nope"),
+        ("report", str(tmp_path)),
+        ("status", str(tmp_path)),
+    ):
+        debug = tinylab("--debug", *command)
+        assert debug.returncode == 2, debug.stderr
+        assert "Traceback" in debug.stderr and debug.stderr.rstrip().splitlines()[-1].startswith(
+            "error: "
+        )

@@ -1,5 +1,6 @@
-"""The `tinylab` command: thin wrappers over the library, one readable error and exit code 2 on
-bad input (`--debug` shows the traceback).
+"""The `tinylab` command: thin wrappers over the library. A `UserError` (a bad params file, a
+missing run folder, ...) is one line and exit code 2; anything else is a bug and raises with its
+traceback (exit 1). `--debug` shows the traceback of a user error too, for every command.
 
     tinylab params check params/**/*.yaml
     tinylab model info tinyllama-1.1b --json
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from tinylab import config as cfg
+from tinylab.errors import UserError
+from tinylab.layout import RunLayout
 
 app = typer.Typer(
     help="tinylab: reproduce and extend TinyLlama's three-stage pretraining.",
@@ -49,12 +53,6 @@ def main(
     _state["debug"] = debug
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print one error message and exit non-zero."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
 def _schema(kind: str | None) -> type[cfg.Schema] | None:
     if kind is None:
         return None
@@ -80,7 +78,7 @@ def params_check(
                 raise
             errors.append(str(err))
     if errors:
-        fail("\n".join(errors))
+        raise cfg.ConfigError("\n".join(errors))
 
 
 @params_app.command("show")
@@ -134,14 +132,9 @@ def run_command(
 ) -> None:
     """Run a pipeline's notebooks with Papermill into outputs/runs/<run-id>/, skipping steps that
     finished with unchanged params."""
-    from tinylab.pipeline import StepFailed, run_pipeline
+    from tinylab.pipeline import run_pipeline
 
-    try:
-        manifest = run_pipeline(
-            pipeline, run_id=run_id, from_step=from_step, overrides=overrides or []
-        )
-    except StepFailed as err:
-        fail(str(err), code=1)
+    manifest = run_pipeline(pipeline, run_id=run_id, from_step=from_step, overrides=overrides or [])
     seconds = sum(s.get("seconds", 0) for s in manifest["steps"].values())
     typer.echo(
         f"run {manifest['run_id']}: {len(manifest['steps'])} steps done ({seconds:.0f} s of steps)"
@@ -168,10 +161,10 @@ def eval_command(
     eval_cfg = cfg.load_config(params, cfg.EvalConfig, overrides=overrides or [])
     hf_dir = hf_dir.resolve()
     if not (hf_dir / "config.json").is_file():
-        fail(f"{hf_dir}: not an HF model folder (no config.json)")
-    guess = hf_dir.parent.parent.parent / "data"  # <run>/stages/<stage>/hf -> <run>/data
-    if data_dir is None and (guess / "index.json").is_file():
-        data_dir = guess
+        raise UserError(f"{hf_dir}: not an HF model folder (no config.json)")
+    run = RunLayout.of_hf_dir(hf_dir)
+    if data_dir is None and run is not None and run.data_index.is_file():
+        data_dir = run.data
     results = evaluate_checkpoint(
         hf_dir, eval_cfg, out, name=name or hf_dir.parent.name, data_dir=data_dir
     )
@@ -201,15 +194,12 @@ def train_command(
     overrides: SetOption = None,
 ) -> None:
     """Train one stage into RUN/stages/<stage>/ (resumes from its latest checkpoint)."""
-    from tinylab.train import NonFiniteLossError, train_stage
+    from tinylab.train import train_stage
 
-    try:
-        result = train_stage(
-            stage.resolve(), run_dir.resolve(), nproc=nproc, overrides=overrides or [],
-            resume=not fresh,
-        )  # fmt: skip
-    except (NonFiniteLossError, RuntimeError) as err:
-        fail(str(err), code=1)
+    result = train_stage(
+        stage.resolve(), run_dir.resolve(), nproc=nproc, overrides=overrides or [],
+        resume=not fresh,
+    )  # fmt: skip
     typer.echo(
         f"stage {result.stage}: step {result.step}, {result.tokens:,} tokens, final loss "
         f"{result.final_loss}, {result.wall_s:.0f} s; hf: {result.hf_dir}"
@@ -235,25 +225,20 @@ def submit_command(
 ) -> None:
     """Submit a pipeline to SLURM: one sbatch job per step that must run, chained afterok, into
     the profile's shared run folder (tinylab status RUN follows it)."""
-    from tinylab import cluster as cl
+    from tinylab.cluster.plan import load_profile, plan_jobs
+    from tinylab.cluster.render import script_path
+    from tinylab.cluster.slurm import submit
 
-    profile = cl.load_profile(cluster)
-    try:
-        if dry_run:
-            run_dir, jobs = cl.plan_jobs(
-                pipeline, profile, run_id=run_id, overrides=overrides or []
-            )
-        else:
-            run_dir, jobs = cl.submit(pipeline, profile, run_id=run_id, overrides=overrides or [])
-    except cl.ClusterError as err:
-        fail(str(err))
+    profile = load_profile(cluster)
+    send = plan_jobs if dry_run else submit
+    run_dir, jobs = send(pipeline, profile, run_id=run_id, overrides=overrides or [])
     for message in [m for job in jobs for m in (*job.problems, *job.notes)]:
         typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
     if not jobs:
         typer.echo(f"run {run_dir}: every step is done with the same params; nothing to submit")
     for job in jobs:
         if dry_run:
-            typer.echo(f"# ===== {run_dir / cl.CLUSTER_DIR / job.name}.sbatch =====")
+            typer.echo(f"# ===== {script_path(run_dir, job.name)} =====")
             typer.echo(job.script)
         else:
             after = f" after {', '.join(job.depends_on)}" if job.depends_on else ""
@@ -268,10 +253,10 @@ def status_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Steps of a run, their SLURM jobs (live states) and each stage's last metrics line."""
-    from tinylab import cluster as cl
+    from tinylab.cluster.status import format_status, run_status
 
-    status = cl.run_status(run_dir.resolve())
-    typer.echo(json.dumps(status, indent=2) if as_json else cl.format_status(status))
+    status = run_status(run_dir.resolve())
+    typer.echo(json.dumps(status, indent=2) if as_json else format_status(status))
 
 
 @app.command("prepare")
@@ -282,28 +267,23 @@ def prepare_command(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Fetch, tokenize and pack a data params file into OUT (idempotent); print token counts."""
-    from tinylab.data import DataError, prepare
+    from tinylab.data import prepare
     from tinylab.data.report import token_table
 
     data_cfg = cfg.load_config(data_yaml, cfg.DataConfig, overrides=overrides or [])
-    try:
-        data = prepare(data_cfg, out, progress=progress)
-    except DataError as err:
-        if _state["debug"]:
-            raise
-        fail(str(err))
+    data = prepare(data_cfg, out, progress=progress)
     typer.echo(token_table(data).to_string(index=False))
     typer.echo(f"wrote {out}")
 
 
 def run() -> None:
-    """Entry point: a user error (ConfigError, DataError: ValueErrors by the house rule) is one
-    message and exit code 2; --debug shows the traceback."""
+    """Entry point: a UserError is one message and exit code 2 (with --debug, its traceback
+    too); every other exception propagates with its traceback."""
     try:
         app()
-    except ValueError as err:
+    except UserError as err:
         if _state["debug"]:
-            raise
+            traceback.print_exc()
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 

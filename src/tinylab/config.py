@@ -37,6 +37,8 @@ from pydantic import (
     model_validator,
 )
 
+from tinylab.errors import UserError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PARAMS_DIR = PROJECT_ROOT / "params"
 
@@ -48,7 +50,7 @@ def project_path(path: str | Path) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A params file (or override) is invalid; the message names file, key, value and rule."""
 
 
