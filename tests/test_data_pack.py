@@ -12,8 +12,9 @@ from _data_fixtures import data_config, make_corpus
 
 from tinylab.config import ConfigError, DataConfig, load_config
 from tinylab.data import DataError, PackedData, prepare, token_dtype
-from tinylab.data.pack import INDEX_FILE, SHARDS_DIR, is_validation
+from tinylab.data.pack import SHARDS_DIR, is_validation
 from tinylab.data.tokenizer import load_fast
+from tinylab.layout import INDEX_FILE
 
 
 @pytest.fixture(scope="module")

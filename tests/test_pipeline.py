@@ -14,6 +14,7 @@ import nbformat
 import pytest
 
 from tinylab.config import ConfigError
+from tinylab.layout import RunLayout
 from tinylab.pipeline import StepFailed, run_pipeline, split_overrides
 
 STEP_SOURCE = """\
@@ -86,10 +87,10 @@ def test_runs_steps_and_writes_manifest(project: dict[str, Path]) -> None:
     assert [manifest["steps"][s]["status"] for s in "abc"] == ["done"] * 3
     assert all(manifest["steps"][s]["seconds"] > 0 for s in "abc")
     assert _lines(run_dir, "b") == ["2 []"]
-    assert (run_dir / "notebooks" / "c.ipynb").is_file()
+    assert (RunLayout(run_dir).notebooks / "c.ipynb").is_file()
     html = (run_dir / "c.html").read_text()
     assert "out.parent.mkdir" not in html  # code hidden
-    on_disk = json.loads((run_dir / "manifest.json").read_text())
+    on_disk = json.loads(RunLayout(run_dir).manifest.read_text())
     assert on_disk["steps"]["a"]["status"] == "done"
     assert set(on_disk["git"]) == {"sha", "dirty"}
     assert on_disk["packages"]["torch"]
@@ -127,7 +128,7 @@ def test_failing_step_stops_the_run_and_keeps_earlier_outputs(project: dict[str,
     with pytest.raises(StepFailed, match="RuntimeError: step b was told to fail"):
         _run(project, _pipeline(project, steps))
     run_dir = project["runs"] / "p"
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = json.loads(RunLayout(run_dir).manifest.read_text())
     assert manifest["steps"]["a"]["status"] == "done"
     assert manifest["steps"]["b"]["status"] == "failed"
     assert "told to fail" in manifest["steps"]["b"]["error"]
@@ -143,7 +144,7 @@ def test_a_dead_kernel_is_recorded_as_failed(project: dict[str, Path]) -> None:
     steps = THREE_STEPS.replace("{name: b, value: 2}", "{name: b, value: 2, die: true}")
     with pytest.raises(StepFailed, match="step 'b'"):
         _run(project, _pipeline(project, steps))
-    manifest = json.loads((project["runs"] / "p" / "manifest.json").read_text())
+    manifest = json.loads(RunLayout(project["runs"] / "p").manifest.read_text())
     assert manifest["steps"]["b"]["status"] == "failed"
     assert manifest["steps"]["b"]["error"]
     assert "c" not in manifest["steps"]
@@ -186,7 +187,7 @@ def test_killed_run_resumes_with_finished_steps_skipped(project: dict[str, Path]
     assert (run_dir / "b.txt").exists(), "step b never started"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = json.loads(RunLayout(run_dir).manifest.read_text())
     assert manifest["steps"]["b"]["status"] == "running"
     _run(project, _pipeline(project, THREE_STEPS))  # started again (b no longer sleeps)
     assert _lines(run_dir, "a") == ["1 []"]

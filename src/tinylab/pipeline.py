@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import sys
@@ -36,12 +35,12 @@ from tinylab.config import (
     load_config,
     parse_overrides,
 )
-from tinylab.files import write_json_atomic
+from tinylab.files import json_digest, sha256_file, write_json_atomic
+from tinylab.layout import RunLayout
+from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook
 from tinylab.provenance import provenance
 
-NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 RUNS_DIR = PROJECT_ROOT / "outputs" / "runs"
-MANIFEST = "manifest.json"
 
 
 class StepFailed(RuntimeError):
@@ -166,11 +165,11 @@ def _is_params_file(value: Any) -> bool:
 
 def _fingerprint(planned: PlannedStep) -> str:
     payload = {
-        "notebook": hashlib.sha256(planned.notebook.read_bytes()).hexdigest(),
+        "notebook": sha256_file(planned.notebook),
         "parameters": planned.parameters,
         "resolved": planned.resolved,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(payload)[:16]
 
 
 def _steps_from(pipeline: PipelineConfig, start: str) -> set[str]:
@@ -190,13 +189,13 @@ def open_manifest(run_dir: Path, pipeline_path: Path, pipeline: PipelineConfig) 
     with manifest_lock(run_dir):
         manifest = read_manifest(run_dir)
         manifest.update(fields)
-        write_json_atomic(run_dir / MANIFEST, manifest, indent=2)
+        write_json_atomic(RunLayout(run_dir).manifest, manifest, indent=2)
     return manifest
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """RUN/manifest.json as it is on disk, or an empty one."""
-    path = run_dir / MANIFEST
+    path = RunLayout(run_dir).manifest
     return json.loads(path.read_text()) if path.is_file() else {"steps": {}}
 
 
@@ -205,19 +204,17 @@ def manifest_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive lock of the run's manifest: writers in other processes (cluster jobs of parallel
     steps, `tinylab status`) read it fresh and write it while holding this lock."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / ".manifest.lock").open("a") as handle:
+    with RunLayout(run_dir).manifest_lock.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
         yield
 
 
 def execute_step(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) -> None:
     """Run one planned step's notebook now and record it in the manifest; StepFailed on error."""
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     name = planned.step.name
-    output = run_dir / "notebooks" / f"{name}.ipynb"
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = RunLayout(run_dir).notebooks / f"{name}.ipynb"
     record = {
         "status": "running",
         "notebook": str(output.relative_to(run_dir)),
@@ -231,15 +228,7 @@ def execute_step(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) 
     start = time.perf_counter()
     try:
         _configure_papermill_logging()
-        papermill.execute_notebook(
-            str(planned.notebook),
-            str(output),
-            parameters=planned.parameters,
-            cwd=str(PROJECT_ROOT),
-            kernel_name="python3",
-            log_output=True,
-            progress_bar=False,
-        )
+        execute_notebook(planned.notebook, output, planned.parameters, log_output=True)
     except PapermillExecutionError as err:
         record.update(status="failed", seconds=round(time.perf_counter() - start, 2))
         record["error"] = f"{err.ename}: {err.evalue}"
@@ -268,10 +257,11 @@ def _save_step(run_dir: Path, manifest: dict[str, Any], name: str, record: dict[
     manifest["steps"][name] = dict(record)
     manifest["updated"] = _now()
     with manifest_lock(run_dir):  # merge into what is on disk: other steps may run elsewhere
-        on_disk = read_manifest(run_dir) if (run_dir / MANIFEST).is_file() else manifest
+        path = RunLayout(run_dir).manifest
+        on_disk = read_manifest(run_dir) if path.is_file() else manifest
         on_disk["steps"][name] = dict(record)
         on_disk["updated"] = manifest["updated"]
-        write_json_atomic(run_dir / MANIFEST, on_disk, indent=2)
+        write_json_atomic(path, on_disk, indent=2)
 
 
 def _configure_papermill_logging() -> None:

@@ -32,7 +32,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from itertools import chain, islice
 from pathlib import Path
@@ -47,14 +46,20 @@ from tinylab.data.card import write_data_card
 from tinylab.data.errors import DataError
 from tinylab.data.packed import (
     FORMAT_VERSION,
-    INDEX_FILE,
     SHARDS_DIR,
     SPLITS,
     TOKENIZER_DIR,
     PackedData,
 )
-from tinylab.data.sources import digest, iter_documents, source_signature
-from tinylab.files import sha256_file, write_atomic, write_json_atomic
+from tinylab.data.sources import iter_documents, source_signature
+from tinylab.files import (
+    json_digest,
+    replace_dir_atomic,
+    sha256_file,
+    write_atomic,
+    write_json_atomic,
+)
+from tinylab.layout import INDEX_FILE, RunLayout
 
 RECIPE_FILE = "tinylab_recipe.json"  # how the tokenizer was made (reuse check)
 BATCH_DOCUMENTS = 256  # documents per task sent to a tokenizer process
@@ -80,19 +85,18 @@ def is_validation(text: str, *, seed: int, fraction: float) -> bool:
 def prepare(cfg: DataConfig, data_dir: Path, *, progress: bool = True) -> PackedData:
     """Tokenizer, shards, index and data card in `data_dir`; idempotent (see module docstring).
 
-    A failure leaves what was there usable: a new tokenizer waits in a staging folder and new
-    shards get new names (their source fingerprint) until the new index replaces the old one."""
+    A failure leaves what was there usable: a new tokenizer waits in a staging folder
+    (files.replace_dir_atomic) and new shards get new names (their source fingerprint) until the
+    new index replaces the old one."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    staging = data_dir / f".{TOKENIZER_DIR}.next-{os.getpid()}"
-    try:
-        tok_dir = prepare_tokenizer(cfg, data_dir, staging=staging, progress=progress)
-        index = _pack_all(cfg, data_dir, tok_dir, progress=progress)
-        if tok_dir == staging:
-            shutil.rmtree(data_dir / TOKENIZER_DIR, ignore_errors=True)
-            os.replace(staging, data_dir / TOKENIZER_DIR)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    recipe = tokenizer_recipe(cfg)
+    if tokenizer_matches(data_dir / TOKENIZER_DIR, recipe):
+        index = _pack_all(cfg, data_dir, data_dir / TOKENIZER_DIR, progress=progress)
+    else:
+        with replace_dir_atomic(data_dir / TOKENIZER_DIR) as staging:
+            make_tokenizer(cfg, staging, recipe, progress=progress)
+            index = _pack_all(cfg, data_dir, staging, progress=progress)
     write_json_atomic(data_dir / INDEX_FILE, index)
     _remove_stale_shards(data_dir, index)
     write_data_card(cfg, data_dir, index)
@@ -109,7 +113,7 @@ def prepare_run(
     """`prepare` a data params file into <run_dir>/data; relative paths resolve against the
     project root (so notebooks run from any working directory)."""
     cfg = load_config(project_path(data_params), DataConfig, overrides=list(overrides))
-    return prepare(cfg, project_path(run_dir) / "data", progress=progress)
+    return prepare(cfg, RunLayout(project_path(run_dir)).data, progress=progress)
 
 
 def _pack_all(cfg: DataConfig, data_dir: Path, tok_dir: Path, *, progress: bool) -> dict:
@@ -119,7 +123,7 @@ def _pack_all(cfg: DataConfig, data_dir: Path, tok_dir: Path, *, progress: bool)
     entries = {}
     with _Encoder(tok_dir, policy, cfg.num_workers) as encoder:
         for name, source in cfg.sources.items():
-            fingerprint = digest([FORMAT_VERSION, policy, source_signature(source)])
+            fingerprint = json_digest([FORMAT_VERSION, policy, source_signature(source)])
             entry = old.get(name)
             if entry and entry["fingerprint"] == fingerprint and _entry_valid(data_dir, entry):
                 entries[name] = entry
@@ -130,35 +134,36 @@ def _pack_all(cfg: DataConfig, data_dir: Path, tok_dir: Path, *, progress: bool)
     return {"format_version": FORMAT_VERSION, **policy, "sources": entries}
 
 
-def prepare_tokenizer(
-    cfg: DataConfig, data_dir: Path, *, staging: Path, progress: bool = True
-) -> Path:
-    """data_dir/tokenizer when its recorded recipe matches `cfg`; else a new tokenizer (trained
-    on the training split of the sources, or copied from the hub or a folder) in `staging`."""
-    folder = data_dir / TOKENIZER_DIR
-    recipe = {"tokenizer": cfg.tokenizer.model_dump(mode="json")}
+def tokenizer_recipe(cfg: DataConfig) -> dict[str, Any]:
+    """What makes the tokenizer (its params; for a trained one also the sources and the split),
+    with its digest: a tokenizer folder is reused when its recorded digest matches."""
+    recipe: dict[str, Any] = {"tokenizer": cfg.tokenizer.model_dump(mode="json")}
     if cfg.tokenizer.kind == "train":
         recipe["sources"] = {n: source_signature(s) for n, s in cfg.sources.items()}
         recipe["split"] = [cfg.seed, cfg.validation_fraction]
-    recipe_digest = digest(recipe)
-    if _recipe_matches(folder, RECIPE_FILE, recipe_digest):
-        return folder
-    shutil.rmtree(staging, ignore_errors=True)
-    if cfg.tokenizer.kind == "train":
-        texts = _tokenizer_training_texts(cfg, progress=progress)
-        toks.save_trained(toks.train_tokenizer(texts, vocab_size=cfg.tokenizer.vocab_size), staging)
-    else:
-        toks.fetch_pretrained(cfg.tokenizer, staging)
-    write_json_atomic(staging / RECIPE_FILE, {"digest": recipe_digest, **recipe})
-    return staging
+    return {"digest": json_digest(recipe), **recipe}
 
 
-def _recipe_matches(folder: Path, recipe_name: str, recipe_digest: str) -> bool:
+def tokenizer_matches(folder: Path, recipe: dict[str, Any]) -> bool:
+    """True when `folder` holds a tokenizer made by `recipe`."""
     try:
-        recipe = json.loads((folder / recipe_name).read_text(encoding="utf-8"))
+        made = json.loads((folder / RECIPE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (folder / toks.TOKENIZER_FILE).is_file() and recipe.get("digest") == recipe_digest
+    return (folder / toks.TOKENIZER_FILE).is_file() and made.get("digest") == recipe["digest"]
+
+
+def make_tokenizer(
+    cfg: DataConfig, folder: Path, recipe: dict[str, Any], *, progress: bool = True
+) -> None:
+    """A new tokenizer in the empty `folder`: trained on the training split of the sources, or
+    copied from the hub or a folder; its recipe recorded beside it."""
+    if cfg.tokenizer.kind == "train":
+        texts = _tokenizer_training_texts(cfg, progress=progress)
+        toks.save_trained(toks.train_tokenizer(texts, vocab_size=cfg.tokenizer.vocab_size), folder)
+    else:
+        toks.fetch_pretrained(cfg.tokenizer, folder)
+    write_json_atomic(folder / RECIPE_FILE, recipe)
 
 
 def _tokenizer_training_texts(cfg: DataConfig, *, progress: bool) -> Iterator[str]:

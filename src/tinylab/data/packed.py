@@ -23,9 +23,9 @@ import numpy as np
 from tinylab.data import tokenizer as toks
 from tinylab.data.errors import DataError
 from tinylab.files import sha256_file
+from tinylab.layout import INDEX_FILE
 
 FORMAT_VERSION = 1
-INDEX_FILE = "index.json"
 SHARDS_DIR = "shards"
 TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "val")

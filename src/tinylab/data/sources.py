@@ -15,7 +15,6 @@ bottleneck, and order is what makes a rerun rebuild byte-identical shards.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -73,12 +72,6 @@ def source_signature(source: Any) -> dict[str, Any]:
 
         signature["corpus_version"] = corpus_version(source.corpus)
     return signature
-
-
-def digest(obj: Any) -> str:
-    """sha256 of a JSON-serialisable object, stable across runs."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
