@@ -2,7 +2,7 @@
 
 tinylab prepare params/data/demo.yaml --out outputs/runs/demo/data
 
-data = prepare(cfg.data, run_dir / "data")            # or PackedData.open(run_dir / "data")
+data = prepare(cfg.data, RunLayout(run_dir).data)     # or PackedData.open(...same folder)
 sampler = MixtureSampler(stage.mixture, num_windows={s: data.num_windows(s) for s in
                          data.sources}, seq_len=data.seq_len, seed=stage.seed, ramp=stage.ramp)
 source, index = sampler.source_at(window); tokens = data.window(source, index)
