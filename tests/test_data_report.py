@@ -86,3 +86,8 @@ def test_prepare_command(tmp_path: Path) -> None:
     assert "text_field 'x' missing" in bad.stderr and "Traceback" not in bad.stderr
     bad = tinylab("prepare", str(yaml), "--out", str(out), "--set", "seq_len=-1")
     assert bad.returncode == 2 and "seq_len = -1" in bad.stderr
+
+
+def test_mixture_schedules_of_no_stage_say_so() -> None:
+    fig = report.plot_mixture_schedules([])
+    assert "no stage" in fig.axes[0].texts[0].get_text()

@@ -111,10 +111,15 @@ def mixture_schedule(
 def plot_mixture_schedules(stages: Sequence[StageConfig], *, columns: int = 4) -> Figure:
     """One panel per stage: expected weights (lines) and realized shares of windows (dots) over
     the stage's tokens, one colour per source throughout. (Which source a window reads does not
-    depend on source sizes, so no prepared data is needed.)"""
+    depend on source sizes, so no prepared data is needed.) No stages: a panel that says so."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    if not stages:
+        fig, ax = plt.subplots(figsize=(3.6, 1.0))
+        ax.text(0.5, 0.5, "no stage under params/stages/ uses this data", ha="center")
+        ax.set_axis_off()
+        return fig
     frames = [mixture_schedule(s, dict.fromkeys(s.data.sources, 1)) for s in stages]
     frame = pd.concat(frames, ignore_index=True)
     sources = sorted(frame["source"].unique())
