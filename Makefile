@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, no GPU, no conda):
-#   make demo   - creates .venv on first use, then runs the demo pipeline (outputs/runs/demo/)
+#   make demo   - creates .venv on first use (with the dev and lab extras: .venv/bin/jupyter lab),
+#                 then runs the demo pipeline (outputs/runs/demo/)
 #   make test   - creates .venv on first use, then runs ruff and the tests
 # TORCH_SPEC picks the torch build; on machines without a local CPU wheel, a smaller CPU build
 # comes with: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 		|| { echo "error: could not create $(VENV); on Debian: apt-get install python3-venv"; exit 2; }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,lab]"
 	@touch $@
 
 demo: $(STAMP)

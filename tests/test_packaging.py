@@ -28,7 +28,8 @@ def _split(requirement: str) -> tuple[str, str]:
 
 def test_environment_matches_pyproject() -> None:
     project = _pyproject()["project"]
-    wanted = [_split(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    extras = project["optional-dependencies"]
+    wanted = [_split(r) for r in project["dependencies"] + extras["dev"] + extras["lab"]]
     wanted = {(CONDA_NAMES.get(name, name), spec) for name, spec in wanted}
     conda = {_split(d) for d in _conda_dependencies() if isinstance(d, str)}
     conda -= {("python", "=3.11"), ("pip", "")}
@@ -43,3 +44,9 @@ def test_environment_installs_the_package_with_its_extras() -> None:
 def test_gpu_extra_holds_the_fused_kernels() -> None:
     gpu = {_split(r)[0] for r in _pyproject()["project"]["optional-dependencies"]["gpu"]}
     assert gpu == {"flash-attn", "liger-kernel"}
+
+
+def test_jupyterlab_is_an_extra_not_a_core_dependency() -> None:
+    project = _pyproject()["project"]
+    assert "jupyterlab" not in {_split(r)[0] for r in project["dependencies"]}
+    assert {_split(r)[0] for r in project["optional-dependencies"]["lab"]} == {"jupyterlab"}
