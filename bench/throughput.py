@@ -61,7 +61,7 @@ BASE_STAGE = PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml"
 PATTERN = "zipf-copy"
 WARMUP_STEPS = 10
 PLAIN = (
-    "model.attention=sdpa", "parallel.compile=off", "parallel.liger=off",
+    "model.attention=sdpa", "parallel.compile=off", "parallel.liger=[]",
     "parallel.sdpa_backend=auto", "parallel.activation_checkpointing=off",
     "parallel.reshard_after_forward=true", "parallel.single_process=plain",
 )  # fmt: skip
@@ -107,7 +107,7 @@ def _paper_default(nproc: int = 1) -> Variant:
 
 
 COMPILE, COMPILE_MODEL = "parallel.compile=layers", "parallel.compile=model"
-LIGER_ALL, LIGER_LOSS = "parallel.liger=all", "parallel.liger=loss"
+LIGER_ALL, LIGER_LOSS = "parallel.liger=[rms_norm,rope,swiglu,loss]", "parallel.liger=[loss]"
 FLASH, CUDNN = "parallel.sdpa_backend=flash", "parallel.sdpa_backend=cudnn"
 SELECTIVE = "parallel.activation_checkpointing=selective"
 NO_RESHARD = "parallel.reshard_after_forward=false"
@@ -144,8 +144,8 @@ VARIANTS = {v.name: v for v in [
     _tl("fsdp+compile+liger+micro16+flash", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL, FLASH,
         micro=16),
     *[_tl(f"fsdp+compile+liger-{name}+micro16", FSDP_BF16, NO_RESHARD, COMPILE,
-          f"parallel.liger={ops}", micro=16)
-      for name, ops in [("norope", "rms_norm+swiglu+loss"), ("swiglu-loss", "swiglu+loss"),
+          f"parallel.liger=[{ops}]", micro=16)
+      for name, ops in [("norope", "rms_norm,swiglu,loss"), ("swiglu-loss", "swiglu,loss"),
                         ("loss", "loss")]],
     *[_tl(f"fsdp+compile+liger+micro16@{n}", FSDP_BF16, NO_RESHARD, COMPILE, LIGER_ALL, micro=16,
           nproc=n) for n in (2, 4)],
@@ -164,7 +164,7 @@ def parse_variant(spec: str) -> Variant:
     if not sep:
         raise SystemExit(f"unknown variant {spec!r}: known: {', '.join(VARIANTS)}; or NAME:k=v,...")
     sets, micro, nproc = [], 8, 1
-    for item in filter(None, body.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", body)):  # commas in [a,b] stay
         key, eq, value = item.partition("=")
         if not eq:
             raise SystemExit(f"variant {spec!r}: {item!r} is not key=value")
@@ -354,7 +354,9 @@ def _profiled_step(stage: StageConfig, variant: Variant):
     plan = BatchPlan.from_stage(stage, world_size=1, rank=0)
 
     def step(i: int) -> None:
-        forward_backward(model, source, plan, i * plan.micro_batch_size, stage=stage, ctx=ctx)
+        forward_backward(
+            model, source, plan, i * plan.micro_batch_size, parallel=stage.parallel, ctx=ctx
+        )
         grad_norm_and_clip(model, stage.optim.grad_clip)
         optimizer_step(optimizer, 1e-5)
         _sync(ctx.device)

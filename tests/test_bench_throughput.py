@@ -39,15 +39,17 @@ def test_default_variants_time_the_committed_base_stage(bench, name, nproc) -> N
 
 def test_other_variants_start_from_plain(bench) -> None:
     stage = bench.bench_stage("tinyllama-1.1b", bench.VARIANTS["plain"], steps=3, device="cuda")
-    assert (stage.parallel.compile, stage.parallel.liger) == ("off", "off")
+    assert (stage.parallel.compile, stage.parallel.liger) == ("off", [])
     assert stage.parallel.single_process == "plain"
 
 
 def test_a_spec_sets_keys_micro_and_nproc(bench) -> None:
-    variant = bench.parse_variant("x:parallel.liger=loss,micro=16,nproc=2,TORCHINDUCTOR_X=1")
+    variant = bench.parse_variant(
+        "x:parallel.liger=[swiglu,loss],micro=16,nproc=2,TORCHINDUCTOR_X=1"
+    )
     assert (variant.micro, variant.nproc) == (16, 2)
     stage = bench.bench_stage("tinyllama-1.1b", variant, steps=3, device="cuda")
-    assert stage.parallel.liger == "loss" and stage.micro_batch_size == 16
+    assert stage.parallel.liger == ["swiglu", "loss"] and stage.micro_batch_size == 16
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from _train_fixtures import new_run, stage_config, train_records
 from torch._dynamo.utils import counters
 
 from tinylab.config import PARAMS_DIR, ConfigError, ParallelConfig, load_config
-from tinylab.train import RandomWindows, run_stage
+from tinylab.train import RandomWindows, run_stage, train_stage
 from tinylab.train.loop import live_postfix
 from tinylab.train.parallel import Distributed, compute_context
 
@@ -64,40 +64,38 @@ def test_compute_context_selects_the_sdpa_backend_and_restores_it() -> None:
     assert torch.backends.cuda.flash_sdp_enabled()
 
 
-def test_older_boolean_options_still_load() -> None:
-    assert (
-        ParallelConfig(compile=True, liger=True).model_dump()
-        == ParallelConfig(compile="layers", liger="all").model_dump()
-    )
-    assert (ParallelConfig(compile=False).compile, ParallelConfig(liger=False).liger) == (
-        "off",
-        "off",
-    )
+def test_older_boolean_compile_still_loads() -> None:
+    assert ParallelConfig(compile=True).compile == "layers"
+    assert ParallelConfig(compile=False).compile == "off"
 
 
 @pytest.mark.parametrize(
-    ("value", "ops"),
-    [
-        ("off", set()),
-        ("loss", {"loss"}),
-        ("all", {"rms_norm", "rope", "swiglu", "loss"}),
-        ("loss+swiglu+rms_norm", {"rms_norm", "swiglu", "loss"}),
-        (["rope", "swiglu"], {"rope", "swiglu"}),
-    ],
+    "ops", [[], ["loss"], ["rms_norm", "rope", "swiglu", "loss"], ["swiglu", "rms_norm"]]
 )
-def test_liger_takes_a_subset_of_its_ops(value, ops) -> None:
-    parallel = ParallelConfig(liger=value)
-    assert parallel.liger_ops == ops
-    assert ParallelConfig(liger=parallel.liger) == parallel  # the canonical form round-trips
-    assert ParallelConfig(liger="rms_norm+rope+swiglu+loss").liger == "all"
+def test_liger_is_a_list_of_its_ops(ops) -> None:
+    parallel = ParallelConfig(liger=ops)
+    assert parallel.liger == ops
+    assert ParallelConfig.model_validate(parallel.model_dump(mode="json")) == parallel
+    assert ParallelConfig().liger == []  # off by default
+
+
+def test_compile_model_under_fsdp2_is_an_error_not_per_layer_compile(tmp_path, prepared) -> None:
+    parallel = {"compile": "model", "single_process": "fsdp"}
+    with pytest.raises(ConfigError, match="compile = 'model' .* FSDP2 .* use compile: layers"):
+        run_stage(stage_config(parallel=parallel), new_run(tmp_path, prepared), progress=False)
+    with pytest.raises(ConfigError, match=r"FSDP2 \(2 process\(es\), single_process: plain"):
+        train_stage(stage_config(parallel={"compile": "model"}), tmp_path / "b", nproc=2)
+    assert not (tmp_path / "b").exists()  # refused before launching
 
 
 @pytest.mark.parametrize(
     ("override", "allowed"),
     [
         ("parallel.compile=fast", "'off', 'layers' or 'model'"),
-        ("parallel.liger=rope+flash", "'off', 'all' or 'loss', or ops joined by '+'"),
-        ("parallel.liger=[[loss]]", "'off', 'all' or 'loss', or ops joined by '+'"),
+        ("parallel.liger=loss", "expected a list of ops, e.g. [loss] or [rms_norm, swiglu, loss]"),
+        ("parallel.liger=true", "expected a list of ops, e.g. [loss]"),
+        ("parallel.liger=[rope,flash]", "'rms_norm', 'rope', 'swiglu' or 'loss'"),
+        ("parallel.liger=[loss,loss]", "each op may appear once"),
         ("parallel.sdpa_backend=flash3", "'auto', 'flash', 'cudnn', 'efficient' or 'math'"),
         ("parallel.single_process=ddp", "'plain' or 'fsdp'"),
     ],
@@ -116,7 +114,7 @@ def test_the_paper_stages_default_to_the_fastest_measured_configuration() -> Non
         parallel = stage.parallel
         assert (parallel.compile, parallel.liger, parallel.sdpa_backend) == (
             "layers",
-            "loss",
+            ["loss"],
             "auto",
         )
         assert parallel.reshard_after_forward is False

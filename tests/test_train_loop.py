@@ -18,7 +18,8 @@ from _train_fixtures import (
 
 from tinylab.config import ConfigError
 from tinylab.data import PackedData
-from tinylab.train import NonFiniteLossError, lr_at, run_stage, stage_frames
+from tinylab.layout import read_metrics
+from tinylab.train import NonFiniteLossError, lr_at, run_stage
 from tinylab.train.checkpoint import list_checkpoints, read_meta
 from tinylab.train.loop import build
 from tinylab.train.parallel import Distributed
@@ -59,11 +60,9 @@ def test_stage_writes_metrics_checkpoints_and_an_hf_export(tmp_path, prepared) -
     tokenizer = AutoTokenizer.from_pretrained(result.hf_dir)
     ids = torch.tensor([tokenizer("the cat sat on the mat")["input_ids"]])
     assert math.isfinite(float(model(input_ids=ids, labels=ids).loss))
-    train, validation = stage_frames(stage_dir)
-    assert list(train["step"]) == list(range(1, 9)) and set(validation["domain"]) == {
-        "english",
-        "code",
-    }
+    # the one reader (tinylab.layout) reads what the loop wrote
+    assert [r["step"] for r in read_metrics(stage_dir, "train")] == list(range(1, 9))
+    assert {d for r in read_metrics(stage_dir, "val") for d in r["domains"]} == {"english", "code"}
 
 
 def test_gradient_accumulation_1x8_equals_8x1(tmp_path, prepared) -> None:

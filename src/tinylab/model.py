@@ -9,7 +9,6 @@ converter. Presets live in params/models/*.yaml (`tinyllama-1.1b` is the paper's
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tinylab.config import PARAMS_DIR, ConfigError, ModelConfig, load_config
+from tinylab.files import replace_dir_atomic
 
 ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2")
 
@@ -52,6 +52,12 @@ def resolve_attention(requested: str) -> str:
             "or use attention: sdpa"
         )
     return requested
+
+
+def with_resolved_attention(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with its attention decided (auto -> flash_attention_2 or sdpa): what a stage
+    resolves once when it starts and writes into its resolved.yaml."""
+    return cfg.model_copy(update={"attention": resolve_attention(cfg.attention)})
 
 
 def to_hf_config(cfg: ModelConfig) -> LlamaConfig:
@@ -151,18 +157,12 @@ def model_info(cfg: ModelConfig, *, seq_len: int | None = None) -> dict[str, int
 
 def save_hf(model: LlamaForCausalLM, folder: str | Path, *, tokenizer=None) -> Path:
     """Write an HF folder (safetensors, config, tokenizer if given) that plain
-    `AutoModelForCausalLM.from_pretrained` loads. Written beside and renamed into place."""
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    model.save_pretrained(partial, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(partial)
-    if folder.exists():
-        shutil.rmtree(folder)
-    partial.rename(folder)
-    return folder
+    `AutoModelForCausalLM.from_pretrained` loads; it replaces `folder` whole, atomically."""
+    with replace_dir_atomic(Path(folder)) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+    return Path(folder)
 
 
 def load_hf(

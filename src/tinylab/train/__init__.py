@@ -9,8 +9,7 @@ In a notebook or script, and under torchrun:
 from tinylab.train.batching import BatchPlan, MixtureWindows, RandomWindows, open_windows
 from tinylab.train.checkpoint import TrainState, latest_checkpoint, list_checkpoints
 from tinylab.train.launch import train_stage
-from tinylab.train.loop import NonFiniteLossError, StageResult, run_stage
-from tinylab.train.metrics import read_metrics, stage_frames
+from tinylab.train.loop import NonFiniteLossError, run_stage
 from tinylab.train.schedule import lr_at
 
 __all__ = [
@@ -18,14 +17,11 @@ __all__ = [
     "MixtureWindows",
     "NonFiniteLossError",
     "RandomWindows",
-    "StageResult",
     "TrainState",
     "latest_checkpoint",
     "list_checkpoints",
     "lr_at",
     "open_windows",
-    "read_metrics",
     "run_stage",
-    "stage_frames",
     "train_stage",
 ]

@@ -28,6 +28,7 @@ import torch
 
 from tinylab.config import ConfigError, StageConfig
 from tinylab.data import MixtureSampler, PackedData
+from tinylab.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,9 @@ class RandomWindows:
 
 def open_windows(run_dir: Path, stage: StageConfig) -> MixtureWindows:
     """The stage's windows from `<run>/data` (written by `tinylab.data.prepare`)."""
-    data_dir = Path(run_dir) / "data"
-    if not (data_dir / "index.json").is_file():
+    run = RunLayout(run_dir)
+    data_dir = run.data
+    if not run.data_index.is_file():
         raise ConfigError(
             f"stage {stage.name!r}: no prepared data in {data_dir}; run "
             f"`tinylab prepare <data params> --out {data_dir}` first"

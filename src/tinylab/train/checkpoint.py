@@ -3,8 +3,8 @@
 A checkpoint is a folder `checkpoints/step-XXXXXXXX/` (XXXXXXXX = optimizer steps since the first
 stage) holding the model and AdamW state as torch.distributed.checkpoint (DCP) shards, one RNG
 file per rank, and `meta.json` (the TrainState counters, the model config, the world size,
-whether the stage finished; for a LoRA stage also the adapter and the parent checkpoint under it,
-and then only the trainable parameters are stored: tinylab.train.adapter). All ranks write into
+whether the stage finished, and what the caller adds: tinylab.train.start's adapter record). With
+`trainable_only` (a LoRA stage) only the trainable parameters are stored. All ranks write into
 `step-XXXXXXXX.tmp/`; rank 0 adds meta.json last and renames the folder into place, then points
 `checkpoints/latest` at it and deletes all but the newest `keep_last`. A crash at any moment
 leaves either the old or the new checkpoint complete; a leftover `.tmp` folder is ignored and
@@ -25,6 +25,7 @@ import json
 import random
 import shutil
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,10 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
+    get_optimizer_state_dict,
     get_state_dict,
     set_model_state_dict,
+    set_optimizer_state_dict,
     set_state_dict,
 )
 
@@ -66,6 +69,32 @@ class TrainState:
     tokens: int = 0  # tokens since the first stage: what lr_at reads
     stage_step: int = 0  # optimizer steps in this stage
     stage_tokens: int = 0  # tokens in this stage: stage window = stage_tokens // seq_len
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint of stage `stage` and its meta.json, read once."""
+
+    stage: str
+    path: Path
+    meta: Mapping[str, Any]
+
+    @classmethod
+    def read(cls, stage: str, path: Path) -> Checkpoint:
+        return cls(stage, Path(path), read_meta(path))
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.meta["finished"])
+
+    @property
+    def adapter(self) -> dict[str, Any] | None:
+        """The adapter record of a LoRA stage's checkpoint (None: full weights)."""
+        return self.meta.get("adapter")
+
+    @property
+    def state(self) -> TrainState:
+        return TrainState(**self.meta["state"])
 
 
 def step_dir(folder: Path, step: int) -> Path:
@@ -101,9 +130,9 @@ def remove_partial(folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_model(path: Path, model: ModelConfig) -> None:
+def check_model(checkpoint: Checkpoint, model: ModelConfig) -> None:
     """ConfigError when the checkpoint was written for a model of another shape."""
-    saved = read_meta(path)["model"]
+    saved = checkpoint.meta["model"]
     diffs = [
         f"{k}: {saved.get(k)} in the checkpoint, {getattr(model, k)} now"
         for k in SHAPE_FIELDS
@@ -111,8 +140,9 @@ def check_model(path: Path, model: ModelConfig) -> None:
     ]
     if diffs:
         raise ConfigError(
-            f"checkpoint {path} was written for a model of another shape ({'; '.join(diffs)}); "
-            "use the same model params, a new run folder, or resume=False to start over"
+            f"checkpoint {checkpoint.path} was written for a model of another shape "
+            f"({'; '.join(diffs)}); use the same model params, a new run folder, or resume=False "
+            "to start over"
         )
 
 
@@ -122,25 +152,29 @@ RECIPE_FIELDS = {"model", "data", "mixture", "ramp", "optim", "schedule", "seed"
                  "global_batch_tokens", "init_from", "adapter"}  # fmt: skip
 
 
-def training_recipe(stage: StageConfig, parent: Path | None) -> dict[str, Any]:
+def training_recipe(stage: StageConfig, parent: Checkpoint | None) -> dict[str, Any]:
     """The params that define a stage's checkpoints, and the parent checkpoint it started from."""
     recipe = stage.model_dump(mode="json", include=RECIPE_FIELDS)
     recipe["model"].pop("attention", None)  # a kernel choice, not a different model
     if recipe.get("adapter") is None:  # full training: the recipe of checkpoints before adapters
         recipe.pop("adapter", None)
     if parent is not None:
-        meta = read_meta(parent)
-        recipe["parent"] = {"checkpoint": parent.name, "recipe": meta.get("recipe_digest")}
+        recipe["parent"] = {
+            "checkpoint": parent.path.name,
+            "recipe": parent.meta.get("recipe_digest"),
+        }
     return recipe
 
 
 def recipe_digest(recipe: dict[str, Any]) -> str:
+    # Not files.json_digest: its compact separators would change every stored digest, and a
+    # child's recipe records its parent's, so resuming a child of an older parent would fail.
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_recipe(path: Path, recipe: dict[str, Any], stage_name: str) -> None:
+def check_recipe(checkpoint: Checkpoint, recipe: dict[str, Any], stage_name: str) -> None:
     """ConfigError when a checkpoint was trained under other params than the stage has now."""
-    saved = read_meta(path).get("recipe")
+    path, saved = checkpoint.path, checkpoint.meta.get("recipe")
     if saved is None or saved == recipe:
         return
     changed = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
@@ -160,22 +194,23 @@ def save_checkpoint(
     state: TrainState,
     model_cfg: ModelConfig,
     recipe: dict[str, Any] | None = None,
-    adapter: dict[str, Any] | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+    trainable_only: bool = False,
     finished: bool,
     keep_last: int,
     ctx: Distributed,
     before_commit=None,
 ) -> Path:
     """Write a checkpoint of `state` atomically; returns its folder. Collective on all ranks.
-    `before_commit` (tests) runs after the shards are written and before the rename. With
-    `adapter` (its meta record) only the trainable parameters and their state are stored."""
+    `before_commit` (tests) runs after the shards are written and before the rename;
+    `extra_meta` goes into meta.json; `trainable_only` stores only the trainable parameters."""
     final = step_dir(folder, state.step)
     tmp = final.with_name(final.name + TMP_SUFFIX)
     if ctx.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     ctx.barrier()
-    options = StateDictOptions(ignore_frozen_params=adapter is not None)
+    options = StateDictOptions(ignore_frozen_params=trainable_only)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
     alone = ctx.mesh is None  # no process group: DCP without collectives
     with _single_process_ok():
@@ -190,7 +225,7 @@ def save_checkpoint(
             "model": model_cfg.model_dump(mode="json"),
             "recipe": recipe,
             "recipe_digest": None if recipe is None else recipe_digest(recipe),
-            "adapter": adapter,
+            **(extra_meta or {}),
             "world_size": ctx.world_size,
             "finished": finished,
         }
@@ -212,13 +247,13 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     ctx: Distributed,
     restore_rng: bool = True,
+    trainable_only: bool = False,
 ) -> TrainState:
     """Load model (and optimizer, and this rank's RNG) from `path`; returns its TrainState.
-    An adapter checkpoint loads its trainable parameters into a wrapped model (all must be
-    there; the frozen ones are left as they are)."""
+    With `trainable_only` (a checkpoint saved so) the trainable parameters are loaded, all of
+    them, and the frozen ones are left as they are."""
     path, alone = Path(path), ctx.mesh is None
-    partial = read_meta(path).get("adapter") is not None
-    options = StateDictOptions(ignore_frozen_params=partial, strict=not partial)
+    options = StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
     if optimizer is None:
         model_sd = get_model_state_dict(model, options=options)
         with _single_process_ok():
@@ -235,6 +270,16 @@ def load_checkpoint(
     if restore_rng and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return TrainState(**read_meta(path)["state"])
+
+
+def load_optimizer(
+    path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: Distributed
+) -> None:
+    """Load only the AdamW state of `path` into `optimizer` (over `model`, weights loaded)."""
+    optim_sd = get_optimizer_state_dict(model, optimizer)
+    with _single_process_ok():
+        dcp.load({"optim": optim_sd}, checkpoint_id=Path(path), no_dist=ctx.mesh is None)
+    set_optimizer_state_dict(model, optimizer, optim_sd)
 
 
 def rng_state() -> dict[str, Any]:

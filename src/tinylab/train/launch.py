@@ -14,7 +14,6 @@ rendezvous, docs/CLUSTER.md) that replaces the standalone torchrun; its --nnodes
 
 from __future__ import annotations
 
-import json
 import queue
 import subprocess
 import sys
@@ -36,8 +35,11 @@ from tinylab.config import (
     load_config,
     project_path,
 )
+from tinylab.layout import RunLayout, StageResult, last_metric
+from tinylab.model import with_resolved_attention
 from tinylab.train.batching import BatchPlan
-from tinylab.train.loop import RESOLVED_FILE, StageResult, live_postfix, run_stage
+from tinylab.train.loop import live_postfix, run_stage
+from tinylab.train.parallel import check_parallel
 
 
 def train_stage(
@@ -61,9 +63,11 @@ def train_stage(
         return run_stage(stage, run_dir, resume=resume, progress=progress)
     world_size = launcher_world_size(launcher) if launcher else nproc
     BatchPlan.from_stage(stage, world_size=world_size)  # an indivisible batch fails before launch
-    stage_dir = run_dir / "stages" / stage.name
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    config = stage_dir / RESOLVED_FILE
+    check_parallel(stage.parallel, world_size)
+    stage = stage.model_copy(update={"model": with_resolved_attention(stage.model)})
+    layout = RunLayout(run_dir).stage(stage.name)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    config = layout.resolved
     config.write_text(dump_config(stage))
     torchrun = list(launcher) or [
         sys.executable,
@@ -82,9 +86,9 @@ def train_stage(
         str(run_dir),
     ] + ([] if resume else ["--no-resume"])
     stream_subprocess(
-        command, stage_dir / "metrics.jsonl", stage=stage, world_size=world_size, progress=progress
+        command, layout.metrics, stage=stage, world_size=world_size, progress=progress
     )
-    return StageResult.read(stage_dir)
+    return StageResult.read(layout.root)
 
 
 def launcher_world_size(launcher: Sequence[str]) -> int:
@@ -150,7 +154,7 @@ def stream_subprocess(
         elif line:
             tail.append(line.rstrip())
             tqdm.write(line.rstrip())
-        record = _last_train_record(metrics)
+        record = last_metric(metrics, "train")
         if record is not None:
             bar.n = int(record["stage_step"])
             bar.set_postfix(live_postfix(record, world_size), refresh=False)
@@ -168,22 +172,3 @@ def _pump(stream, lines: queue.Queue) -> None:
     for line in stream:
         lines.put(line)
     lines.put(None)
-
-
-def _last_train_record(metrics: Path) -> dict | None:
-    """The last training line of a metrics file (None if none yet)."""
-    try:
-        with metrics.open("rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 65536))
-            text = f.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return None
-    for line in reversed(text.splitlines()):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("kind") == "train":
-            return record
-    return None

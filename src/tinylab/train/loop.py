@@ -1,13 +1,14 @@
 """The stage runner: one `fit()` for all stages; base, continual and cooldown differ only in params.
 
 A stage trains `max_tokens` tokens of its mixture in optimizer steps of `global_batch_tokens`,
-starting from scratch, from its own latest checkpoint (resume), or from its parent stage's last
-checkpoint (`init_from`, carrying weights / optimizer state / schedule position as the params
-say). Each step: read this rank's micro-batches, forward + backward each, clip, stop on a
+starting where its start plan says (tinylab.train.start: scratch, its own latest checkpoint, or
+its parent stage's last one, carrying weights / optimizer state / schedule position as the
+params say). Each step: read this rank's micro-batches, forward + backward each, clip, stop on a
 non-finite loss, set the LR from tokens seen, AdamW step; then a metrics line, maybe a
 per-domain validation, maybe a checkpoint. At the end: a final checkpoint and an HF export.
-With `adapter: lora` the same loop trains a LoRA adapter on the parent's frozen weights
-(tinylab.train.adapter: what is built, checkpointed and exported differently).
+With `adapter: lora` the same loop trains a LoRA adapter on the parent's frozen weights: `build`
+applies the transform (tinylab.train.lora), the checkpoints hold the trainable parameters only,
+and the export merges it.
 
 Trade-off: everything that defines the next step (weights, AdamW state, step and token counters,
 RNG; data position = stage tokens / seq_len) is in the checkpoint and nothing else, so a run
@@ -19,14 +20,12 @@ killed at any point and resumed is bitwise identical on CPU, at the cost of a sy
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,32 +35,21 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm.auto import tqdm
 
-from tinylab.config import ConfigError, OptimConfig, StageConfig, dump_config
-from tinylab.files import write_atomic
-from tinylab.model import build_model, flops_per_token, save_hf
-from tinylab.train.adapter import (
-    adapter_meta,
-    add_lora,
-    check_start,
-    export_merged,
-    llama_of,
-    load_weights,
-    parameter_counts,
-    preloaded_weights,
-)
+from tinylab.config import OptimConfig, ParallelConfig, StageConfig, dump_config
+from tinylab.layout import RunLayout, StageLayout, StageResult, read_metrics
+from tinylab.model import build_model, flops_per_token, save_hf, with_resolved_attention
+from tinylab.train import lora
 from tinylab.train.batching import BatchPlan, WindowSource, open_windows, to_batch
 from tinylab.train.checkpoint import (
     TrainState,
-    check_model,
-    check_recipe,
     latest_checkpoint,
     load_checkpoint,
-    read_meta,
+    load_optimizer,
     remove_partial,
     save_checkpoint,
     training_recipe,
 )
-from tinylab.train.metrics import MetricsLog, mfu, peak_flops, peak_memory_bytes, read_metrics
+from tinylab.train.metrics import MetricsLog, mfu, peak_flops, peak_memory_bytes
 from tinylab.train.parallel import (
     Distributed,
     compute_context,
@@ -72,47 +60,20 @@ from tinylab.train.parallel import (
     sync_gradients,
 )
 from tinylab.train.schedule import lr_at
+from tinylab.train.start import (
+    StartPlan,
+    WeightsSource,
+    adapter_record,
+    find_start,
+    recorded_adapter,
+)
 
-RESULT_FILE, RESOLVED_FILE = "result.json", "resolved.yaml"
 # Fault injection for the resume tests: "kill-after-step:5,kill-in-save:8,nan-at-step:3".
 FAULT_ENV = "TINYLAB_FAULT"
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient norm became NaN or inf; the last good checkpoint is kept."""
-
-
-@dataclass
-class StageResult:
-    """What a finished stage left on disk, and its headline numbers."""
-
-    stage: str
-    stage_dir: Path
-    step: int
-    tokens: int
-    stage_tokens: int
-    final_loss: float | None
-    wall_s: float
-    checkpoint: Path | None
-    hf_dir: Path | None
-    trainable_params: int | None = None  # None: a result written before these were recorded
-    total_params: int | None = None
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.stage_dir / "metrics.jsonl"
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-        )
-
-    @classmethod
-    def read(cls, stage_dir: Path) -> StageResult:
-        data = json.loads((Path(stage_dir) / RESULT_FILE).read_text())
-        for key in ("stage_dir", "checkpoint", "hf_dir"):
-            data[key] = Path(data[key]) if data[key] is not None else None
-        return cls(**data)
 
 
 def run_stage(
@@ -124,6 +85,7 @@ def run_stage(
     source: WindowSource | None = None,
 ) -> StageResult:
     """Train one stage in `run_dir` (this process, or one rank of a torchrun job)."""
+    stage = stage.model_copy(update={"model": with_resolved_attention(stage.model)})
     ctx = init_distributed(stage.parallel)
     try:
         return fit(stage, Path(run_dir), ctx=ctx, resume=resume, progress=progress, source=source)
@@ -143,47 +105,46 @@ def fit(
     """The training loop of one stage (see the module docstring)."""
     started = time.perf_counter()
     plan = BatchPlan.from_stage(stage, world_size=ctx.world_size, rank=ctx.rank)
-    stage_dir = run_dir / "stages" / stage.name
-    ckpt_dir = stage_dir / "checkpoints"
-    own, parent = find_start(stage, run_dir, ckpt_dir, resume=resume)
-    origin = parent or _parent_of(stage, run_dir)
-    preload = preloaded_weights(stage, own=own, origin=origin)
-    recipe, adapter = training_recipe(stage, origin), adapter_meta(stage, origin)
+    layout = RunLayout(run_dir).stage(stage.name)
+    start = find_start(stage, layout.run, resume=resume)
+    recipe = training_recipe(stage, start.parent)
+    adapter = None if stage.adapter is None else adapter_record(stage.adapter, start.adapter_base)
     source = source or open_windows(run_dir, stage)
-    prepare_stage_dir(stage, stage_dir, fresh=own is None, ctx=ctx)
-    model, optimizer = build(stage, ctx, preload=preload)
+    prepare_stage_dir(stage, layout, fresh=start.resume_from is None, ctx=ctx)
+    model, optimizer = build(stage, ctx, weights=start.weights_from)
     counts = parameter_counts(model)
-    state = restore(
-        stage, model, optimizer, own=own, parent=parent, ctx=ctx, preloaded=preload is not None
-    )
+    state = restore(start, model, optimizer, stage.optim, ctx=ctx)
     metrics = MetricsLog(
-        stage_dir / "metrics.jsonl", enabled=ctx.is_main, tensorboard=stage.tensorboard
+        layout.metrics,
+        enabled=ctx.is_main,
+        tensorboard=layout.tensorboard if stage.tensorboard else None,
     )
-    metrics.rewind(state.step if own is not None else None)
+    metrics.rewind(state.step if start.resume_from is not None else None)
     num_steps = math.ceil(stage.max_tokens / stage.global_batch_tokens)
     flops, peak = flops_per_token(stage.model, plan.seq_len), peak_flops(stage.parallel, ctx.device)
     say = _printer(ctx)
     say(
-        f"[{stage.name}] {describe_start(own, parent, state)}; {num_steps} steps of "
+        f"[{stage.name}] {start.describe()}; {num_steps} steps of "
         f"{plan.step_tokens:,} tokens ({ctx.world_size} x {plan.accum_steps} x "
         f"{plan.micro_batch_size} x {plan.seq_len}) on {ctx.device.type}"
         + (", FSDP2" if ctx.mesh is not None else "")
     )
-    if own is None:
+    if start.resume_from is None:
         maybe_validate(model, source, plan, stage, state, metrics, ctx, force=True, say=say)
-    saved = own if own is not None and state.stage_step >= num_steps else None
+    finished_before = start.resume_from is not None and state.stage_step >= num_steps
+    saved = start.resume_from.path if finished_before else None
     bar = tqdm(total=num_steps, initial=state.stage_step, desc=stage.name, unit="step",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)  # fmt: skip
     loss = None
     while state.stage_step < num_steps:
         tick = time.perf_counter()
         first_window = state.stage_tokens // plan.seq_len
-        loss = forward_backward(model, source, plan, first_window, stage=stage, ctx=ctx)
+        loss = forward_backward(model, source, plan, first_window, parallel=stage.parallel, ctx=ctx)
         grad_norm = grad_norm_and_clip(model, stage.optim.grad_clip)
         loss, grad_norm = torch.stack([loss.float(), grad_norm.float()]).tolist()  # one sync
         if _fault("nan-at-step", state.step + 1):
             loss = loss * float("nan")
-        ensure_finite(loss, grad_norm, stage=stage, state=state, ckpt_dir=ckpt_dir)
+        ensure_finite(loss, grad_norm, name=stage.name, state=state, ckpt_dir=layout.checkpoints)
         lr = lr_at(state.tokens + plan.step_tokens, stage.optim, stage.schedule)
         optimizer_step(optimizer, lr)
         state = advance(state, plan)
@@ -197,103 +158,60 @@ def fit(
             bar.set_postfix(live_postfix(record, ctx.world_size), refresh=False)
         _fault("kill-after-log", state.step)
         maybe_validate(model, source, plan, stage, state, metrics, ctx, force=finished, say=say)
-        if (finished and stage.checkpoint.at_end) or (
-            state.stage_step % stage.checkpoint.every_steps == 0
+        if (finished and stage.checkpoint.at_end) or _due(
+            state.stage_step, stage.checkpoint.every_steps
         ):
             saved = save_checkpoint(
-                ckpt_dir, model=model, optimizer=optimizer, state=state, model_cfg=stage.model,
-                recipe=recipe, adapter=adapter, finished=finished,
+                layout.checkpoints, model=model, optimizer=optimizer, state=state,
+                model_cfg=stage.model, recipe=recipe, extra_meta={"adapter": adapter},
+                trainable_only=stage.adapter is not None, finished=finished,
                 keep_last=stage.checkpoint.keep_last, ctx=ctx,
                 before_commit=lambda s=state.step: _fault("kill-in-save", s),
             )  # fmt: skip
         bar.update(1)
     bar.close()
     metrics.close()
-    hf_dir = maybe_export(model, stage, stage_dir, source, ctx, trained=loss is not None)
+    hf_dir = maybe_export(model, stage, layout, source, ctx, trained=loss is not None)
     result = StageResult(
-        stage.name, stage_dir, state.step, state.tokens, state.stage_tokens,
-        final_loss(loss, stage_dir, ctx), time.perf_counter() - started, saved, hf_dir,
+        stage.name, layout.root, state.step, state.tokens, state.stage_tokens,
+        final_loss(loss, layout.metrics, ctx), time.perf_counter() - started, saved, hf_dir,
         **counts,
     )  # fmt: skip
     if ctx.is_main:
-        write_atomic(stage_dir / RESULT_FILE, (result.to_json() + "\n").encode("utf-8"))
+        result.write()
     say(f"[{stage.name}] done: step {state.step}, loss {result.final_loss}, {result.wall_s:.1f} s")
     return result
 
 
-def find_start(
-    stage: StageConfig, run_dir: Path, ckpt_dir: Path, *, resume: bool
-) -> tuple[Path | None, Path | None]:
-    """(own checkpoint to resume, parent checkpoint to start from); loud errors, no compute."""
-    own = latest_checkpoint(ckpt_dir) if resume else None
-    parent_dir = (
-        None
-        if stage.init_from is None
-        else (run_dir / "stages" / stage.init_from.stage / "checkpoints")
-    )
-    parent = None if parent_dir is None else latest_checkpoint(parent_dir)
-    if own is not None:
-        check_model(own, stage.model)
-        check_start(stage, own=own, parent=parent)
-        check_recipe(own, training_recipe(stage, parent), stage.name)
-        return own, None
-    if parent_dir is None:
-        return None, None
-    if parent is None:
-        raise ConfigError(
-            f"stage {stage.name!r} starts from stage {stage.init_from.stage!r} (init_from), but "
-            f"{parent_dir} holds no checkpoint; train stage {stage.init_from.stage!r} in this "
-            "run folder first"
-        )
-    meta = read_meta(parent)
-    if not meta["finished"]:
-        raise ConfigError(
-            f"stage {stage.name!r} starts from stage {stage.init_from.stage!r}, whose last "
-            f"checkpoint ({parent.name}) is not the end of that stage; finish it first"
-        )
-    if "weights" in stage.init_from.carry:
-        check_model(parent, stage.model)
-    check_start(stage, own=None, parent=parent)
-    return None, parent
-
-
-def _parent_of(stage: StageConfig, run_dir: Path) -> Path | None:
-    """The parent stage's latest checkpoint (what a resumed child started from), if any."""
-    if stage.init_from is None:
-        return None
-    return latest_checkpoint(run_dir / "stages" / stage.init_from.stage / "checkpoints")
-
-
 def prepare_stage_dir(
-    stage: StageConfig, stage_dir: Path, *, fresh: bool, ctx: Distributed
+    stage: StageConfig, layout: StageLayout, *, fresh: bool, ctx: Distributed
 ) -> None:
     """Create the stage folder, write the resolved params; a fresh start clears old output."""
     if ctx.is_main:
-        ckpt_dir = stage_dir / "checkpoints"
-        if fresh and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        remove_partial(ckpt_dir)
-        (stage_dir / RESULT_FILE).unlink(missing_ok=True)
-        (stage_dir / RESOLVED_FILE).write_text(dump_config(stage))
+        if fresh and layout.checkpoints.exists():
+            shutil.rmtree(layout.checkpoints)
+        layout.checkpoints.mkdir(parents=True, exist_ok=True)
+        remove_partial(layout.checkpoints)
+        layout.result.unlink(missing_ok=True)
+        layout.resolved.write_text(dump_config(stage))
     ctx.barrier()
 
 
 def build(
-    stage: StageConfig, ctx: Distributed, *, preload: Path | None = None
+    stage: StageConfig, ctx: Distributed, *, weights: WeightsSource | None = None
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The model (TinyLlama init from the stage seed; `preload`'s weights, merged if it is an
-    adapter checkpoint; wrapped with a LoRA adapter if the stage has one; then parallelized)
-    and AdamW over its trainable parameters."""
+    """The model (TinyLlama init from the stage seed; `weights` loaded into it; wrapped with
+    the stage's LoRA adapter, if any; then parallelized) and AdamW over its trainable
+    parameters. The one place where the model is transformed."""
     random.seed(stage.seed)
     np.random.seed(stage.seed % 2**32)
     torch.manual_seed(stage.seed)
     model = build_model(stage.model, device=ctx.device, seed=stage.seed)
-    if preload is not None:
-        load_weights(preload, model, ctx)
+    if weights is not None:
+        load_weights(model, weights, ctx)
     if stage.adapter is not None:
-        model = add_lora(model, stage.adapter)
-    parallelize(llama_of(model), stage.parallel, ctx)
+        model = lora.apply(model, stage.adapter)
+    parallelize(model, stage.parallel, ctx)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=0.0,
@@ -305,36 +223,49 @@ def build(
     return model, optimizer
 
 
+def load_weights(model: nn.Module, weights: WeightsSource, ctx: Distributed) -> None:
+    """Load `weights` into a plain (unwrapped, unsharded) Llama: the first checkpoint's full
+    weights, then each adapter of the chain applied, loaded and merged in."""
+    first, *adapters = weights.chain
+    load_checkpoint(first.path, model=model, optimizer=None, ctx=ctx, restore_rng=False)
+    for checkpoint in adapters:
+        wrapped = lora.apply(model, recorded_adapter(checkpoint))
+        load_checkpoint(
+            checkpoint.path, model=wrapped, optimizer=None, ctx=ctx, restore_rng=False,
+            trainable_only=True,
+        )  # fmt: skip
+        lora.merge(wrapped)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable and total parameters (global sizes, also when sharded)."""
+    params = list(model.parameters())
+    return {
+        "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+        "total_params": sum(p.numel() for p in params),
+    }
+
+
 def restore(
-    stage: StageConfig,
+    start: StartPlan,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    optim: OptimConfig,
     *,
-    own: Path | None,
-    parent: Path | None,
     ctx: Distributed,
-    preloaded: bool = False,
 ) -> TrainState:
-    """Load the stage's own checkpoint whole, or what `init_from.carry` names from the parent
-    (its weights unless build() `preloaded` them)."""
-    state = TrainState()
-    if own is not None:
-        state = load_checkpoint(own, model=model, optimizer=optimizer, ctx=ctx)
-    elif parent is not None:
-        carry = stage.init_from.carry
-        if "weights" in carry and not preloaded:
-            parent_state = load_checkpoint(
-                parent,
-                model=model,
-                optimizer=optimizer if "optimizer" in carry else None,
-                ctx=ctx,
-                restore_rng=False,
-            )
-        else:
-            parent_state = TrainState(**read_meta(parent)["state"])
-        if "schedule" in carry:
-            state = TrainState(step=parent_state.step, tokens=parent_state.tokens)
-    set_hyperparameters(optimizer, stage.optim)
+    """Load the stage's own checkpoint whole, or the AdamW state the plan carries; the plan's
+    schedule position. (build() loaded the weights from elsewhere.)"""
+    if start.resume_from is not None:
+        state = load_checkpoint(
+            start.resume_from.path, model=model, optimizer=optimizer, ctx=ctx,
+            trainable_only=start.resume_from.adapter is not None,
+        )  # fmt: skip
+    else:
+        if start.optimizer_from is not None:
+            load_optimizer(start.optimizer_from.path, model=model, optimizer=optimizer, ctx=ctx)
+        state = TrainState(step=start.step, tokens=start.tokens)
+    set_hyperparameters(optimizer, optim)
     return state
 
 
@@ -350,7 +281,7 @@ def forward_backward(
     plan: BatchPlan,
     first_window: int,
     *,
-    stage: StageConfig,
+    parallel: ParallelConfig,
     ctx: Distributed,
 ) -> torch.Tensor:
     """Accumulate gradients of this rank's micro-batches; returns the step's mean loss."""
@@ -360,7 +291,7 @@ def forward_backward(
         inputs, targets = to_batch(
             source.train(plan.micro_windows(first_window, micro)), ctx.device
         )
-        with compute_context(stage.parallel, ctx):
+        with compute_context(parallel, ctx):
             # No KV cache: it is only for generation, and each layer writing into it made
             # per-layer torch.compile recompile per layer until dynamo's limit (8) left the
             # remaining layers eager.
@@ -376,7 +307,7 @@ def ensure_finite(
     loss: float,
     grad_norm: float,
     *,
-    stage: StageConfig,
+    name: str,
     state: TrainState,
     ckpt_dir: Path,
 ) -> None:
@@ -385,7 +316,7 @@ def ensure_finite(
         return
     last = latest_checkpoint(ckpt_dir)
     raise NonFiniteLossError(
-        f"stage {stage.name!r}: loss = {loss}, grad norm = {grad_norm} at step "
+        f"stage {name!r}: loss = {loss}, grad norm = {grad_norm} at step "
         f"{state.step + 1} (tokens {state.tokens:,}); stopped before the optimizer step. The "
         f"last good checkpoint is {last or 'none (nothing saved yet)'}; lower optim.lr or "
         "check the data, then resume"
@@ -455,9 +386,12 @@ def maybe_validate(
     say,
 ) -> None:
     """Per-domain held-out loss and bits per byte on the validation cadence (or when forced)."""
-    if not force and state.stage_step % stage.validation.every_steps:
+    if not force and not _due(state.stage_step, stage.validation.every_steps):
         return
-    domains = validate(model, source, plan, stage, ctx)
+    domains = validate(
+        model, source, plan, max_windows=stage.validation.max_windows, parallel=stage.parallel,
+        ctx=ctx,
+    )  # fmt: skip
     if domains:
         metrics.write(
             {
@@ -479,14 +413,16 @@ def validate(
     model: nn.Module,
     source: WindowSource,
     plan: BatchPlan,
-    stage: StageConfig,
+    *,
+    max_windows: int,
+    parallel: ParallelConfig,
     ctx: Distributed,
 ) -> dict[str, dict[str, float]]:
     """Mean loss (nats/token) and bits per byte per domain over its held-out windows. Ranks
     split the windows and run the same number of forwards (FSDP needs every rank in each)."""
     model.eval()
     results = {}
-    for domain, refs in source.validation(stage.validation.max_windows).items():
+    for domain, refs in source.validation(max_windows).items():
         share = math.ceil(len(refs) / ctx.world_size)
         mine = refs[ctx.rank :: ctx.world_size]
         padded = mine + [refs[0]] * (share - len(mine))
@@ -496,7 +432,7 @@ def validate(
             chunk = padded[start : start + plan.micro_batch_size]
             windows = np.stack([source.val_window(name, index) for name, index in chunk])
             inputs, targets = to_batch(windows, ctx.device)
-            with compute_context(stage.parallel, ctx):
+            with compute_context(parallel, ctx):
                 logits = model(input_ids=inputs, use_cache=False).logits
             per_token = F.cross_entropy(
                 logits.float().flatten(0, 1), targets.flatten(), reduction="none"
@@ -519,7 +455,7 @@ def validate(
 def maybe_export(
     model: nn.Module,
     stage: StageConfig,
-    stage_dir: Path,
+    layout: StageLayout,
     source: WindowSource,
     ctx: Distributed,
     *,
@@ -528,13 +464,17 @@ def maybe_export(
     """The HF export of the stage, unless off, or already there and nothing was trained now."""
     if not stage.export_hf:
         return None
-    if not trained and (stage_dir / "hf" / "config.json").is_file():
-        return stage_dir / "hf"
-    return export_hf(model, stage, stage_dir, source, ctx)
+    if not trained and (layout.hf / "config.json").is_file():
+        return layout.hf
+    return export_hf(model, stage, layout, source, ctx)
 
 
 def export_hf(
-    model: nn.Module, stage: StageConfig, stage_dir: Path, source: WindowSource, ctx: Distributed
+    model: nn.Module,
+    stage: StageConfig,
+    layout: StageLayout,
+    source: WindowSource,
+    ctx: Distributed,
 ) -> Path | None:
     """Write `<stage>/hf/`: safetensors + config + the run's tokenizer (rank 0; collective); an
     adapter stage writes `<stage>/adapter/` and merges the adapter into the export."""
@@ -545,7 +485,7 @@ def export_hf(
         return None
     export = build_model(stage.model.model_copy(update={"attention": "sdpa"}), device="cpu")
     if stage.adapter is not None:
-        export = export_merged(export, full, stage.adapter, stage_dir)
+        export = lora.export(export, full, stage.adapter, layout.adapter)
     else:
         export.load_state_dict(full)
     tokenizer = None
@@ -553,25 +493,22 @@ def export_hf(
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(source.tokenizer_dir)
-    return save_hf(export, stage_dir / "hf", tokenizer=tokenizer)
+    return save_hf(export, layout.hf, tokenizer=tokenizer)
 
 
-def describe_start(own: Path | None, parent: Path | None, state: TrainState) -> str:
-    if own is not None:
-        return f"resuming from {own.name} (step {state.step})"
-    if parent is not None:
-        return f"starting from parent {parent.parent.parent.name}/{parent.name} (step {state.step})"
-    return "starting from scratch"
-
-
-def final_loss(loss: float | None, stage_dir: Path, ctx: Distributed) -> float | None:
+def final_loss(loss: float | None, metrics: Path, ctx: Distributed) -> float | None:
     """The last training loss of the stage (from metrics.jsonl when nothing ran now)."""
     if loss is not None:
         return float(loss)
     if not ctx.is_main:
         return None
-    records = read_metrics(stage_dir, "train")
+    records = read_metrics(metrics, "train")
     return records[-1]["loss"] if records else None
+
+
+def _due(stage_step: int, every_steps: int | None) -> bool:
+    """Whether a cadence (None: off) falls on this step."""
+    return every_steps is not None and stage_step % every_steps == 0
 
 
 def _printer(ctx: Distributed):

@@ -6,13 +6,14 @@
 `{"kind": "val", "step", "tokens", "domains": {domain: {"loss", "bpb", "windows"}}}` on the
 validation cadence. On resume the file is cut back to the checkpoint's step (dropping a torn last
 line), so each (kind, step) appears exactly once. TensorBoard events are written alongside when
-the stage asks for them and the package is installed.
+the stage asks for them and the package is installed. The one reader is
+tinylab.layout.read_metrics.
 
 Trade-off: MFU = tokens/s x FLOPs/token / (peak x devices) with the project's FLOP convention
 (tinylab.model.flops_per_token); it is null when no peak is known (CPU, unknown GPU) rather than
 a number against a made-up peak.
 
-    python -c "from tinylab.train import read_metrics; print(read_metrics('RUN/stages/base'))"
+    python -c "from tinylab.layout import read_metrics; print(read_metrics('RUN/stages/base'))"
 """
 
 from __future__ import annotations
@@ -23,24 +24,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from tinylab.config import ParallelConfig
 from tinylab.files import write_atomic
 
-METRICS_FILE = "metrics.jsonl"
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM (docs/PAPER.md, "Throughput claims")
 
 
 class MetricsLog:
     """Append-only JSONL (and optional TensorBoard) writer; a no-op off rank 0."""
 
-    def __init__(self, path: Path, *, enabled: bool, tensorboard: bool = False):
+    def __init__(self, path: Path, *, enabled: bool, tensorboard: Path | None = None):
+        """`tensorboard`: the folder for TensorBoard events, or None for none."""
         self.path, self.enabled = Path(path), enabled
-        self._tb = (
-            _tensorboard(self.path.parent / "tensorboard") if enabled and tensorboard else None
-        )
+        self._tb = _tensorboard(tensorboard) if enabled and tensorboard is not None else None
 
     def rewind(self, step: int | None) -> None:
         """Keep only whole records with step <= `step` (None: start an empty file)."""
@@ -60,16 +58,6 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-def read_metrics(stage_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """Records of a stage's metrics.jsonl (optionally of one kind), in order."""
-    path = Path(stage_dir)
-    path = path / METRICS_FILE if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics at {path}")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r["kind"] == kind]
 
 
 def peak_flops(parallel: ParallelConfig, device: torch.device) -> float | None:
@@ -133,30 +121,3 @@ def _to_tensorboard(writer, record: dict[str, Any]) -> None:
             writer.add_scalar(f"val/{domain}/loss", values["loss"], step)
             writer.add_scalar(f"val/{domain}/bpb", values["bpb"], step)
     writer.flush()
-
-
-def stage_frames(stage_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A stage's metrics as tidy frames for tinylab.analysis.figures: training steps (tokens,
-    loss, lr, grad_norm, tokens_per_s, mfu, ...) and validation (tokens, domain, loss, bpb),
-    both with columns stage, phase and variant (stage names are `<phase>[-<variant>]`)."""
-    records = read_metrics(stage_dir)
-    stage = Path(stage_dir).name
-    phase, _, variant = stage.partition("-")
-    labels = {"stage": stage, "phase": phase, "variant": variant or stage}
-    train = pd.DataFrame(
-        [
-            {k: v for k, v in r.items() if k not in ("kind", "mixture")}
-            for r in records
-            if r["kind"] == "train"
-        ]
-    ).assign(**labels)
-    validation = pd.DataFrame(
-        [
-            {"step": r["step"], "tokens": r["tokens"], "domain": domain, **values}
-            for r in records
-            if r["kind"] == "val"
-            for domain, values in r["domains"].items()
-        ],
-        columns=["step", "tokens", "domain", "loss", "bpb", "windows"],
-    ).assign(**labels)
-    return train, validation

@@ -1,21 +1,21 @@
 """Processes, devices and the sharded model: FSDP2 per decoder layer plus the root.
 
-World size 1 (a notebook kernel, one GPU) trains the plain module by default, with bf16
-autocast over fp32 weights when `parallel.precision` is bf16; more processes (torchrun) shard it
-with FSDP2 `fully_shard` over a device mesh: 1-D (FSDP) by default, 2-D (replicate x shard =
-HSDP) when `parallel.replicate_nodes` > 1, with a MixedPrecisionPolicy of bf16 params and fp32
-gradient reduction. `parallel.single_process: fsdp` takes that path on one process too, over a
-one-device mesh and a process group of one (bf16 parameters in compute instead of autocast's
-per-use casts). Trade-off of the plain default: it avoids FSDP's copies and a process group in
-the kernel, so the 1-process and N-process runs are the same math but not the same code path
-below `parallelize`; tests check that they agree to 1e-6 in fp32.
+More processes (torchrun) shard the model with FSDP2 `fully_shard` over a device mesh: 1-D
+(FSDP) by default, 2-D (replicate x shard = HSDP) when `parallel.replicate_nodes` > 1, with a
+MixedPrecisionPolicy of bf16 params and fp32 gradient reduction. One process has two paths, an
+explicit choice (`parallel.single_process`), both measured in bench/RESULTS.md: `plain` (the
+default: notebooks, CPU, the demo) trains the module itself, with bf16 autocast over fp32
+weights, no process group and no FSDP copies; `fsdp` (the paper stages) takes the multi-process
+path over a one-device mesh and a process group of one, bf16 parameters in compute instead of
+autocast's per-use casts (6.6% faster at micro-batch 16 on one H100). The plain path is the same
+math as FSDP2 but not the same code below `parallelize`; tests check they agree to 1e-6 in fp32.
 
 Options applied per decoder layer before sharding: activation checkpointing (full: every layer;
 selective: every other layer), torch.compile (`compile: model` compiles the whole unsharded
-model instead, fusing across layers and into the loss), and Liger-Kernel's fused
-RMSNorm/RoPE/SwiGLU and linear cross-entropy when the package is installed (`liger: all`), its
-fused linear cross-entropy alone (`liger: loss`) or any '+'-joined subset (`rms_norm+swiglu+loss`);
-lm_head stays in the root FSDP unit.
+model instead, fusing across layers and into the loss; under FSDP2 it is a ConfigError), and
+the Liger-Kernel ops `parallel.liger` lists (fused RMSNorm, RoPE, SwiGLU, linear cross-entropy)
+when the package is installed; lm_head stays in the root FSDP unit. A peft wrapper (LoRA) is
+looked through: its Llama is what is sharded.
 `compute_context` wraps each forward (and so the backward it records) in bf16
 autocast for the unsharded model and in the SDPA backend that `parallel.sdpa_backend` picks.
 
@@ -28,7 +28,7 @@ import contextlib
 import importlib.util
 import os
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +40,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from tinylab.config import LIGER_OPS, ConfigError, ParallelConfig
+from tinylab.config import ConfigError, ParallelConfig
 
 
 @dataclass
@@ -82,12 +82,8 @@ def init_distributed(parallel: ParallelConfig) -> Distributed:
     """Join the torchrun job named by the environment (or run alone) and build the mesh."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    check_parallel(parallel, world)
     device = _device(parallel, local_rank)
-    if world % parallel.replicate_nodes:
-        raise ConfigError(
-            f"parallel.replicate_nodes = {parallel.replicate_nodes} must divide the world size "
-            f"({world} processes)"
-        )
     if world == 1 and parallel.single_process == "plain":
         return Distributed(0, 1, 0, device, None)
     owns = not dist.is_initialized()
@@ -104,6 +100,22 @@ def init_distributed(parallel: ParallelConfig) -> Distributed:
         shape = (replicas, world // replicas)
         mesh = init_device_mesh(device.type, shape, mesh_dim_names=("replicate", "shard"))
     return Distributed(rank, world, local_rank, device, mesh, owns)
+
+
+def check_parallel(parallel: ParallelConfig, world_size: int) -> None:
+    """ConfigError for options that cannot run on `world_size` processes."""
+    if world_size % parallel.replicate_nodes:
+        raise ConfigError(
+            f"parallel.replicate_nodes = {parallel.replicate_nodes} must divide the world size "
+            f"({world_size} processes)"
+        )
+    sharded = world_size > 1 or parallel.single_process == "fsdp"
+    if parallel.compile == "model" and sharded:
+        raise ConfigError(
+            "parallel.compile = 'model' compiles the whole unsharded model, but this run shards "
+            f"it with FSDP2 ({world_size} process(es), single_process: "
+            f"{parallel.single_process}); use compile: layers"
+        )
 
 
 def shutdown(ctx: Distributed) -> None:
@@ -123,16 +135,19 @@ def _device(parallel: ParallelConfig, local_rank: int) -> torch.device:
 
 
 def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) -> nn.Module:
-    """Apply kernels, activation checkpointing, compile and FSDP2 to a built model, in place."""
-    if parallel.liger_ops:
-        apply_liger(model, ctx.device, parallel.liger_ops)
+    """Apply kernels, activation checkpointing, compile and FSDP2 to a built model (the Llama
+    inside a peft wrapper), in place."""
+    unwrap = getattr(model, "get_base_model", None)  # duck-typed: full stages never import peft
+    model = model if unwrap is None else unwrap()
+    if parallel.liger:
+        apply_liger(model, ctx.device, parallel.liger)
     layers = list(model.model.layers)
     for i, layer in enumerate(layers):
         if parallel.activation_checkpointing == "full" or (
             parallel.activation_checkpointing == "selective" and i % 2 == 0
         ):
             checkpoint_layer(layer)
-        if parallel.compile == "layers" or (parallel.compile == "model" and ctx.mesh is not None):
+        if parallel.compile == "layers":
             layer.compile()
     if ctx.mesh is None:
         if parallel.compile == "model":
@@ -173,7 +188,7 @@ def checkpoint_layer(layer: nn.Module) -> None:
     layer.forward = recomputed
 
 
-def apply_liger(model: nn.Module, device: torch.device, ops: Collection[str] = LIGER_OPS) -> bool:
+def apply_liger(model: nn.Module, device: torch.device, ops: list[str]) -> bool:
     """Liger-Kernel's fused Llama `ops` (of LIGER_OPS; `loss` = fused linear cross-entropy) on
     this model; False (with a warning) when unavailable."""
     if importlib.util.find_spec("liger_kernel") is None or device.type != "cuda":

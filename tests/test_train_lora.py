@@ -1,4 +1,4 @@
-"""LoRA stages (tinylab.train.adapter) on the tiny model: only the adapter trains, the merged HF
+"""LoRA stages (tinylab.train.lora) on the tiny model: only the adapter trains, the merged HF
 export equals the unmerged model, resume is exact, a child stage gets the merged weights, and
 bad input gets one clear message."""
 
