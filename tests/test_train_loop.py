@@ -16,9 +16,10 @@ from _train_fixtures import (
     train_records,
 )
 
-from tinylab.config import ConfigError
+from tinylab.config import ConfigError, StageConfig, load_config
 from tinylab.data import PackedData
 from tinylab.layout import read_metrics
+from tinylab.model import flash_attn_available
 from tinylab.train import NonFiniteLossError, lr_at, run_stage
 from tinylab.train.checkpoint import list_checkpoints, read_meta
 from tinylab.train.loop import build
@@ -217,3 +218,20 @@ def test_activation_checkpointing_changes_memory_not_the_math(tmp_path, prepared
     assert "layers.0.mlp.down_proj.weight" in str(
         list(final_weights(recomputed.stage_dir.parent.parent))
     )
+
+
+def test_null_cadences_are_off_and_attention_is_resolved_into_resolved_yaml(
+    tmp_path, prepared
+) -> None:
+    stage = stage_config(
+        checkpoint={"every_steps": None}, validation={"every_steps": None},
+        model={"attention": "auto"},
+    )  # fmt: skip
+    result = run_stage(stage, new_run(tmp_path, prepared), progress=False)
+    assert [p.name for p in list_checkpoints(result.stage_dir / "checkpoints")] == [
+        "step-00000008"
+    ]  # at the end only
+    assert [r["step"] for r in read_metrics(result.stage_dir, "val")] == [0, 8]  # start, end
+    resolved = load_config(result.stage_dir / "resolved.yaml", StageConfig)
+    assert resolved.model.attention == ("flash_attention_2" if flash_attn_available() else "sdpa")
+    assert resolved.checkpoint.every_steps is None and resolved.validation.every_steps is None
