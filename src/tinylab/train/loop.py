@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from tqdm.auto import tqdm
 
 from tinylab.config import OptimConfig, ParallelConfig, StageConfig, dump_config
+from tinylab.data.packed import bits_per_byte
 from tinylab.layout import RunLayout, StageLayout, StageResult, read_metrics
 from tinylab.model import build_model, flops_per_token, save_hf, with_resolved_attention
 from tinylab.train import lora
@@ -445,7 +446,7 @@ def validate(
         loss = float(total[0] / total[1])
         results[domain] = {
             "loss": loss,
-            "bpb": loss / math.log(2) / source.bytes_per_token(domain),
+            "bpb": bits_per_byte(loss, source.bytes_per_token(domain)),
             "windows": int(total[1]),
         }
     model.train()
