@@ -55,6 +55,7 @@ class StartPlan:
     adapter_base: Checkpoint | None = None  # the checkpoint an adapter stage trains on
 
     def describe(self) -> str:
+        """One line for the log."""
         if self.resume_from is not None:
             return f"resuming from {self.resume_from.path.name} (step {self.step})"
         if self.parent is not None:
