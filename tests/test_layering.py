@@ -12,8 +12,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import tinylab
 
 SRC = Path(tinylab.__file__).parent
@@ -98,7 +96,6 @@ def test_imports_only_go_down() -> None:
     assert not upward, "\n".join(upward)
 
 
-@pytest.mark.xfail(strict=True, reason="analysis/runs.py still reads runs through tinylab.train")
 def test_analysis_never_imports_train() -> None:
     forbidden = [v for v in violations(edges_of_src()) if "never imports" in v]
     assert not forbidden, "\n".join(forbidden)
