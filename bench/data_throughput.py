@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tinylab.config import PARAMS_DIR, DataConfig, load_config
+from tinylab.config.data import DataConfig
+from tinylab.config.loader import PARAMS_DIR, load_config
 from tinylab.data import prepare
 from tinylab.data.sources import iter_documents
 from tinylab.data.tokenizer import load_fast

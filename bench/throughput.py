@@ -51,7 +51,8 @@ from pathlib import Path
 
 import torch
 
-from tinylab.config import PARAMS_DIR, StageConfig, apply_overrides, dump_config, load_config
+from tinylab.config.loader import PARAMS_DIR, apply_overrides, dump_config, load_config
+from tinylab.config.stage import StageConfig
 from tinylab.model import build_model, flops_per_token, load_preset
 from tinylab.train.batching import RandomWindows, to_batch
 from tinylab.train.metrics import H100_BF16_PEAK
@@ -193,7 +194,7 @@ def bench_stage(
         "checkpoint.every_steps=1000000000", "checkpoint.at_end=false", "export_hf=false",
         "validation.every_steps=1000000000", "log_every_steps=1", f"parallel.device={device}",
         *PLAIN, *(item for item in variant.sets if not _is_env(item)),
-    ])  # fmt: skip
+    ], StageConfig)  # fmt: skip
     return StageConfig.model_validate(data)
 
 

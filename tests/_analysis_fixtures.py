@@ -8,7 +8,7 @@ from pathlib import Path
 
 from _train_fixtures import stage_config
 
-from tinylab.config import dump_config
+from tinylab.config.loader import dump_config
 from tinylab.layout import RunLayout
 
 CHILD = {"mixture": {"prose": 1, "code": 1}, "init_from": {"stage": "base", "carry": ["weights"]}}

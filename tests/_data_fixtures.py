@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from tinylab.config import DataConfig
+from tinylab.config.data import DataConfig
 
 WORDS = [
     "the",

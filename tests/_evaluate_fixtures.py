@@ -9,7 +9,7 @@ import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from tinylab.config import ModelConfig
+from tinylab.config.model import ModelConfig
 from tinylab.model import build_model, save_hf
 
 TINY_MODEL = ModelConfig(

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from tinylab.config import DataConfig, StageConfig, deep_merge
+from tinylab.config.data import DataConfig
+from tinylab.config.loader import deep_merge
+from tinylab.config.stage import StageConfig
 from tinylab.data import prepare
 
 WORDS = [

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tinylab.analysis.deviations import deviations
-from tinylab.config import PARAMS_DIR, StageConfig, load_config
+from tinylab.config.loader import PARAMS_DIR, load_config
+from tinylab.config.stage import StageConfig
 
 
 def _stage(path: str) -> StageConfig:

@@ -18,7 +18,8 @@ from tinylab.analysis.probe import (
     token_loss_figure,
     token_losses,
 )
-from tinylab.config import ConfigError, ModelConfig
+from tinylab.config.loader import ConfigError
+from tinylab.config.model import ModelConfig
 from tinylab.layout import RunLayout
 from tinylab.model import build_model, save_hf
 from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook

@@ -12,7 +12,7 @@ import pytest
 from _analysis_fixtures import write_run
 
 from tinylab.analysis.publish import notebook_to_html, render_report
-from tinylab.config import ConfigError
+from tinylab.config.loader import ConfigError
 from tinylab.layout import RunLayout
 
 

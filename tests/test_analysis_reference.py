@@ -11,7 +11,8 @@ from tinylab.analysis.reference import (
     paper_average,
     paper_commonsense,
 )
-from tinylab.config import EvalConfig, load_config
+from tinylab.config.eval import EvalConfig
+from tinylab.config.loader import load_config
 
 # docs/PAPER.md's "Avg" column.
 PAPER_AVERAGES = {

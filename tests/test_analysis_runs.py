@@ -16,7 +16,7 @@ from tinylab.analysis.runs import (
     stage_frames,
     variants,
 )
-from tinylab.config import ConfigError
+from tinylab.config.loader import ConfigError
 from tinylab.layout import RunLayout
 
 STAGES = {"base": (0, 0), "continual-code": (100, 1), "cooldown-code": (150, 2)}  # start, rank

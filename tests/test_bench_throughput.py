@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tinylab.config import StageConfig, load_config
+from tinylab.config.loader import load_config
+from tinylab.config.stage import StageConfig
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tinylab.config import PARAMS_DIR
+from tinylab.config.loader import PARAMS_DIR
 
 
 def tinylab(*args: str) -> subprocess.CompletedProcess[str]:

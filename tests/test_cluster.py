@@ -17,7 +17,9 @@ from tinylab.cluster.plan import load_profile, plan_jobs, run_dir_for
 from tinylab.cluster.records import record_jobs
 from tinylab.cluster.slurm import ClusterError, submit
 from tinylab.cluster.status import format_status, run_status
-from tinylab.config import PARAMS_DIR, ClusterConfig, ConfigError, JobResources, load_config
+from tinylab.config.cluster import ClusterConfig, JobResources
+from tinylab.config.kinds import load_params
+from tinylab.config.loader import PARAMS_DIR, ConfigError, load_config
 from tinylab.layout import RunLayout
 from tinylab.pipeline import plan_steps
 
@@ -134,7 +136,7 @@ def test_scripts_are_valid_bash_with_sbatch_lines_first(project: dict[str, Path]
 def test_fingerprint_in_the_script_is_the_plans(project: dict[str, Path]) -> None:
     profile = _profile(project["root"])
     run_dir, jobs = _plan(project, profile)
-    pipeline = load_config(project["pipeline"])
+    pipeline = load_params(project["pipeline"])
     plan = plan_steps(pipeline, run_dir, notebooks_dir=project["notebooks"])
     for job in jobs:
         assert f"--fingerprint {plan[job.name].fingerprint}" in job.script
@@ -151,7 +153,7 @@ def test_one_process_training_needs_no_launcher(project: dict[str, Path]) -> Non
 def test_done_steps_are_not_submitted_again(project: dict[str, Path]) -> None:
     profile = _profile(project["root"])
     run_dir, _ = _plan(project, profile)
-    pipeline = load_config(project["pipeline"])
+    pipeline = load_params(project["pipeline"])
     plan = plan_steps(pipeline, run_dir, notebooks_dir=project["notebooks"])
     run_dir.mkdir(parents=True)
     steps = {"prepare": {"status": "done", "fingerprint": plan["prepare"].fingerprint}}
@@ -192,7 +194,7 @@ def test_manifest_writers_merge_instead_of_overwriting(project: dict[str, Path])
 
     profile = _profile(project["root"])
     run_dir = run_dir_for(profile, "merge")
-    pipeline = load_config(project["pipeline"])
+    pipeline = load_params(project["pipeline"])
     plan = plan_steps(pipeline, run_dir, notebooks_dir=project["notebooks"])
     manifest = open_manifest(run_dir, project["pipeline"], pipeline)  # this job's copy
     with manifest_lock(run_dir):  # meanwhile, elsewhere
@@ -414,7 +416,7 @@ def test_cli_dry_run_of_the_paper_pipeline_on_two_nodes() -> None:
     result = _cli("submit", str(pipeline), "--cluster", "2x8-h100", "--dry-run")
     assert result.returncode == 0, result.stderr
     scripts = result.stdout.split("# ===== ")[1:]
-    assert len(scripts) == len(load_config(pipeline).steps)
+    assert len(scripts) == len(load_params(pipeline).steps)
     trains = [s for s in scripts if "#SBATCH --nodes=2" in s]
     assert len(trains) == 9  # base; continual + cooldown of three variants and of math&code LoRA
     assert all("--nproc-per-node=8 --rdzv-backend=c10d" in s for s in trains)

@@ -1,4 +1,5 @@
-"""tinylab.config: every params file in the repo loads, and bad input gets one clear message."""
+"""tinylab.config: every params file in the repo loads, and bad input gets one clear message
+(the loader's own rules: tests/test_config_loader.py)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from tinylab.config import (
+from tinylab.config.kinds import load_params
+from tinylab.config.loader import (
     PARAMS_DIR,
     ConfigError,
-    ModelConfig,
-    StageConfig,
     apply_overrides,
     dump_config,
     load_config,
     parse_yaml,
 )
+from tinylab.config.model import ModelConfig
+from tinylab.config.stage import StageConfig
 
 ALL_PARAMS = sorted(PARAMS_DIR.rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", ALL_PARAMS, ids=lambda p: str(p.relative_to(PARAMS_DIR)))
 def test_every_params_file_in_the_repo_is_valid(path: Path) -> None:
-    load_config(path)
+    load_params(path)
 
 
 def test_repo_has_params_of_every_kind() -> None:
@@ -36,14 +38,14 @@ def test_yaml_traps_are_fixed() -> None:
 
 
 def test_extends_merges_mappings_and_replaces_the_rest(params: Path) -> None:
-    stage = load_config(params / "stages" / "child.yaml")
+    stage = load_params(params / "stages" / "child.yaml")
     assert stage.optim.lr == pytest.approx(1e-3)  # overridden
     assert stage.optim.min_lr == pytest.approx(1e-4)  # inherited inside a merged mapping
     assert stage.mixture == {"prose": 1.0}
 
 
 def test_references_resolve_to_presets_and_paths(params: Path) -> None:
-    stage = load_config(params / "stages" / "base.yaml")
+    stage = load_params(params / "stages" / "base.yaml")
     assert isinstance(stage.model, ModelConfig)
     assert stage.model.hidden_size == 64
     assert stage.data.seq_len == 32
@@ -51,7 +53,7 @@ def test_references_resolve_to_presets_and_paths(params: Path) -> None:
 
 
 def test_overrides_apply_with_yaml_values(params: Path) -> None:
-    stage = load_config(
+    stage = load_params(
         params / "stages" / "base.yaml",
         overrides=["optim.lr=3e-4", "optim.betas=[0.8, 0.9]", "model.num_hidden_layers=3"],
     )
@@ -62,31 +64,31 @@ def test_overrides_apply_with_yaml_values(params: Path) -> None:
 
 def test_overrides_do_not_mutate_input() -> None:
     data = {"optim": {"lr": 1.0}}
-    apply_overrides(data, ["optim.lr=2"])
+    apply_overrides(data, ["optim.lr=2"], StageConfig)
     assert data == {"optim": {"lr": 1.0}}
 
 
 def test_an_override_inside_a_shorthand_keeps_its_type() -> None:
-    data = apply_overrides({"adapter": "lora"}, ["adapter.rank=8"])
+    data = apply_overrides({"adapter": "lora"}, ["adapter.rank=8"], StageConfig)
     assert data == {"adapter": {"type": "lora", "rank": 8}}
 
 
 def test_an_override_inside_a_value_that_is_no_mapping_names_it() -> None:
     with pytest.raises(ConfigError, match=r"--set optim.lr.x: 'lr' holds 1.0, not a mapping"):
-        apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr.x=2"])
+        apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr.x=2"], StageConfig)
 
 
 def test_an_override_inside_another_string_names_it(params: Path) -> None:
     with pytest.raises(ConfigError, match=r"--set name.x: 'name' holds 'base', not a mapping"):
-        load_config(params / "stages" / "base.yaml", overrides=["name.x=1"])
+        load_params(params / "stages" / "base.yaml", overrides=["name.x=1"])
 
 
 def test_resolved_config_round_trips(params: Path, tmp_path: Path) -> None:
-    stage = load_config(params / "stages" / "base.yaml")
+    stage = load_params(params / "stages" / "base.yaml")
     out = tmp_path / "stages" / "resolved.yaml"
     out.parent.mkdir()
     out.write_text(dump_config(stage))
-    assert load_config(out) == stage
+    assert load_params(out) == stage
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def test_bad_stage_gives_one_clear_error(
     path = params / "stages" / f"{name}.yaml"
     path.write_text(text if text.startswith("extends") else "extends: base.yaml\n" + text)
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_params(path)
     message = str(err.value)
     assert str(path) in message
     for piece in pieces:
@@ -146,7 +148,7 @@ def test_seq_len_past_the_model_context_is_rejected(params: Path) -> None:
     path = params / "stages" / "long.yaml"
     path.write_text("extends: base.yaml\n")
     with pytest.raises(ConfigError, match="exceeds model.max_position_embeddings"):
-        load_config(
+        load_params(
             path, overrides=["data.seq_len=128", "global_batch_tokens=512", "micro_batch_size=4"]
         )
 
@@ -167,7 +169,7 @@ def test_unreadable_files(params: Path, text: str, pieces: list[str]) -> None:
     path = params / "models" / "broken.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_params(path)
     assert str(path) in str(err.value)
     for piece in pieces:
         assert piece in str(err.value)
@@ -177,7 +179,7 @@ def test_extends_cycle_is_reported(params: Path) -> None:
     (params / "models" / "a.yaml").write_text("extends: b.yaml\n")
     (params / "models" / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
-        load_config(params / "models" / "a.yaml")
+        load_params(params / "models" / "a.yaml")
 
 
 def test_model_heads_must_divide(params: Path) -> None:
@@ -186,38 +188,38 @@ def test_model_heads_must_divide(params: Path) -> None:
     with pytest.raises(
         ConfigError, match=r"num_key_value_heads = 3: must divide num_attention_heads \(4\)"
     ):
-        load_config(path)
+        load_params(path)
 
 
 def test_missing_required_key_is_named(params: Path) -> None:
     path = params / "models" / "partial.yaml"
     path.write_text("vocab_size: 100\n")
     with pytest.raises(ConfigError, match="hidden_size: required key is missing"):
-        load_config(path)
+        load_params(path)
 
 
 def test_unknown_source_kind(params: Path) -> None:
     path = params / "data" / "weird.yaml"
     path.write_text("extends: small.yaml\nsources: {prose: {kind: ftp, domain: x}}\n")
     with pytest.raises(ConfigError, match="'ftp'"):
-        load_config(path)
+        load_params(path)
 
 
 def test_tokenizer_kind_needs_its_fields(params: Path) -> None:
     path = params / "data" / "tok.yaml"
     path.write_text("extends: small.yaml\ntokenizer: {kind: hub}\n")
     with pytest.raises(ConfigError, match="needs name_or_path"):
-        load_config(path)
+        load_params(path)
 
 
 def test_bad_override_syntax(params: Path) -> None:
     with pytest.raises(ConfigError, match="expected key.path=value"):
-        load_config(params / "stages" / "base.yaml", overrides=["optim.lr"])
+        load_params(params / "stages" / "base.yaml", overrides=["optim.lr"])
 
 
 def test_override_of_unknown_key_names_the_override(params: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        load_config(params / "stages" / "base.yaml", overrides=["optim.learning_rate=1"])
+        load_params(params / "stages" / "base.yaml", overrides=["optim.learning_rate=1"])
     assert "--set optim.learning_rate=1" in str(err.value)
     assert "optim.learning_rate: unknown key" in str(err.value)
 
@@ -226,7 +228,7 @@ def test_file_outside_params_needs_a_kind(tmp_path: Path) -> None:
     path = tmp_path / "loose.yaml"
     path.write_text("a: 1\n")
     with pytest.raises(ConfigError, match="cannot tell what kind"):
-        load_config(path)
+        load_params(path)
     with pytest.raises(ConfigError, match="a: unknown key"):
         load_config(path, ModelConfig)
 
@@ -237,7 +239,7 @@ def test_pipeline_steps_must_form_a_dag(params: Path) -> None:
         "name: p\nsteps:\n  - {name: a, notebook: x, after: [b]}\n  - {name: b, notebook: y}\n"
     )
     with pytest.raises(ConfigError, match="not earlier steps"):
-        load_config(path)
+        load_params(path)
 
 
 def test_stage_schema_direct_use_rejects_extra() -> None:
@@ -249,4 +251,4 @@ def test_unknown_nested_key_lists_the_allowed_keys_of_its_section(params: Path) 
     path = params / "stages" / "nested.yaml"
     path.write_text("extends: base.yaml\nramp: {tokens: 10, start: {prose: 1}, shape: cosine}\n")
     with pytest.raises(ConfigError, match=r"ramp.shape: unknown key; allowed keys: tokens, start"):
-        load_config(path)
+        load_params(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tinylab.cache import FetchError
-from tinylab.config import DataConfig
+from tinylab.config.data import DataConfig
 from tinylab.data import DataError, demo_corpora
 from tinylab.data.card import render_data_card
 from tinylab.data.demo_corpora import (

@@ -8,7 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tinylab.config import ConfigError, RampConfig, StageConfig
+from tinylab.config.data import RampConfig
+from tinylab.config.kinds import load_params
+from tinylab.config.loader import ConfigError
+from tinylab.config.stage import StageConfig
 from tinylab.data import DataError, MixtureSampler
 from tinylab.data.mixture import CHUNK, permute, permute_one
 
@@ -113,7 +116,7 @@ def test_ramp_longer_than_the_stage() -> None:
 
 
 def test_ramp_longer_than_the_stage_in_params(params) -> None:
-    from tinylab.config import load_config
+    from tinylab.config.loader import load_config
 
     stage = params / "stages" / "ramped.yaml"
     stage.write_text(
@@ -125,14 +128,13 @@ def test_ramp_longer_than_the_stage_in_params(params) -> None:
 
 
 def test_negative_weight_in_params(params) -> None:
-    from tinylab.config import load_config
 
     with pytest.raises(ConfigError, match=r"mixture.prose = -1"):
-        load_config(params / "stages" / "base.yaml", overrides=["mixture.prose=-1"])
+        load_params(params / "stages" / "base.yaml", overrides=["mixture.prose=-1"])
 
 
 def test_for_stage_uses_the_stage_mixture_and_a_per_stage_seed(params) -> None:
-    from tinylab.config import load_config
+    from tinylab.config.loader import load_config
 
     stage = load_config(params / "stages" / "base.yaml", StageConfig)
     s = MixtureSampler.for_stage(stage, {"prose": 10, "code": 10})

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from _data_fixtures import data_config, make_corpus
 
-from tinylab.config import ConfigError, DataConfig, load_config
+from tinylab.config.data import DataConfig
+from tinylab.config.kinds import load_params
+from tinylab.config.loader import ConfigError
 from tinylab.data import DataError, PackedData, prepare, token_dtype
 from tinylab.data.pack import SHARDS_DIR, is_validation
 from tinylab.data.tokenizer import load_fast
@@ -190,7 +192,7 @@ def test_unknown_source_kind_is_a_config_error(tmp_path: Path) -> None:
         "sources: {x: {kind: ftp, domain: english, paths: [a.txt]}}\nseq_len: 8\n"
     )
     with pytest.raises(ConfigError, match=r"sources\.x.*ftp"):
-        load_config(path)
+        load_params(path)
 
 
 def test_vocab_too_large_for_uint16_switches_to_uint32(tmp_path: Path) -> None:

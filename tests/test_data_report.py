@@ -11,7 +11,8 @@ import matplotlib
 import pytest
 from _data_fixtures import data_config, make_corpus
 
-from tinylab.config import PROJECT_ROOT, load_config
+from tinylab.config.kinds import load_params
+from tinylab.config.loader import PROJECT_ROOT
 from tinylab.data import PackedData, prepare, report
 
 matplotlib.use("Agg")
@@ -46,12 +47,12 @@ def test_mixture_schedule_of_a_ramped_stage(params: Path) -> None:
         "extends: base.yaml\nname: ramped\nmixture: {prose: 0.5, code: 0.5}\n"
         "ramp: {tokens: 32768, start: {prose: 1.0}}\n"
     )
-    stage = load_config(stage_file)
+    stage = load_params(stage_file)
     frame = report.mixture_schedule(stage, {"prose": 10, "code": 10}, points=8)
     code = frame[frame["source"] == "code"].sort_values("tokens")
     assert code["expected"].iloc[0] < 0.1 and code["expected"].iloc[-1] == pytest.approx(0.5)
     assert (abs(code["realized"] - code["expected"]) < 0.1).all()
-    fig = report.plot_mixture_schedules([stage, load_config(params / "stages" / "base.yaml")])
+    fig = report.plot_mixture_schedules([stage, load_params(params / "stages" / "base.yaml")])
     assert [ax.get_title() for ax in fig.axes] == ["ramped", "base"]
 
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tinylab.config import DataConfig, HubSource, LocalSource
+from tinylab.config.data import DataConfig, HubSource, LocalSource
 from tinylab.data import DataError, iter_documents, prepare
 
 SLIMPAJAMA = [  # the record layout of cerebras/SlimPajama-627B

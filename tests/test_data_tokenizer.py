@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from tinylab.config import TokenizerConfig
+from tinylab.config.data import TokenizerConfig
 from tinylab.data import DataError, tokenizer_hash, train_tokenizer
 from tinylab.data.tokenizer import BYTE_TOKENS, fetch_pretrained, load_fast, save_trained
 

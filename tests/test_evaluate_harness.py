@@ -14,7 +14,8 @@ from _evaluate_fixtures import ARC_ITEMS, arc_task, tiny_hf_dir
 from typer.testing import CliRunner
 
 from tinylab.cli import app
-from tinylab.config import ConfigError, EvalConfig, EvalTask
+from tinylab.config.eval import EvalConfig, EvalTask
+from tinylab.config.loader import ConfigError
 from tinylab.evaluate import evaluate_checkpoint, harness
 from tinylab.evaluate.runner import bos_prepended
 from tinylab.model import load_hf

@@ -7,7 +7,8 @@ import math
 import pytest
 from _evaluate_fixtures import TINY_MODEL, tiny_tokenizer
 
-from tinylab.config import ConfigError, HumanEvalConfig
+from tinylab.config.eval import HumanEvalConfig
+from tinylab.config.loader import ConfigError
 from tinylab.evaluate.humaneval import (
     NUM_PROBLEMS,
     evaluate_humaneval,

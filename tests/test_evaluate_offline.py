@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from _evaluate_fixtures import tiny_hf_dir
 
-from tinylab.config import ConfigError, EvalConfig, EvalTask, load_config
+from tinylab.config.eval import EvalConfig, EvalTask
+from tinylab.config.kinds import load_params
+from tinylab.config.loader import ConfigError
 from tinylab.evaluate import evaluate_checkpoint, offline
 
 TASK_JSON = {
@@ -112,9 +114,9 @@ def test_unknown_suite_is_rejected() -> None:
 
 
 def test_the_demo_params_name_only_offline_tasks() -> None:
-    from tinylab.config import PARAMS_DIR
+    from tinylab.config.loader import PARAMS_DIR
 
-    cfg = load_config(PARAMS_DIR / "eval" / "demo.yaml")
+    cfg = load_params(PARAMS_DIR / "eval" / "demo.yaml")
     offline_names = {t.name for s in cfg.suites for t in offline.suite_tasks(s)}
     assert {t.name for t in cfg.tasks} <= offline_names
     assert cfg.add_bos_token is False and cfg.humaneval is not None

@@ -12,7 +12,8 @@ import pytest
 import torch
 from _evaluate_fixtures import TINY_MODEL
 
-from tinylab.config import DataConfig, EvalConfig
+from tinylab.config.data import DataConfig
+from tinylab.config.eval import EvalConfig
 from tinylab.data.packed import bits_per_byte
 from tinylab.evaluate import evaluate_checkpoint
 from tinylab.evaluate.perplexity import domain_perplexity, window_nll

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tinylab.config import PARAMS_DIR, EvalConfig, load_config
+from tinylab.config.eval import EvalConfig
+from tinylab.config.loader import PARAMS_DIR, load_config
 from tinylab.evaluate import harness
 
 PAPER = load_config(PARAMS_DIR / "eval" / "paper.yaml", EvalConfig)

@@ -11,7 +11,7 @@ import matplotlib
 import pytest
 from _evaluate_fixtures import ARC_ITEMS, arc_task, tiny_hf_dir
 
-from tinylab.config import EvalConfig, EvalTask
+from tinylab.config.eval import EvalConfig, EvalTask
 from tinylab.errors import UserError
 from tinylab.evaluate import EvalError, harness, model_identity, plot_scores, runner, scores_table
 from tinylab.evaluate.results import ResultStore, load_results

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tinylab.config import PROJECT_ROOT
+from tinylab.config.loader import PROJECT_ROOT
 from tinylab.evaluate.sandbox import NOBODY, Limits, run_program, sandbox_mode
 
 MODE = sandbox_mode()

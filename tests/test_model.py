@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tinylab.config import ConfigError, ModelConfig
+from tinylab.config.loader import ConfigError
+from tinylab.config.model import ModelConfig
 from tinylab.model import (
     build_model,
     count_parameters,

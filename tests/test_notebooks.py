@@ -14,7 +14,7 @@ import pytest
 import yaml
 from _train_fixtures import DATA, write_corpora
 
-from tinylab.config import PROJECT_ROOT
+from tinylab.config.loader import PROJECT_ROOT
 from tinylab.layout import RunLayout
 from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook
 

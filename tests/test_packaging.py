@@ -6,7 +6,7 @@ import tomllib
 
 import yaml
 
-from tinylab.config import PROJECT_ROOT
+from tinylab.config.loader import PROJECT_ROOT
 
 CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge name where they differ
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tinylab.config import ConfigError
+from tinylab.config.loader import ConfigError
 from tinylab.layout import RunLayout
 from tinylab.pipeline import StepFailed, run_pipeline, split_overrides
 

@@ -25,7 +25,7 @@ import nbformat
 import pytest
 
 from tinylab.cluster.status import run_status
-from tinylab.config import PROJECT_ROOT
+from tinylab.config.loader import PROJECT_ROOT
 from tinylab.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slurm
@@ -479,7 +479,7 @@ def training(tmp_path_factory: pytest.TempPathFactory, project: dict[str, Path])
     trains is `config`, with the launcher it is given (what 02_train_stage does via train_stage)."""
     from _train_fixtures import prepare_data, stage_config
 
-    from tinylab.config import dump_config
+    from tinylab.config.loader import dump_config
 
     root = tmp_path_factory.mktemp("training")
     data = prepare_data(root)

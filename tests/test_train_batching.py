@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from _train_fixtures import stage_config
 
-from tinylab.config import ConfigError
+from tinylab.config.loader import ConfigError
 from tinylab.train import BatchPlan, RandomWindows
 
 

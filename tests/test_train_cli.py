@@ -11,7 +11,7 @@ import torch
 from _train_fixtures import new_run, prepare_data, stage_config
 
 from tinylab import cli
-from tinylab.config import dump_config
+from tinylab.config.loader import dump_config
 
 
 def tinylab(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:

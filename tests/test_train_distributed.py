@@ -11,7 +11,7 @@ import pytest
 import torch
 from _train_fixtures import final_weights, new_run, stage_config, train_records
 
-from tinylab.config import ConfigError
+from tinylab.config.loader import ConfigError
 from tinylab.train import run_stage, train_stage
 from tinylab.train.checkpoint import list_checkpoints, read_meta
 from tinylab.train.launch import launcher_world_size

@@ -9,7 +9,9 @@ import torch
 from _train_fixtures import new_run, stage_config, train_records
 from torch._dynamo.utils import counters
 
-from tinylab.config import PARAMS_DIR, ConfigError, ParallelConfig, load_config
+from tinylab.config.kinds import load_params
+from tinylab.config.loader import PARAMS_DIR, ConfigError
+from tinylab.config.stage import ParallelConfig
 from tinylab.train import RandomWindows, run_stage, train_stage
 from tinylab.train.loop import live_postfix
 from tinylab.train.parallel import Distributed, compute_context
@@ -103,14 +105,14 @@ def test_compile_model_under_fsdp2_is_an_error_not_per_layer_compile(tmp_path, p
 def test_unknown_speed_options_name_the_key_and_the_allowed_values(override, allowed) -> None:
     base = PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml"
     with pytest.raises(ConfigError) as err:
-        load_config(base, overrides=[override])
+        load_params(base, overrides=[override])
     key, value = override.split("=")
     assert key in str(err.value) and value in str(err.value) and allowed in str(err.value)
 
 
 def test_the_paper_stages_default_to_the_fastest_measured_configuration() -> None:
     for name in ("base", "continual-mathcode", "cooldown-mathcode"):
-        stage = load_config(PARAMS_DIR / "stages" / "tinyllama-v1.1" / f"{name}.yaml")
+        stage = load_params(PARAMS_DIR / "stages" / "tinyllama-v1.1" / f"{name}.yaml")
         parallel = stage.parallel
         assert (parallel.compile, parallel.liger, parallel.sdpa_backend) == (
             "layers",

@@ -16,7 +16,8 @@ from _train_fixtures import (
     train_records,
 )
 
-from tinylab.config import ConfigError, StageConfig, load_config
+from tinylab.config.loader import ConfigError, load_config
+from tinylab.config.stage import StageConfig
 from tinylab.data import PackedData
 from tinylab.layout import read_metrics
 from tinylab.model import flash_attn_available

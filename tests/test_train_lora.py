@@ -12,7 +12,7 @@ import torch
 from _train_fixtures import curve, final_weights, new_run, stage_config, train_records
 
 from tinylab import cli
-from tinylab.config import ConfigError, dump_config
+from tinylab.config.loader import ConfigError, dump_config
 from tinylab.model import count_parameters
 from tinylab.train import run_stage
 from tinylab.train.checkpoint import read_meta

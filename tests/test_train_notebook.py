@@ -7,7 +7,7 @@ import json
 import pytest
 from _train_fixtures import new_run, prepare_data, stage_config
 
-from tinylab.config import PROJECT_ROOT, dump_config
+from tinylab.config.loader import PROJECT_ROOT, dump_config
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "02_train_stage.ipynb"
 

@@ -17,7 +17,7 @@ from _train_fixtures import (
     train_records,
 )
 
-from tinylab.config import dump_config
+from tinylab.config.loader import dump_config
 from tinylab.train import run_stage
 from tinylab.train.checkpoint import list_checkpoints
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tinylab.config import OptimConfig, ScheduleConfig
+from tinylab.config.stage import OptimConfig, ScheduleConfig
 from tinylab.train import lr_at
 
 OPTIM = OptimConfig(lr=4e-4, min_lr=4e-5)

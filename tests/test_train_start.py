@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from _train_fixtures import stage_config
 
-from tinylab.config import AdapterConfig, ConfigError, InitFrom
+from tinylab.config.loader import ConfigError
+from tinylab.config.stage import AdapterConfig, InitFrom
 from tinylab.layout import RunLayout
 from tinylab.train.checkpoint import Checkpoint
 from tinylab.train.start import Found, StartPlan, adapter_record, plan_start, read_checkpoints

@@ -16,7 +16,10 @@ from typing import Annotated
 
 import typer
 
-from tinylab import config as cfg
+from tinylab.config.data import DataConfig
+from tinylab.config.eval import EvalConfig
+from tinylab.config.kinds import SCHEMAS, kind_of
+from tinylab.config.loader import ConfigError, Schema, dump_config, load_config
 from tinylab.errors import UserError
 from tinylab.layout import RunLayout
 
@@ -39,9 +42,7 @@ SetOption = Annotated[
 ]
 KindOption = Annotated[
     str | None,
-    typer.Option(
-        "--kind", help=f"Params kind when not under params/<kind>/: {sorted(cfg.SCHEMAS)}"
-    ),
+    typer.Option("--kind", help=f"Params kind when not under params/<kind>/: {sorted(SCHEMAS)}"),
 ]
 
 
@@ -53,12 +54,13 @@ def main(
     _state["debug"] = debug
 
 
-def _schema(kind: str | None) -> type[cfg.Schema] | None:
+def _schema(path: Path, kind: str | None) -> type[Schema]:
+    """The schema of `--kind`, else of the folder the file sits in."""
     if kind is None:
-        return None
-    if kind not in cfg.SCHEMAS:
-        raise cfg.ConfigError(f"--kind {kind!r}: allowed: {', '.join(sorted(cfg.SCHEMAS))}")
-    return cfg.SCHEMAS[kind]
+        return SCHEMAS[kind_of(path)]
+    if kind not in SCHEMAS:
+        raise ConfigError(f"--kind {kind!r}: allowed: {', '.join(sorted(SCHEMAS))}")
+    return SCHEMAS[kind]
 
 
 @params_app.command("check")
@@ -71,14 +73,14 @@ def params_check(
     errors = []
     for path in files:
         try:
-            cfg.load_config(path, _schema(kind), overrides=overrides or [])
+            load_config(path, _schema(path, kind), overrides=overrides or [])
             typer.echo(f"ok  {path}")
-        except cfg.ConfigError as err:
+        except ConfigError as err:
             if _state["debug"]:
                 raise
             errors.append(str(err))
     if errors:
-        raise cfg.ConfigError("\n".join(errors))
+        raise ConfigError("\n".join(errors))
 
 
 @params_app.command("show")
@@ -88,8 +90,8 @@ def params_show(
     overrides: SetOption = None,
 ) -> None:
     """Print the fully resolved params (extends, references and overrides applied) as YAML."""
-    loaded = cfg.load_config(file, _schema(kind), overrides=overrides or [])
-    typer.echo(cfg.dump_config(loaded), nl=False)
+    loaded = load_config(file, _schema(file, kind), overrides=overrides or [])
+    typer.echo(dump_config(loaded), nl=False)
 
 
 @model_app.command("info")
@@ -158,7 +160,7 @@ def eval_command(
     """Evaluate a checkpoint (benchmarks, HumanEval, perplexity); reuses results on disk."""
     from tinylab.evaluate import evaluate_checkpoint, scores_table
 
-    eval_cfg = cfg.load_config(params, cfg.EvalConfig, overrides=overrides or [])
+    eval_cfg = load_config(params, EvalConfig, overrides=overrides or [])
     hf_dir = hf_dir.resolve()
     if not (hf_dir / "config.json").is_file():
         raise UserError(f"{hf_dir}: not an HF model folder (no config.json)")
@@ -270,7 +272,7 @@ def prepare_command(
     from tinylab.data import prepare
     from tinylab.data.report import token_table
 
-    data_cfg = cfg.load_config(data_yaml, cfg.DataConfig, overrides=overrides or [])
+    data_cfg = load_config(data_yaml, DataConfig, overrides=overrides or [])
     data = prepare(data_cfg, out, progress=progress)
     typer.echo(token_table(data).to_string(index=False))
     typer.echo(f"wrote {out}")

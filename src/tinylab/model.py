@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tinylab.config import PARAMS_DIR, ConfigError, ModelConfig, load_config
+from tinylab.config.loader import PARAMS_DIR, ConfigError, load_config
+from tinylab.config.model import ModelConfig
 from tinylab.files import replace_dir_atomic
 
 ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2")

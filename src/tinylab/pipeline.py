@@ -25,16 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tinylab.config import (
+from tinylab.config.kinds import load_params
+from tinylab.config.loader import (
     PARAMS_DIR,
     PROJECT_ROOT,
     ConfigError,
-    PipelineConfig,
-    PipelineStep,
     dump_config,
     load_config,
     parse_overrides,
 )
+from tinylab.config.pipeline import PipelineConfig, PipelineStep
 from tinylab.files import json_digest, sha256_file, write_json_atomic
 from tinylab.layout import RunLayout
 from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook
@@ -130,7 +130,7 @@ def plan_steps(
         planned = PlannedStep(step=step, notebook=notebook, parameters=parameters)
         for key, value in step.params.items():
             if _is_params_file(value):
-                config = load_config(PROJECT_ROOT / value, overrides=step_overrides)
+                config = load_params(PROJECT_ROOT / value, overrides=step_overrides)
                 planned.resolved[key] = dump_config(config)
         planned.fingerprint = _fingerprint(planned)
         plan[step.name] = planned

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tinylab.config import PROJECT_ROOT
+from tinylab.config.loader import PROJECT_ROOT
 
 PACKAGES = (
     "tinylab", "torch", "transformers", "peft", "datasets", "tokenizers", "lm_eval",

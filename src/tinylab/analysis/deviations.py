@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 
 from tinylab.analysis.runs import Run
-from tinylab.config import PARAMS_DIR, StageConfig, load_config
+from tinylab.config.loader import PARAMS_DIR, load_config
+from tinylab.config.stage import StageConfig
 
 PAPER_STAGES_DIR = PARAMS_DIR / "stages" / "tinyllama-v1.1"
 

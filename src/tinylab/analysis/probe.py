@@ -14,7 +14,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from tinylab.analysis.runs import Run, final_validation
-from tinylab.config import ConfigError, project_path
+from tinylab.config.loader import ConfigError, project_path
 from tinylab.layout import StageLayout
 from tinylab.model import load_hf
 

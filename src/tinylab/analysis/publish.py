@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinylab.config import ConfigError, project_path
+from tinylab.config.loader import ConfigError, project_path
 from tinylab.files import write_atomic
 from tinylab.layout import RunLayout
 from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook

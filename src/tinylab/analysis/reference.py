@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tinylab.config import PARAMS_DIR, EvalConfig, load_config
+from tinylab.config.eval import EvalConfig
+from tinylab.config.loader import PARAMS_DIR, load_config
 
 PAPER_PROTOCOL = PARAMS_DIR / "eval" / "paper.yaml"
 

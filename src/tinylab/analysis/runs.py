@@ -19,7 +19,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from tinylab.config import ConfigError, StageConfig, project_path
+from tinylab.config.loader import ConfigError, project_path
+from tinylab.config.stage import StageConfig
 from tinylab.evaluate.results import load_results
 from tinylab.layout import (
     RESOLVED_FILE,

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tinylab.cluster.records import now, record_jobs
-from tinylab.config import ConfigError, PipelineConfig, load_config
+from tinylab.config.loader import ConfigError, load_config
+from tinylab.config.pipeline import PipelineConfig
 from tinylab.notebook import NOTEBOOKS_DIR
 from tinylab.pipeline import execute_step, manifest_lock, open_manifest, plan_steps
 

@@ -14,18 +14,17 @@ from pathlib import Path
 import yaml
 
 from tinylab.cluster.render import needs_launcher, placeholder, render_script
-from tinylab.config import (
+from tinylab.config.cluster import ClusterConfig, JobResources
+from tinylab.config.kinds import kind_of
+from tinylab.config.loader import (
     PARAMS_DIR,
     PROJECT_ROOT,
-    ClusterConfig,
     ConfigError,
-    JobResources,
-    PipelineConfig,
-    kind_of,
     load_config,
     project_path,
     resolve_reference,
 )
+from tinylab.config.pipeline import PipelineConfig
 from tinylab.notebook import NOTEBOOKS_DIR
 from tinylab.pipeline import PlannedStep, plan_steps, read_manifest, steps_to_run
 

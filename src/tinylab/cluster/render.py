@@ -11,7 +11,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from tinylab.config import PROJECT_ROOT, ClusterConfig, JobResources
+from tinylab.config.cluster import ClusterConfig, JobResources
+from tinylab.config.loader import PROJECT_ROOT
 from tinylab.layout import RunLayout
 from tinylab.notebook import NOTEBOOKS_DIR
 from tinylab.pipeline import PlannedStep

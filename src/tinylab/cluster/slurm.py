@@ -16,7 +16,9 @@ from typing import Any
 from tinylab.cluster.plan import StepJob, plan_jobs
 from tinylab.cluster.records import now, record_jobs, recorded_jobs, update_cluster
 from tinylab.cluster.render import logs_dir, placeholder, script_path
-from tinylab.config import ClusterConfig, ConfigError, PipelineConfig, load_config
+from tinylab.config.cluster import ClusterConfig
+from tinylab.config.loader import ConfigError, load_config
+from tinylab.config.pipeline import PipelineConfig
 from tinylab.errors import UserError
 from tinylab.notebook import NOTEBOOKS_DIR
 from tinylab.pipeline import manifest_lock, open_manifest

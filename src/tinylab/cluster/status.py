@@ -11,7 +11,7 @@ from typing import Any
 
 from tinylab.cluster.records import cluster_section, now, record_jobs, recorded_jobs
 from tinylab.cluster.slurm import job_states
-from tinylab.config import ConfigError
+from tinylab.config.loader import ConfigError
 from tinylab.layout import MANIFEST_FILE, RunLayout, last_metric
 from tinylab.pipeline import manifest_lock, read_manifest
 

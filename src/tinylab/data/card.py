@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tinylab.config import DataConfig, DemoSource, HubSource, LocalSource
+from tinylab.config.data import DataConfig, DemoSource, HubSource, LocalSource
 from tinylab.files import write_atomic
 
 CARD_FILE = "data_card.md"

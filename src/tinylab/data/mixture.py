@@ -29,7 +29,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from tinylab.config import RampConfig, StageConfig
+from tinylab.config.data import RampConfig
+from tinylab.config.stage import StageConfig
 from tinylab.data.errors import DataError
 
 CHUNK = 1 << 16  # windows per vectorised block and per cached count

@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from tinylab.config import DataConfig, load_config, project_path
+from tinylab.config.data import DataConfig
+from tinylab.config.loader import load_config, project_path
 from tinylab.data import tokenizer as toks
 from tinylab.data.card import write_data_card
 from tinylab.data.errors import DataError

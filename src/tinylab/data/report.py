@@ -16,14 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tinylab.config import (
-    PARAMS_DIR,
-    ConfigError,
-    StageConfig,
-    load_config,
-    load_raw,
-    project_path,
-)
+from tinylab.config.loader import PARAMS_DIR, ConfigError, load_config, load_raw, project_path
+from tinylab.config.stage import StageConfig
 from tinylab.data.card import CARD_FILE
 from tinylab.data.mixture import MixtureSampler
 from tinylab.data.packed import PackedData

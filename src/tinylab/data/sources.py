@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tinylab.config import DemoSource, HubSource, LocalSource, project_path
+from tinylab.config.data import DemoSource, HubSource, LocalSource
+from tinylab.config.loader import project_path
 from tinylab.data.errors import DataError
 
 SUFFIX_FORMATS = {

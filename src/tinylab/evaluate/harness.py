@@ -24,7 +24,8 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tinylab.config import ConfigError, EvalTask
+from tinylab.config.eval import EvalTask
+from tinylab.config.loader import ConfigError
 
 HARNESS = f"lm_eval {lm_eval.__version__}"
 # Per-sample fields kept in samples.jsonl (the doc itself is left out: it can be large).

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
-from tinylab.config import ConfigError, HumanEvalConfig
+from tinylab.config.eval import HumanEvalConfig
+from tinylab.config.loader import ConfigError
 from tinylab.evaluate.sandbox import Limits, run_program
 
 NUM_PROBLEMS = 164

@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from tinylab.cache import cache_root, debian_tree, downloads_dir, pypi_sdist
-from tinylab.config import ConfigError
+from tinylab.config.loader import ConfigError
 
 RECIPE_VERSION = 2
 FEWSHOT_EXAMPLES = 10  # the train split: in-context examples for few-shot runs

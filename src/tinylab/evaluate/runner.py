@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from tinylab.config import ConfigError, EvalConfig, EvalTask, load_config, project_path
+from tinylab.config.eval import EvalConfig, EvalTask
+from tinylab.config.loader import ConfigError, load_config, project_path
 from tinylab.evaluate import harness, humaneval, offline, perplexity
 from tinylab.evaluate.errors import EvalError
 from tinylab.evaluate.results import ResultStore, model_identity

@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinylab.config import ConfigError, StageConfig, load_config
+from tinylab.config.loader import ConfigError, load_config
+from tinylab.config.stage import StageConfig
 from tinylab.train.batching import RandomWindows
 from tinylab.train.loop import run_stage
 

@@ -26,7 +26,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from tinylab.config import ConfigError, StageConfig
+from tinylab.config.loader import ConfigError
+from tinylab.config.stage import StageConfig
 from tinylab.data import MixtureSampler, PackedData
 from tinylab.layout import RunLayout
 

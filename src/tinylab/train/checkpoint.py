@@ -44,7 +44,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from tinylab.config import ConfigError, ModelConfig, StageConfig
+from tinylab.config.loader import ConfigError
+from tinylab.config.model import ModelConfig
+from tinylab.config.stage import StageConfig
 from tinylab.files import write_atomic
 from tinylab.train.parallel import Distributed
 

@@ -22,19 +22,17 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from tinylab.config import (
+from tinylab.config.loader import (
     PROJECT_ROOT,
     ConfigError,
-    StageConfig,
-    apply_overrides,
     dump_config,
-    format_validation_error,
     load_config,
+    override_config,
     project_path,
 )
+from tinylab.config.stage import StageConfig
 from tinylab.layout import RunLayout, StageResult, last_metric
 from tinylab.model import with_resolved_attention
 from tinylab.train.batching import BatchPlan
@@ -114,14 +112,7 @@ def load_stage(stage_params: str | Path | StageConfig, overrides=()) -> StageCon
     dotted overrides applied."""
     if not isinstance(stage_params, StageConfig):
         return load_config(project_path(stage_params), StageConfig, overrides=list(overrides))
-    if not overrides:
-        return stage_params
-    data = apply_overrides(stage_params.model_dump(mode="json"), list(overrides))
-    try:
-        return StageConfig.model_validate(data)
-    except ValidationError as err:
-        source = f"stage {stage_params.name!r} with --set {' '.join(overrides)}"
-        raise ConfigError(format_validation_error(err, source)) from None
+    return override_config(stage_params, list(overrides), source=f"stage {stage_params.name!r}")
 
 
 def stream_subprocess(

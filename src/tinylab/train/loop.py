@@ -35,7 +35,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm.auto import tqdm
 
-from tinylab.config import OptimConfig, ParallelConfig, StageConfig, dump_config
+from tinylab.config.loader import dump_config
+from tinylab.config.stage import OptimConfig, ParallelConfig, StageConfig
 from tinylab.data.packed import bits_per_byte
 from tinylab.layout import RunLayout, StageLayout, StageResult, read_metrics
 from tinylab.model import build_model, flops_per_token, save_hf, with_resolved_attention

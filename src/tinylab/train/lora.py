@@ -23,7 +23,7 @@ from pathlib import Path
 
 from torch import nn
 
-from tinylab.config import AdapterConfig
+from tinylab.config.stage import AdapterConfig
 from tinylab.files import replace_dir_atomic
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tinylab.config import ParallelConfig
+from tinylab.config.stage import ParallelConfig
 from tinylab.files import write_atomic
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM (docs/PAPER.md, "Throughput claims")

@@ -40,7 +40,8 @@ from torch.distributed.tensor import DTensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from tinylab.config import ConfigError, ParallelConfig
+from tinylab.config.loader import ConfigError
+from tinylab.config.stage import ParallelConfig
 
 
 @dataclass

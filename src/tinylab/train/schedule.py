@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from tinylab.config import OptimConfig, ScheduleConfig
+from tinylab.config.stage import OptimConfig, ScheduleConfig
 
 
 def lr_at(tokens: int, optim: OptimConfig, schedule: ScheduleConfig) -> float:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinylab.config import AdapterConfig, ConfigError, InitFrom, ModelConfig, StageConfig
+from tinylab.config.loader import ConfigError
+from tinylab.config.model import ModelConfig
+from tinylab.config.stage import AdapterConfig, InitFrom, StageConfig
 from tinylab.layout import RunLayout
 from tinylab.train.checkpoint import (
     Checkpoint,

@@ -1,0 +1,326 @@
+"""The schema of params/stages/: one training stage (model and data by reference, mixture,
+budget, batch, optimizer, schedule, parent, adapter, checkpoints, validation, parallelism)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, get_args
+
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from tinylab.config.data import DataConfig, RampConfig
+from tinylab.config.loader import Schema
+from tinylab.config.model import ModelConfig
+
+
+class OptimConfig(Schema):
+    """AdamW and clipping (docs/PAPER.md, 'Training hyperparameters')."""
+
+    lr: PositiveFloat = Field(description="peak learning rate")
+    min_lr: NonNegativeFloat = Field(description="learning rate at the end of the cosine")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    eps: PositiveFloat = Field(1e-8, description="AdamW epsilon")
+    weight_decay: NonNegativeFloat = Field(0.1, description="AdamW decoupled weight decay")
+    grad_clip: PositiveFloat | None = Field(1.0, description="max global grad norm; null = off")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("both betas must be in [0, 1)")
+        return betas
+
+    @field_validator("min_lr")
+    @classmethod
+    def _min_below_peak(cls, min_lr: float, info: ValidationInfo) -> float:
+        lr = info.data.get("lr")
+        if lr is not None and min_lr > lr:
+            raise ValueError(f"must not exceed lr ({lr})")
+        return min_lr
+
+
+class ScheduleConfig(Schema):
+    """Linear warmup then cosine decay, as a function of tokens seen since the first stage."""
+
+    warmup_tokens: NonNegativeInt = Field(description="tokens of linear warmup")
+    decay_tokens: PositiveInt = Field(
+        description="token count at which the cosine reaches min_lr (end of the whole pipeline)"
+    )
+
+    @field_validator("decay_tokens")
+    @classmethod
+    def _decay_after_warmup(cls, decay: int, info: ValidationInfo) -> int:
+        warmup = info.data.get("warmup_tokens")
+        if warmup is not None and decay <= warmup:
+            raise ValueError(f"must exceed warmup_tokens ({warmup})")
+        return decay
+
+
+class InitFrom(Schema):
+    """Which parent stage a stage starts from, and what it carries over."""
+
+    stage: str = Field(description="name of the parent stage in the same run")
+    carry: list[Literal["weights", "optimizer", "schedule"]] = Field(
+        ["weights", "optimizer", "schedule"],
+        description="weights; optimizer state; schedule position (step and tokens seen)",
+    )
+
+    @field_validator("carry")
+    @classmethod
+    def _optimizer_needs_weights(cls, carry: list[str]) -> list[str]:
+        if "optimizer" in carry and "weights" not in carry:
+            raise ValueError("carrying 'optimizer' state without 'weights' is meaningless")
+        return carry
+
+
+class CheckpointConfig(Schema):
+    """Checkpoint cadence and retention."""
+
+    every_steps: PositiveInt | None = Field(
+        100, description="save every N optimizer steps; null = off (only at the end, see at_end)"
+    )
+    keep_last: PositiveInt = Field(2, description="keep the newest K checkpoints")
+    at_end: bool = Field(True, description="save when the stage ends (off only for benchmarks)")
+
+
+class EvalEveryConfig(Schema):
+    """Periodic per-domain validation during training."""
+
+    every_steps: PositiveInt | None = Field(
+        50,
+        description="validate every N optimizer steps; null = off (only at the stage's start "
+        "and end)",
+    )
+    max_windows: PositiveInt = Field(64, description="validation windows per domain")
+
+
+# Liger-Kernel ops that `parallel.liger` can pick; `loss` is its fused linear cross-entropy.
+LigerOp = Literal["rms_norm", "rope", "swiglu", "loss"]
+LIGER_OPS: tuple[str, ...] = get_args(LigerOp)
+
+
+class ParallelConfig(Schema):
+    """FSDP2 and kernel options."""
+
+    precision: Literal["fp32", "bf16"] = Field("bf16", description="compute precision")
+    replicate_nodes: PositiveInt = Field(
+        1, description="HSDP replica groups (usually the node count); 1 = plain FSDP"
+    )
+    reshard_after_forward: bool = Field(True, description="FSDP2 reshard_after_forward")
+    single_process: Literal["plain", "fsdp"] = Field(
+        "plain",
+        description="how ONE process trains (several processes always use FSDP2): plain = the "
+        "module itself, bf16 as autocast over fp32 weights (no process group: notebooks, CPU, "
+        "the demo); fsdp = FSDP2 over a one-device mesh exactly as several processes train, bf16 "
+        "parameters in compute with fp32 master weights (the paper stages: 6.6% faster at "
+        "micro-batch 16 on one H100, bench/RESULTS.md)",
+    )
+    activation_checkpointing: Literal["off", "selective", "full"] = Field("off")
+    compile: Literal["off", "layers", "model"] = Field(
+        "off",
+        description="torch.compile each decoder layer (layers; true = layers), or the whole "
+        "model (model; only without FSDP2: one process with single_process: plain)",
+    )
+    liger: list[LigerOp] = Field(
+        [],
+        description="Liger-Kernel's fused ops, when installed: rms_norm, rope, swiglu (fused "
+        "RMSNorm, RoPE, SwiGLU) and loss (fused linear cross-entropy); [] = off",
+    )
+    sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
+        "auto",
+        description="kernel behind attention: sdpa (auto = PyTorch's choice; flash = its "
+        "FlashAttention-2, cudnn = cuDNN's fused attention)",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = cuda when a GPU is present, else cpu"
+    )
+    peak_flops: PositiveFloat | None = Field(
+        None,
+        description="peak FLOP/s per device for MFU; null = 989e12 on H100/H200 in bf16, "
+        "else MFU is not reported",
+    )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_from_bool(cls, value: object) -> object:
+        """compile: true/false means layers/off."""
+        return ("layers" if value else "off") if isinstance(value, bool) else value
+
+    @field_validator("liger", mode="before")
+    @classmethod
+    def _liger_is_a_list(cls, value: object) -> object:
+        if not isinstance(value, list | tuple):
+            raise ValueError(
+                "expected a list of ops, e.g. [loss] or [rms_norm, swiglu, loss] ([] = off), "
+                "from " + ", ".join(LIGER_OPS)
+            )
+        return value
+
+    @field_validator("liger")
+    @classmethod
+    def _liger_ops_once(cls, ops: list[str]) -> list[str]:
+        if len(set(ops)) != len(ops):
+            raise ValueError("each op may appear once")
+        return ops
+
+
+# The Linear layers of a Llama decoder block: what a LoRA adapter can target.
+LLAMA_BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class AdapterConfig(Schema):
+    """A LoRA adapter (peft) trained on frozen parent weights instead of all weights."""
+
+    type: Literal["lora"] = Field("lora", description="adapter kind (peft LoRA)")
+    rank: PositiveInt = Field(16, description="LoRA rank r")
+    alpha: PositiveFloat = Field(32.0, description="LoRA alpha; the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] = Field(
+        list(LLAMA_BLOCK_LINEARS),
+        min_length=1,
+        description="Linear layers of each decoder block that get an adapter",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """`adapter: lora` is short for `{type: lora}` (and `--set adapter.rank=8` on it works,
+        see tinylab.config.loader)."""
+        if isinstance(value, str):
+            if value != "lora":
+                raise ValueError("expected 'lora' or a mapping {type: lora, rank, alpha, ...}")
+            return {"type": value}
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _known_unique_modules(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in LLAMA_BLOCK_LINEARS]
+        if unknown:
+            raise ValueError(
+                f"no module named {', '.join(map(repr, unknown))} in a Llama block; "
+                f"allowed: {', '.join(LLAMA_BLOCK_LINEARS)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("each module may appear once")
+        return names
+
+
+class StageConfig(Schema):
+    """One training stage: model, data mixture, budget, batch, schedule and parent."""
+
+    params_kind: ClassVar[str] = "stages"
+
+    name: str = Field(description="stage name, unique within a pipeline")
+    model: ModelConfig = Field(description="a models preset name, a .yaml path, or inline")
+    data: DataConfig = Field(description="a data params name, a .yaml path, or inline")
+    mixture: dict[str, NonNegativeFloat] = Field(
+        min_length=1, description="sampling weights by source name (normalised)"
+    )
+    ramp: RampConfig | None = Field(None, description="linear ramp of the mixture weights")
+    max_tokens: PositiveInt = Field(description="tokens this stage trains on")
+    micro_batch_size: PositiveInt = Field(description="sequences per device per micro-step")
+    global_batch_tokens: PositiveInt = Field(
+        description="tokens per optimizer step, all devices; multiple of micro_batch_size x seq_len"
+    )
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    init_from: InitFrom | None = Field(None, description="parent stage; null = from scratch")
+    adapter: AdapterConfig | None = Field(
+        None, description="null = train all weights; lora (or a mapping) = a LoRA adapter only"
+    )
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    validation: EvalEveryConfig = Field(default_factory=EvalEveryConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    seed: int = Field(3407, description="seed of init and data order")
+    log_every_steps: PositiveInt = Field(1, description="metrics line every N steps")
+    export_hf: bool = Field(True, description="write an HF folder (hf/) when the stage ends")
+    tensorboard: bool = Field(False, description="also write TensorBoard events (if installed)")
+
+    @field_validator("mixture")
+    @classmethod
+    def _mixture_sources_exist(cls, mixture: dict[str, float], info: ValidationInfo) -> dict:
+        _check_weights(mixture, info.data.get("data"))
+        return mixture
+
+    @field_validator("ramp")
+    @classmethod
+    def _ramp_sources_exist(
+        cls, ramp: RampConfig | None, info: ValidationInfo
+    ) -> RampConfig | None:
+        if ramp is not None:
+            _check_weights(ramp.start, info.data.get("data"))
+        return ramp
+
+    @field_validator("global_batch_tokens")
+    @classmethod
+    def _batch_divisible(cls, batch: int, info: ValidationInfo) -> int:
+        data, micro = info.data.get("data"), info.data.get("micro_batch_size")
+        if data is not None and micro is not None and batch % (micro * data.seq_len):
+            raise ValueError(
+                f"must be a multiple of micro_batch_size x seq_len ({micro} x {data.seq_len} = "
+                f"{micro * data.seq_len})"
+            )
+        return batch
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_on_parent_weights(
+        cls, adapter: AdapterConfig | None, info: ValidationInfo
+    ) -> AdapterConfig | None:
+        if adapter is None or "name" not in info.data:  # name missing: other errors first
+            return adapter
+        init_from = info.data.get("init_from")
+        carry = [] if init_from is None else init_from.carry
+        if "weights" not in carry:
+            raise ValueError(
+                f"a {adapter.type} adapter trains on a parent's weights, but init_from is "
+                f"{None if init_from is None else init_from.model_dump()}; set init_from: "
+                "{stage: <parent>, carry: [weights, schedule]} (an adapter on random weights is "
+                "almost certainly a mistake)"
+            )
+        if "optimizer" in carry:
+            raise ValueError(
+                f"a {adapter.type} adapter cannot carry the parent's 'optimizer' (init_from.carry "
+                f"= {carry}): that AdamW state belongs to other parameters; carry [weights] or "
+                "[weights, schedule]"
+            )
+        return adapter
+
+    @model_validator(mode="after")
+    def _ramp_fits_stage(self) -> StageConfig:
+        if self.ramp is not None and self.ramp.tokens > self.max_tokens:
+            raise ValueError(
+                f"ramp.tokens ({self.ramp.tokens}) exceeds max_tokens ({self.max_tokens}): "
+                "the ramp must end within the stage"
+            )
+        if self.data.seq_len > self.model.max_position_embeddings:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) exceeds model.max_position_embeddings "
+                f"({self.model.max_position_embeddings})"
+            )
+        return self
+
+    @property
+    def micro_steps_per_step(self) -> int:
+        """Micro-batches per optimizer step over all devices (divide by world size per device)."""
+        return self.global_batch_tokens // (self.micro_batch_size * self.data.seq_len)
+
+
+def _check_weights(weights: dict[str, float], data: DataConfig | None) -> None:
+    if data is not None:
+        unknown = sorted(set(weights) - set(data.sources))
+        if unknown:
+            raise ValueError(
+                f"unknown source(s) {unknown}; data.sources has {sorted(data.sources)}"
+            )
+    if weights and sum(weights.values()) <= 0:
+        raise ValueError("weights must not all be zero")
