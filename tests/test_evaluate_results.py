@@ -55,6 +55,7 @@ def test_one_json_per_checkpoint_with_provenance_and_samples(setup: dict) -> Non
         assert row[key] is not None, key
     assert row["harness"].startswith("lm_eval 0.4") and row["add_bos_token"] is False
     assert row["bos_prepended"] is False
+    assert row["protocol"] == "lm_eval" and row["dtype"] == row["settings"]["dtype"] == "float32"
     lines = (setup["out"] / "base.samples.jsonl").read_text().splitlines()
     assert len(lines) == len(ARC_ITEMS) and json.loads(lines[0])["task"] == ARC.name
     assert not list(setup["out"].glob("*.partial"))
@@ -84,6 +85,16 @@ def test_only_new_or_changed_tasks_are_computed(setup: dict) -> None:
     assert len(samples) == 2 * len(ARC_ITEMS)
 
 
+def test_another_dtype_is_evaluated_afresh_and_labelled(setup: dict) -> None:
+    _run(setup)
+    bf16 = _run(setup, setup["cfg"].model_copy(update={"dtype": "bfloat16"}))
+    assert setup["calls"] == [[ARC.name], [ARC.name]]
+    assert bf16["results"][0]["dtype"] == "bfloat16"
+    _run(setup, setup["cfg"].model_copy(update={"dtype": "float32"}))  # = auto on cpu
+    assert len(setup["calls"]) == 3 and _run(setup)["results"][0]["dtype"] == "float32"
+    assert len(setup["calls"]) == 3
+
+
 def test_another_checkpoint_under_the_same_name_is_evaluated_afresh(
     setup: dict, tmp_path: Path
 ) -> None:
@@ -110,7 +121,8 @@ def test_table_and_figure_mark_chance(setup: dict) -> None:
                                "value": 3.2, "kind": "perplexity"})  # fmt: skip
     table = scores_table(results)
     assert list(table.columns) == ["task", "metric", "value", "stderr", "n", "shots", "chance",
-                                   "kind"]  # fmt: skip
+                                   "protocol", "dtype", "kind"]  # fmt: skip
+    assert table[["protocol", "dtype"]].values.tolist()[0] == ["lm_eval", "float32"]
     fig = plot_scores(table, title="base")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == [f"{ARC.name} (acc_norm)"]

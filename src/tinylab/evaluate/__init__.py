@@ -1,6 +1,7 @@
-"""tinylab.evaluate: the paper's benchmarks through lm-eval, offline suites, HumanEval in a
-sandbox, per-domain perplexity; results as JSON per checkpoint, reused when still valid. What to
-run is the eval params file alone: params/eval/paper.yaml is the paper's protocol.
+"""tinylab.evaluate: the paper's benchmarks through lm-eval or InstructEval's rules (MMLU, BBH,
+DROP), offline suites, HumanEval in a sandbox, per-domain perplexity; results as JSON per
+checkpoint, reused when still valid. What to run is the eval params file alone:
+params/eval/paper.yaml is the paper's protocol.
 
     tinylab eval outputs/runs/demo/stages/base/hf --params params/eval/demo.yaml \
         --out outputs/runs/demo/eval

@@ -1,12 +1,14 @@
-"""The evaluation runner: one exported checkpoint, one eval params file (the protocol: tasks,
-shots, metrics, BOS, HumanEval settings), scored by benchmarks, HumanEval and perplexity.
+"""The evaluation runner: one exported checkpoint, one eval params file (the protocol: tasks and
+who scores each, shots, metrics, BOS, dtype, HumanEval settings), scored by benchmarks (lm-eval,
+or InstructEval's rules for MMLU, BBH and DROP), HumanEval and perplexity.
 
 `evaluate_checkpoint` is what the CLI calls, `evaluate_stage` (a run's stage) what
 notebooks/03_evaluate.ipynb calls. It first works out which rows of `<out>/<name>.json` are still
 valid (same model hash, same settings) and loads the model only if something is left to compute;
-lm-eval tasks run in batches (`batch_size`), one `simple_evaluate` per shot count, HumanEval
-programs in parallel sandboxes. Each finished part is written at once, so an interrupted
-evaluation resumes where it stopped.
+lm-eval tasks run in batches (`batch_size`), one `simple_evaluate` per shot count, InstructEval's
+tasks through tinylab.evaluate.instructeval, HumanEval programs in parallel sandboxes. Every row
+records its protocol and the weights' dtype. Each finished part is written at once, so an
+interrupted evaluation resumes where it stopped.
 
     tinylab eval outputs/runs/demo/stages/base/hf --params params/eval/demo.yaml \
         --out outputs/runs/demo/eval
@@ -22,7 +24,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tinylab.config.eval import EvalConfig, EvalTask
 from tinylab.config.loader import ConfigError, load_config, project_path
-from tinylab.evaluate import harness, humaneval, offline, perplexity
+from tinylab.evaluate import harness, humaneval, instructeval, offline, perplexity
 from tinylab.evaluate.errors import EvalError
 from tinylab.evaluate.results import ResultStore, model_identity
 from tinylab.evaluate.sandbox import sandbox_mode
@@ -31,16 +33,16 @@ from tinylab.model import load_hf
 
 
 class _Model:
-    """The model and its tokenizer, each loaded on first use only."""
+    """The model (weights in `dtype`) and its tokenizer, each loaded on first use only."""
 
-    def __init__(self, hf_dir: Path, device: str):
-        self.hf_dir, self.device = hf_dir, device
+    def __init__(self, hf_dir: Path, device: str, dtype: str):
+        self.hf_dir, self.device, self.dtype = hf_dir, device, dtype
         self._model: PreTrainedModel | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
 
     def model(self) -> PreTrainedModel:
         if self._model is None:
-            dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+            dtype = getattr(torch, self.dtype)
             self._model = load_hf(self.hf_dir, attention="sdpa", dtype=dtype).to(self.device)
             self._model.eval()
         return self._model
@@ -57,6 +59,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The weights' dtype: `auto` is bfloat16 on cuda and float32 on cpu."""
+    if dtype == "auto":
+        return "bfloat16" if device == "cuda" else "float32"
+    return dtype
+
+
 def include_paths(cfg: EvalConfig, *, progress: bool = True) -> list[Path]:
     """Task folders for lm-eval: the built offline suites, then the params' include_path."""
     paths = [offline.ensure_suite(suite, progress=progress) for suite in cfg.suites]
@@ -65,7 +74,7 @@ def include_paths(cfg: EvalConfig, *, progress: bool = True) -> list[Path]:
     return paths
 
 
-def lm_eval_settings(task: EvalTask, cfg: EvalConfig) -> dict:
+def lm_eval_settings(task: EvalTask, cfg: EvalConfig, dtype: str) -> dict:
     return {
         "kind": "lm_eval",
         "harness": harness.HARNESS,
@@ -74,6 +83,7 @@ def lm_eval_settings(task: EvalTask, cfg: EvalConfig) -> dict:
         "limit": cfg.limit,
         "add_bos_token": cfg.add_bos_token,
         "offline_recipe": offline.RECIPE_VERSION if cfg.suites else None,
+        "dtype": dtype,
     }
 
 
@@ -90,9 +100,11 @@ def evaluate_checkpoint(
     Rows already on disk for this model and these settings are reused, not recomputed."""
     hf_dir = Path(hf_dir)
     store = ResultStore(Path(out_dir), name, model_identity(hf_dir))
-    model = _Model(hf_dir, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    model = _Model(hf_dir, device, resolve_dtype(cfg.dtype, device))
     order = [t.name for t in cfg.tasks]
     _run_benchmarks(cfg, store, model, progress=progress)
+    _run_instructeval(cfg, store, model)
     if cfg.humaneval is not None:
         order.append("humaneval")
         _run_humaneval(cfg, store, model)
@@ -127,7 +139,12 @@ def evaluate_stage(
 
 
 def _run_benchmarks(cfg: EvalConfig, store: ResultStore, model: _Model, *, progress: bool) -> None:
-    pending = [t for t in cfg.tasks if store.cached(t.name, lm_eval_settings(t, cfg)) is None]
+    pending = [
+        t
+        for t in cfg.tasks
+        if t.protocol == "lm_eval"
+        and store.cached(t.name, lm_eval_settings(t, cfg, model.dtype)) is None
+    ]
     if not pending:
         return
     manager = harness.task_manager(include_paths(cfg, progress=progress), [t.name for t in pending])
@@ -139,13 +156,44 @@ def _run_benchmarks(cfg: EvalConfig, store: ResultStore, model: _Model, *, progr
         records = samples[task.name]
         row.update(
             kind="lm_eval",
+            protocol="lm_eval",
+            dtype=model.dtype,
             chance=task.chance if task.chance is not None else _chance(records),
             add_bos_token=cfg.add_bos_token,
             bos_prepended=bos_prepended(model.get()[1], cfg.add_bos_token),
             harness=harness.HARNESS,
             seconds=elapsed,
             items_per_s=(row["n"] or 0) / elapsed,
-            settings=lm_eval_settings(task, cfg),
+            settings=lm_eval_settings(task, cfg, model.dtype),
+        )
+        store.put(row, records)
+        store.write()
+
+
+def _run_instructeval(cfg: EvalConfig, store: ResultStore, model: _Model) -> None:
+    """The tasks of protocol instructeval, one at a time, each stored when done."""
+    for task in cfg.tasks:
+        if task.protocol != "instructeval":
+            continue
+        settings = {**instructeval.settings(task, limit=cfg.limit), "dtype": model.dtype}
+        if store.cached(task.name, settings) is not None:
+            continue
+        start = time.perf_counter()
+        row, records = instructeval.evaluate_task(
+            *model.get(), task, limit=cfg.limit, batch_size=cfg.batch_size
+        )
+        elapsed = time.perf_counter() - start
+        row.update(
+            kind="instructeval",
+            protocol="instructeval",
+            dtype=model.dtype,
+            chance=task.chance,
+            add_bos_token=True,
+            bos_prepended=model.get()[1].bos_token_id is not None,
+            harness=f"tinylab instructeval ({instructeval.SOURCE})",
+            seconds=elapsed,
+            items_per_s=row["n"] / elapsed,
+            settings=settings,
         )
         store.put(row, records)
         store.write()
@@ -171,6 +219,7 @@ def _run_humaneval(cfg: EvalConfig, store: ResultStore, model: _Model) -> None:
         **he.model_dump(mode="json"),
         "add_bos_token": cfg.add_bos_token,
         "sandbox": sandbox_mode(),
+        "dtype": model.dtype,
     }
     if store.cached("humaneval", settings) is not None:
         return
@@ -189,6 +238,8 @@ def _run_humaneval(cfg: EvalConfig, store: ResultStore, model: _Model) -> None:
         "shots": 0,
         "metrics": {k: v["value"] for k, v in scores.items()},
         "kind": "humaneval",
+        "protocol": "codex",
+        "dtype": model.dtype,
         "chance": 0.0,
         "add_bos_token": cfg.add_bos_token,
         "harness": f"tinylab sandbox ({sandbox_mode()})",
@@ -226,6 +277,7 @@ def _run_perplexity(cfg: EvalConfig, store: ResultStore, model: _Model, data_dir
         "max_windows": cfg.perplexity_max_windows,
         "tokenizer_sha256": data.tokenizer_sha256,
         "data_dir": str(data_dir.resolve()),
+        "dtype": model.dtype,
     }
     names = [f"perplexity/{domain}" for domain in data.domains]
     if all(store.cached(n, settings) is not None for n in names):
@@ -238,6 +290,8 @@ def _run_perplexity(cfg: EvalConfig, store: ResultStore, model: _Model, data_dir
     for row in rows:
         row.update(
             kind="perplexity",
+            protocol="tinylab",
+            dtype=model.dtype,
             chance=None,
             add_bos_token=None,
             harness="tinylab",
