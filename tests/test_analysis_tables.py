@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from _analysis_fixtures import STAGES, write_run
 
@@ -35,6 +36,25 @@ def test_benchmark_scores_are_one_column_per_stage(run) -> None:
     assert {stage: table[stage].item() for stage in STAGES} == {
         name: spec[2] for name, spec in STAGES.items()
     }
+
+
+def test_benchmark_scores_say_which_protocol_and_dtype_made_each_number(run) -> None:
+    rows = [
+        {"stage": "base", "task": "mmlu", "metric": "acc", "value": 0.3, "chance": 0.25,
+         "protocol": "instructeval", "dtype": "float32"},
+        {"stage": "base", "task": "bbh", "metric": "acc", "value": 0.2, "chance": None,
+         "protocol": "instructeval", "dtype": "float32"},
+        {"stage": "base", "task": "hellaswag", "metric": "acc_norm", "value": 0.4, "chance": 0.25,
+         "protocol": "lm_eval", "dtype": "bfloat16"},
+    ]  # fmt: skip
+    table = tables.benchmark_scores(dataclasses.replace(run, evals=pd.DataFrame(rows)))
+    assert table[["task", "protocol", "dtype", "base"]].values.tolist() == [
+        ["mmlu", "instructeval", "float32", 0.3],
+        ["bbh", "instructeval", "float32", 0.2],  # no chance level, still a row
+        ["hellaswag", "lm_eval", "bfloat16", 0.4],
+    ]
+    older = tables.benchmark_scores(run)  # results written before protocols were recorded
+    assert older[["protocol", "dtype"]].values.tolist() == [["not recorded", "not recorded"]]
 
 
 def test_provenance_and_steps_come_from_the_manifest(run) -> None:

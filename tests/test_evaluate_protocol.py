@@ -1,13 +1,16 @@
 """The evaluation protocol has one copy, the params file that runs: params/eval/paper.yaml holds
-the paper's tasks, shots, headline metrics, chance levels, BOS and HumanEval settings
-(docs/PAPER.md, "Evaluation protocol"); params/eval/demo.yaml keeps its rules on offline suites."""
+the paper's tasks, who scores each, shots, headline metrics, chance levels, BOS, dtype and
+HumanEval settings (docs/PAPER.md, "Evaluation protocol"); params/eval/demo.yaml keeps its rules
+on offline suites. The schema refuses a protocol a task does not have, with one clear error."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from tinylab.config.eval import EvalConfig
-from tinylab.config.loader import PARAMS_DIR, load_config
+from tinylab.config.loader import PARAMS_DIR, ConfigError, load_config
 from tinylab.evaluate import harness
 
 PAPER = load_config(PARAMS_DIR / "eval" / "paper.yaml", EvalConfig)
@@ -16,7 +19,7 @@ TASKS = {task.name: task for task in PAPER.tasks}
 COMMONSENSE = ("hellaswag", "openbookqa", "winogrande", "arc_easy", "arc_challenge", "boolq",
                "piqa")  # fmt: skip
 CHINESE = ("xwinograd_zh", "xstorycloze_zh", "xcopa_zh", "xnli_zh")
-PROBLEM_SOLVING = ("mmlu", "bbh_fewshot", "drop")
+PROBLEM_SOLVING = ("mmlu", "bbh", "drop")
 
 
 def test_the_paper_tasks_each_once() -> None:
@@ -36,9 +39,17 @@ def test_chinese_tasks_are_zero_shot_acc() -> None:
     assert all(TASKS[n].metric == "acc" and TASKS[n].num_fewshot == 0 for n in CHINESE)
 
 
-def test_problem_solving_shots_and_metrics() -> None:
+def test_problem_solving_is_instructeval_with_its_shots() -> None:
     shots = {name: (TASKS[name].num_fewshot, TASKS[name].metric) for name in PROBLEM_SOLVING}
-    assert shots == {"mmlu": (5, "acc"), "bbh_fewshot": (3, "exact_match"), "drop": (3, "f1")}
+    assert shots == {"mmlu": (5, "acc"), "bbh": (3, "acc"), "drop": (3, "acc")}
+    protocols = {task.name: task.protocol for task in PAPER.tasks}
+    assert {n for n, p in protocols.items() if p == "instructeval"} == set(PROBLEM_SOLVING)
+    assert all(task.protocol == "lm_eval" for task in DEMO.tasks)  # the demo: unchanged
+
+
+def test_the_paper_runs_in_float32_and_the_demo_as_before() -> None:
+    assert PAPER.dtype == "float32"  # EVAL.md: dtype="float"
+    assert DEMO.dtype == "auto" and DEMO.device == "cpu"  # auto on cpu: float32, as before
 
 
 def test_chance_is_uniform_guessing() -> None:
@@ -47,7 +58,7 @@ def test_chance_is_uniform_guessing() -> None:
         "hellaswag": 0.25, "openbookqa": 0.25, "winogrande": 0.5, "arc_easy": 0.25,
         "arc_challenge": 0.25, "boolq": 0.5, "piqa": 0.5, "xwinograd_zh": 0.5,
         "xstorycloze_zh": 0.5, "xcopa_zh": 0.5, "xnli_zh": pytest.approx(1 / 3),
-        "mmlu": 0.25, "bbh_fewshot": None, "drop": 0.0,
+        "mmlu": 0.25, "bbh": None, "drop": 0.0,
     }  # fmt: skip
 
 
@@ -72,4 +83,34 @@ def test_the_demo_scores_like_the_paper() -> None:
 @pytest.mark.slow
 def test_the_paper_tasks_exist_in_lm_eval() -> None:
     known = harness.task_manager([]).all_tasks
-    assert [name for name in TASKS if name not in known] == []
+    lm_eval_tasks = [task.name for task in PAPER.tasks if task.protocol == "lm_eval"]
+    assert [name for name in lm_eval_tasks if name not in known] == []
+    assert {"mmlu", "bbh_fewshot", "drop"} <= set(known)  # lm-eval's versions, by their names
+
+
+@pytest.mark.parametrize(
+    ("tasks", "message"),
+    [
+        ("[{name: hellaswag, protocol: instructeval}]",
+         "tasks.0 = .*protocol instructeval scores mmlu, bbh, drop only, not 'hellaswag'"),
+        ("[{name: drop, protocol: instructeval, metric: f1}]",
+         "protocol instructeval reports acc .*not 'f1'"),
+        ("[{name: mmlu, protocol: helm}]",
+         "tasks.0.protocol = 'helm': .*'lm_eval' or 'instructeval'"),
+        ("[{name: mmlu}, {name: mmlu, protocol: instructeval}]",
+         "tasks = .*\\['mmlu'\\] appear more than once"),
+    ],
+)  # fmt: skip
+def test_a_wrong_protocol_is_one_clear_error(tmp_path: Path, tasks: str, message: str) -> None:
+    path = tmp_path / "eval.yaml"
+    path.write_text(f"tasks: {tasks}\n")
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path, EvalConfig)
+    assert str(path) in str(err.value) and "1 invalid value(s)" in str(err.value)
+
+
+def test_a_wrong_dtype_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "eval.yaml"
+    path.write_text("dtype: float16\n")
+    with pytest.raises(ConfigError, match="dtype = 'float16': .*'auto', 'float32' or 'bfloat16'"):
+        load_config(path, EvalConfig)

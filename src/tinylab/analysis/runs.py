@@ -113,8 +113,9 @@ def stage_configs(run: RunLayout) -> dict[str, StageConfig]:
 
 
 def load_evals(eval_dir: Path) -> pd.DataFrame:
-    """Every <stage>.json under eval/ as rows: stage, task, metric, value, stderr, n, chance."""
-    columns = ["stage", "task", "metric", "value", "stderr", "n", "chance"]
+    """Every <stage>.json under eval/ as rows: stage, task, metric, value, stderr, n, chance,
+    protocol, dtype."""
+    columns = ["stage", "task", "metric", "value", "stderr", "n", "chance", "protocol", "dtype"]
     rows = []
     for path in sorted(eval_dir.glob("*.json")):
         document = load_results(path)

@@ -14,11 +14,16 @@ from tinylab.analysis.runs import Run
 
 
 def benchmark_scores(run: Run) -> pd.DataFrame:
-    """Scores per task (rows) and evaluated stage (columns), with the metric and chance."""
+    """Scores per task (rows) and evaluated stage (columns), labelled with the metric, the
+    protocol that scored it (lm_eval, instructeval, ...), the weights' dtype and chance; results
+    written before protocol and dtype were recorded say "not recorded"."""
     evals = run.evals
     if evals.empty:
         return pd.DataFrame()
-    table = evals.pivot_table(index=["task", "metric", "chance"], columns="stage", values="value")
+    labels = ["task", "metric", "protocol", "dtype"]
+    frame = evals.assign(**{key: evals[key].fillna("not recorded") for key in labels[2:]})
+    table = frame.pivot_table(index=labels, columns="stage", values="value", sort=False)
+    table.insert(0, "chance", frame.groupby(labels, sort=False)["chance"].first())
     return table.reset_index()
 
 

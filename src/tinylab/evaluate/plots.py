@@ -17,11 +17,11 @@ from matplotlib.figure import Figure
 
 from tinylab.evaluate.errors import EvalError
 
-COLUMNS = ["task", "metric", "value", "stderr", "n", "shots", "chance", "kind"]
+COLUMNS = ["task", "metric", "value", "stderr", "n", "shots", "chance", "protocol", "dtype", "kind"]
 
 
 def scores_table(results: dict) -> pd.DataFrame:
-    """One row per task: task, metric, value, stderr, n, shots, chance, kind."""
+    """One row per task: task, metric, value, stderr, n, shots, chance, protocol, dtype, kind."""
     rows = [{column: row.get(column) for column in COLUMNS} for row in results["results"]]
     table = pd.DataFrame(rows, columns=COLUMNS)
     for column in ("value", "stderr", "chance"):
