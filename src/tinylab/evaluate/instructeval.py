@@ -35,7 +35,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,6 +109,8 @@ def mmlu_header(subject: str) -> str:
 def mmlu_examples(rows: Sequence[dict]) -> tuple[Example, ...]:
     """MMLU questions (cais/mmlu rows of one subject and split) with their cells as pandas reads
     them from the CSV file InstructEval opens."""
+    if not rows:
+        return ()
     table = pd.DataFrame(
         [[row["question"], *row["choices"], "ABCD"[row["answer"]]] for row in rows]
     )
@@ -136,7 +138,7 @@ def mmlu_subtasks(num_shots: int) -> list[Subtask]:
     ]
 
 
-def _by_subject(rows) -> dict[str, list[dict]]:
+def _by_subject(rows: Iterable[dict]) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["subject"], []).append(row)
