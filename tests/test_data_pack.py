@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from _data_fixtures import data_config, make_corpus
 from tinylab.config.data import DataConfig
 from tinylab.config.kinds import load_params
 from tinylab.config.loader import ConfigError
-from tinylab.data import DataError, PackedData, prepare, token_dtype
+from tinylab.data import DataError, PackedData, packed, prepare, token_dtype
 from tinylab.data.pack import SHARDS_DIR, is_validation
 from tinylab.data.tokenizer import load_fast
 from tinylab.layout import INDEX_FILE
@@ -110,14 +111,89 @@ def test_truncated_shard_is_named_then_rebuilt(prepared, tmp_path: Path) -> None
 
 def test_corrupt_shard_fails_verification_then_is_rebuilt(prepared, tmp_path: Path) -> None:
     data_dir = copy_data(prepared, tmp_path)
+    PackedData.open(data_dir)  # verified, and remembered in the marker
     shard = sorted((data_dir / SHARDS_DIR).glob("prose-train-*.bin"))[0]
     good = shard.read_bytes()
-    shard.write_bytes(bytes(len(good)))  # same size, wrong bytes
-    PackedData.open(data_dir)  # the size check passes...
-    with pytest.raises(DataError, match=f"{shard.name}.*sha256"):
-        PackedData.open(data_dir, verify=True)  # ...the checksum does not
+    shard.write_bytes(bytes(len(good)))  # same size, wrong bytes: the size check passes
+    for verify in (False, True):
+        with pytest.raises(DataError, match=f"{shard.name}: sha256 differs.*tinylab prepare"):
+            PackedData.open(data_dir, verify=verify)
     prepare(prepared[1], data_dir, progress=False)
     assert shard.read_bytes() == good
+
+
+def test_each_shard_is_hashed_once_per_state_of_its_file(prepared, tmp_path, monkeypatch) -> None:
+    data_dir = copy_data(prepared, tmp_path)
+    hashed: list[str] = []
+    real = packed.sha256_file
+    monkeypatch.setattr(packed, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    PackedData.open(data_dir)
+    shards = sorted(p.name for p in (data_dir / SHARDS_DIR).iterdir())
+    assert sorted(hashed) == shards  # a copied folder is checked once...
+    packed._VERIFIED_HERE.clear()  # (as a new process would find it)
+    PackedData.open(data_dir)
+    assert sorted(hashed) == shards  # ...then trusted while its files are unchanged
+    first = data_dir / SHARDS_DIR / shards[0]
+    first.write_bytes(first.read_bytes())
+    PackedData.open(data_dir)
+    assert sorted(hashed) == sorted([*shards, shards[0]])  # a rewritten file is hashed again
+    PackedData.open(data_dir, verify=True)
+    assert len(hashed) == 2 * len(shards) + 1
+
+
+def test_a_read_only_data_folder_is_checked_in_the_process(prepared, tmp_path, monkeypatch):
+    data_dir = copy_data(prepared, tmp_path)
+    (data_dir / packed.VERIFIED_FILE).unlink()
+    monkeypatch.setattr(packed, "write_json_atomic", _refuse)
+    hashed: list[str] = []
+    real = packed.sha256_file
+    monkeypatch.setattr(packed, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    PackedData.open(data_dir)
+    PackedData.open(data_dir)
+    assert not (data_dir / packed.VERIFIED_FILE).exists()
+    assert len(hashed) == len(list((data_dir / SHARDS_DIR).iterdir()))
+
+
+def _refuse(*args, **kwargs) -> None:
+    raise OSError(30, "Read-only file system")
+
+
+def test_a_shard_changed_after_its_check_is_named_when_read(prepared, tmp_path: Path) -> None:
+    data_dir = copy_data(prepared, tmp_path)
+    data = PackedData.open(data_dir)
+    shard = sorted((data_dir / SHARDS_DIR).glob("code-train-*.bin"))[0]
+    with shard.open("r+b") as out:  # token ids past the vocabulary (320) in window 0
+        out.write(np.full(4, 60_000, dtype=np.uint16).tobytes())
+    with pytest.raises(DataError, match=f"{shard.name}: token id 60000 in window 0 of code/train"):
+        data.window("code", 0)
+    assert data.window("code", 1).max() < data.vocab_size
+
+
+def test_prepare_clears_what_killed_runs_left(prepared, tmp_path: Path) -> None:
+    data_dir = copy_data(prepared, tmp_path)
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    leftovers = [
+        data_dir / f".tokenizer.tmp-{dead}",
+        data_dir / f".index.json.tmp-{dead}",
+        data_dir / SHARDS_DIR / f".code-train-x-00000.bin.tmp-{dead}",
+    ]
+    leftovers[0].mkdir()
+    (leftovers[0] / "tokenizer.json").write_text("{}")
+    for path in leftovers[1:]:
+        path.write_bytes(b"partial")
+    alive = data_dir / ".index.json.tmp-1"  # a live writer's file (pid 1 runs) is kept
+    alive.write_bytes(b"in progress")
+    prepare(prepared[1], data_dir, progress=False)
+    assert [p for p in leftovers if p.exists()] == [] and alive.exists()
+
+
+def test_prepare_into_a_folder_it_cannot_write_is_one_error(prepared, tmp_path, monkeypatch):
+    data_dir = copy_data(prepared, tmp_path)
+    before = {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()}
+    monkeypatch.setattr(Path, "touch", _refuse)
+    with pytest.raises(DataError, match="cannot write the data folder.*another --out"):
+        prepare(prepared[1], data_dir, progress=False)
+    assert {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()} == before
 
 
 def test_missing_shard_is_named(prepared, tmp_path: Path) -> None:

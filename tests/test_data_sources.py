@@ -135,3 +135,18 @@ def test_bad_local_input_is_named(tmp_path: Path) -> None:
 def test_unknown_source_object() -> None:
     with pytest.raises(DataError, match="unknown source kind 'ftp'"):
         iter_documents(type("Ftp", (), {"kind": "ftp"})(), name="mirror")
+
+
+def test_prepare_names_the_local_source_whose_paths_match_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("some text")
+    raw = {
+        "tokenizer": {"kind": "train", "vocab_size": 300},
+        "sources": {
+            "books": {"kind": "local", "domain": "english", "paths": [str(tmp_path / "a.txt")]},
+            "wiki": {"kind": "local", "domain": "english", "paths": [str(tmp_path / "w/*.txt")]},
+        },
+        "seq_len": 8,
+        "num_workers": 1,
+    }
+    with pytest.raises(DataError, match=r"^sources\.wiki\.paths: '.*w/\*\.txt' matches no file"):
+        prepare(DataConfig.model_validate(raw), tmp_path / "data", progress=False)

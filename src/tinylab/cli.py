@@ -1,6 +1,7 @@
 """The `tinylab` command: thin wrappers over the library. A `UserError` (a bad params file, a
-missing run folder, ...) is one line and exit code 2; anything else is a bug and raises with its
-traceback (exit 1). `--debug` shows the traceback of a user error too, for every command.
+missing run folder, ...) is one line and exit code 2, and so is a full disk or a folder that
+cannot be written (an OSError of `ENVIRONMENT_ERRNOS`, named with its path); anything else is a
+bug and raises with its traceback (exit 1). `--debug` shows the traceback of those too.
 
     tinylab params check params/**/*.yaml
     tinylab model info tinyllama-1.1b --json
@@ -8,6 +9,7 @@ traceback (exit 1). `--debug` shows the traceback of a user error too, for every
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import traceback
@@ -35,6 +37,16 @@ app.add_typer(params_app, name="params")
 app.add_typer(model_app, name="model")
 
 _state = {"debug": False}
+
+NO_SPACE = "free space there (or write elsewhere) and rerun; finished work is kept"
+NOT_WRITABLE = "make it writable (or write elsewhere) and rerun"
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: NO_SPACE,
+    errno.EDQUOT: NO_SPACE,
+    errno.EROFS: NOT_WRITABLE,
+    errno.EACCES: NOT_WRITABLE,
+    errno.EPERM: NOT_WRITABLE,
+}
 
 SetOption = Annotated[
     list[str] | None,
@@ -279,15 +291,25 @@ def prepare_command(
 
 
 def run() -> None:
-    """Entry point: a UserError is one message and exit code 2 (with --debug, its traceback
-    too); every other exception propagates with its traceback."""
+    """Entry point: a UserError, a full disk or an unwritable folder is one message and exit
+    code 2 (with --debug, its traceback too); every other exception propagates with its
+    traceback."""
     try:
         app()
     except UserError as err:
-        if _state["debug"]:
-            traceback.print_exc()
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        _exit_with(str(err))
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        _exit_with(f"{where}{err.strerror}; {ENVIRONMENT_ERRNOS[err.errno]}")
+
+
+def _exit_with(message: str) -> None:
+    if _state["debug"]:
+        traceback.print_exc()
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def replace_dir_atomic(folder: Path) -> Iterator[Path]:
     is left as it was. Staging folders of processes that are gone are removed on entry."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(folder)
+    remove_orphans(folder.parent, folder.name)
     staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -69,17 +69,22 @@ def replace_dir_atomic(folder: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _remove_orphans(folder: Path) -> None:
-    """Delete `.NAME.tmp-PID` / `.NAME.old-PID` siblings whose process no longer runs; an old
-    copy whose replacement never arrived (killed between the two renames) is put back."""
-    for path in sorted(folder.parent.glob(f".{folder.name}.*-*")):
+def remove_orphans(folder: Path, name: str = "*") -> None:
+    """Delete the `.NAME.tmp-PID` / `.NAME.old-PID` files and folders in `folder` (every NAME by
+    default) whose process no longer runs: what `write_atomic` and `replace_dir_atomic` leave
+    when killed. An old copy whose replacement never arrived (killed between the two renames of
+    `replace_dir_atomic`) is put back."""
+    for path in sorted(folder.glob(f".{name}.*-*")):
         kind, _, pid = path.name.rpartition("-")
         if not (kind.endswith((".tmp", ".old")) and pid.isdigit()) or _alive(int(pid)):
             continue
-        if kind.endswith(".old") and not folder.exists():
-            os.replace(path, folder)
-        else:
+        target = folder / kind[1:].rpartition(".")[0]
+        if kind.endswith(".old") and not target.exists():
+            os.replace(path, target)
+        elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -111,9 +111,19 @@ def parse_yaml(text: str, *, source: str = "<string>") -> Any:
 
 def _read_mapping(path: Path) -> dict[str, Any]:
     """One YAML file that must hold a non-empty mapping."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give a params .yaml file inside it")
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
-    data = parse_yaml(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not a text file (byte {err.start} is not UTF-8); a params file is YAML text"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    data = parse_yaml(text, source=str(path))
     if data is None:
         raise ConfigError(f"{path}: file is empty; expected a mapping of params")
     if not isinstance(data, dict):

@@ -55,6 +55,7 @@ from tinylab.data.packed import (
 from tinylab.data.sources import iter_documents, source_signature
 from tinylab.files import (
     json_digest,
+    remove_orphans,
     replace_dir_atomic,
     sha256_file,
     write_atomic,
@@ -90,7 +91,7 @@ def prepare(cfg: DataConfig, data_dir: Path, *, progress: bool = True) -> Packed
     (files.replace_dir_atomic) and new shards get new names (their source fingerprint) until the
     new index replaces the old one."""
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _make_writable_folder(data_dir)
     recipe = tokenizer_recipe(cfg)
     if tokenizer_matches(data_dir / TOKENIZER_DIR, recipe):
         index = _pack_all(cfg, data_dir, data_dir / TOKENIZER_DIR, progress=progress)
@@ -102,6 +103,23 @@ def prepare(cfg: DataConfig, data_dir: Path, *, progress: bool = True) -> Packed
     _remove_stale_shards(data_dir, index)
     write_data_card(cfg, data_dir, index)
     return PackedData.open(data_dir)
+
+
+def _make_writable_folder(data_dir: Path) -> None:
+    """Create `data_dir` and clear what killed runs left in it (temporary files and staging
+    folders of processes that are gone); a DataError when the folder cannot be written."""
+    try:
+        (data_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".probe.tmp-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+        remove_orphans(data_dir)
+        remove_orphans(data_dir / SHARDS_DIR)
+    except OSError as err:
+        raise DataError(
+            f"{data_dir}: cannot write the data folder ({err.strerror}); make it writable or "
+            "give another --out"
+        ) from None
 
 
 def prepare_run(
@@ -124,7 +142,7 @@ def _pack_all(cfg: DataConfig, data_dir: Path, tok_dir: Path, *, progress: bool)
     entries = {}
     with _Encoder(tok_dir, policy, cfg.num_workers) as encoder:
         for name, source in cfg.sources.items():
-            fingerprint = json_digest([FORMAT_VERSION, policy, source_signature(source)])
+            fingerprint = json_digest([FORMAT_VERSION, policy, source_signature(source, name=name)])
             entry = old.get(name)
             if entry and entry["fingerprint"] == fingerprint and _entry_valid(data_dir, entry):
                 entries[name] = entry
@@ -140,7 +158,7 @@ def tokenizer_recipe(cfg: DataConfig) -> dict[str, Any]:
     with its digest: a tokenizer folder is reused when its recorded digest matches."""
     recipe: dict[str, Any] = {"tokenizer": cfg.tokenizer.model_dump(mode="json")}
     if cfg.tokenizer.kind == "train":
-        recipe["sources"] = {n: source_signature(s) for n, s in cfg.sources.items()}
+        recipe["sources"] = {n: source_signature(s, name=n) for n, s in cfg.sources.items()}
         recipe["split"] = [cfg.seed, cfg.validation_fraction]
     return {"digest": json_digest(recipe), **recipe}
 

@@ -61,12 +61,13 @@ def _capped(docs: Iterable[str], *, max_documents: int | None, max_bytes: int | 
             return
 
 
-def source_signature(source: Any) -> dict[str, Any]:
+def source_signature(source: Any, *, name: str) -> dict[str, Any]:
     """What identifies a source's content: its params plus, for local files, their sizes and
-    modification times, and for demo corpora their version (a change means re-tokenizing)."""
+    modification times, and for demo corpora their version (a change means re-tokenizing);
+    `name` is the source's key under `sources:`, for error messages."""
     signature: dict[str, Any] = {"params": source.model_dump(mode="json")}
     if isinstance(source, LocalSource):
-        files = local_files(source, "source")
+        files = local_files(source, name)
         signature["files"] = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     elif isinstance(source, DemoSource):
         from tinylab.data.demo_corpora import corpus_version
