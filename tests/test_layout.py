@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tinylab.files import json_digest, replace_dir_atomic
+from tinylab.files import json_digest, replace_dir_atomic, write_atomic
 from tinylab.layout import RunLayout, StageResult, last_metric, read_metrics
 
 
@@ -70,3 +70,16 @@ def test_orphans_of_dead_processes_are_cleaned(tmp_path):
         assert not (tmp_path / "hf").exists() or (tmp_path / "hf").is_dir()
         (staging / "f").write_text("x")
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == [f".hf.tmp-{os.getpid()}x", "hf"]
+
+
+def test_a_failed_atomic_write_names_its_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "a.json").write_text("old")
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space left") as failure:
+        write_atomic(tmp_path / "a.json", b"new")
+    assert failure.value.filename == str(tmp_path / "a.json") and failure.value.errno == 28
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert (tmp_path / "a.json").read_text() == "old"

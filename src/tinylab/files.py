@@ -15,14 +15,22 @@ from typing import Any
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary file beside `path`, then rename it into place."""
+    """Write bytes to a temporary file beside `path`, then rename it into place. A failed write
+    (a full disk) removes the temporary file and raises an OSError naming `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 def write_json_atomic(path: Path, obj: Any, *, indent: int = 1) -> None:

@@ -56,7 +56,7 @@ def train_stage(
     stage = load_stage(stage_params, overrides)
     run_dir = project_path(run_dir)
     if nproc < 1:
-        raise ValueError(f"nproc = {nproc}: must be >= 1")
+        raise ConfigError(f"--nproc {nproc}: must be >= 1 (processes on this node)")
     if nproc == 1 and not launcher:
         return run_stage(stage, run_dir, resume=resume, progress=progress)
     world_size = launcher_world_size(launcher) if launcher else nproc
