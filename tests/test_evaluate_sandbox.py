@@ -5,8 +5,10 @@ skipped with the reason (see the sandbox module docstring)."""
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import socket
+import sys
 import tempfile
 import textwrap
 import time
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tinylab.config.loader import PROJECT_ROOT
-from tinylab.evaluate.sandbox import NOBODY, Limits, run_program, sandbox_mode
+from tinylab.evaluate.sandbox import SANDBOX_UIDS, Limits, run_program, sandbox_mode
 
 MODE = sandbox_mode()
 needs_isolation = pytest.mark.skipif(
@@ -31,7 +33,8 @@ def _run(source: str, limits: Limits = FAST):
     return run_program(textwrap.dedent(source), limits=limits)
 
 
-def _processes_of(uid: int) -> int:
+def _sandbox_processes() -> int:
+    uids = {str(uid) for uid in SANDBOX_UIDS}
     count = 0
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -39,7 +42,7 @@ def _processes_of(uid: int) -> int:
         except OSError:
             continue
         uid_line = next((line for line in lines if line.startswith("Uid:")), "Uid: -1")
-        count += uid_line.split()[1] == str(uid)
+        count += uid_line.split()[1] in uids
     return count
 
 
@@ -48,6 +51,46 @@ def test_a_correct_program_passes_and_a_wrong_one_fails() -> None:
     assert ok.status == "passed" and ok.stdout == "fine\n" and ok.mode == MODE
     bad = _run("assert 1 == 2")
     assert bad.status == "failed" and "AssertionError" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "exit()",
+        "import sys\nsys.exit(0)",
+        "raise SystemExit",
+        "import os\nos._exit(0)",
+        "import atexit, os\natexit.register(os._exit, 0)\nassert 1 == 2",
+        "import os, sys\nsys.excepthook = lambda *a: os._exit(0)\nassert 1 == 2",
+        "import os, signal\nsignal.signal(signal.SIGTERM, lambda *a: os._exit(0))\nos._exit(0)",
+    ],
+)
+def test_exiting_with_status_0_before_the_last_line_fails(source: str) -> None:
+    result = _run(f"{source}\nprint('reached the end')")
+    assert result.status == "failed" and result.returncode == 0, result
+    assert "reached the end" not in result.stdout
+
+
+def test_a_program_cannot_print_the_proof_it_does_not_see() -> None:
+    """Fake nonces (random hex, its own source, its stdin, its argv and environment) fail."""
+    result = _run(
+        """
+        import os, secrets, sys
+        print(open(__file__).read())
+        print(sys.stdin.read(), os.read(0, 64), sys.argv, dict(os.environ))
+        for _ in range(1000):
+            print(secrets.token_hex(16))
+        os._exit(0)
+        """
+    )
+    assert result.status == "failed" and result.returncode == 0
+
+
+def test_programs_run_on_the_projects_interpreter() -> None:
+    result = _run("import platform, sys\nprint(platform.python_version(), sys.base_prefix)")
+    assert result.passed, result
+    expected = f"{platform.python_version()} {os.path.realpath(sys.base_prefix)}"
+    assert result.stdout.strip() == expected
 
 
 def test_the_working_directory_starts_empty_and_the_environment_is_scrubbed() -> None:
@@ -63,7 +106,7 @@ def test_the_working_directory_starts_empty_and_the_environment_is_scrubbed() ->
 
 @pytest.mark.skipif(MODE == "plain" and os.geteuid() == 0, reason="RLIMIT_NPROC does not bind root")
 def test_fork_bomb_is_contained() -> None:
-    before = _processes_of(NOBODY) if MODE == "isolated" else None
+    before = _sandbox_processes() if MODE == "isolated" else None
     result = _run(
         """
         import os
@@ -77,9 +120,9 @@ def test_fork_bomb_is_contained() -> None:
     assert result.status in ("failed", "timeout")
     if before is not None:  # every forked child is gone (the kernel reaps them in a moment)
         deadline = time.monotonic() + 10
-        while _processes_of(NOBODY) > before and time.monotonic() < deadline:
+        while _sandbox_processes() > before and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _processes_of(NOBODY) <= before
+        assert _sandbox_processes() <= before
 
 
 def test_infinite_loop_times_out() -> None:
