@@ -3,7 +3,7 @@ rules for MMLU, BBH and DROP), offline suites, HumanEval, perplexity and the wei
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -51,18 +51,55 @@ class EvalTask(Schema):
         return self
 
 
-class HumanEvalConfig(Schema):
-    """HumanEval generation and sandboxed execution."""
+CODEX_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+# What each HumanEval protocol fixes; a key given in the params overrides it (and the results
+# record the values that ran). paper: InstructEval's (declare-lab/instruct-eval,
+# human_eval/main.py and modeling.py; docs/PAPER.md "Evaluation protocol"): one sample at T=0.1
+# with transformers' default top_k of 50, 512 new tokens, BOS added (its Llama tokenizer adds
+# one), cut at the first blank line. codex: Chen et al. (2021)'s sampling and stop sequences, 10
+# samples per problem with top-p 0.95; BOS as the eval's add_bos_token.
+HUMANEVAL_PROTOCOLS: dict[str, dict] = {
+    "paper": {
+        "num_samples": 1,
+        "temperature": 0.1,
+        "top_p": 1.0,
+        "top_k": 50,
+        "max_new_tokens": 512,
+        "stop": [],
+        "ks": [1],
+        "add_bos_token": True,
+    },
+    "codex": {
+        "num_samples": 10,
+        "temperature": 0.1,
+        "top_p": 0.95,
+        "top_k": 50,
+        "max_new_tokens": 384,
+        "stop": CODEX_STOP,
+        "ks": [1, 10],
+        "add_bos_token": None,
+    },
+}
 
-    num_samples: PositiveInt = Field(1, description="completions per problem (n)")
-    temperature: NonNegativeFloat = Field(0.0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (sampling only)")
-    max_new_tokens: PositiveInt = Field(384, description="longest completion in tokens")
-    stop: list[str] = Field(
-        ["\nclass", "\ndef", "\n#", "\nif", "\nprint"],
-        description="a completion ends before the first of these (the Codex paper's)",
+
+class HumanEvalConfig(Schema):
+    """HumanEval generation and sandboxed execution; the generation keys not given come from the
+    protocol (`HUMANEVAL_PROTOCOLS`)."""
+
+    protocol: Literal["paper", "codex"] = Field(
+        "paper", description="paper: InstructEval's prompt, sampling and cut; codex: Chen et al."
     )
-    ks: list[PositiveInt] = Field([1], min_length=1, description="report pass@k for these k")
+    num_samples: PositiveInt = Field(description="completions per problem (n)")
+    temperature: NonNegativeFloat = Field(description="0 = greedy")
+    top_p: float = Field(gt=0, le=1, description="nucleus sampling mass (sampling only)")
+    top_k: NonNegativeInt = Field(description="sample among the k likeliest tokens; 0 = all")
+    max_new_tokens: PositiveInt = Field(description="longest completion in tokens")
+    stop: list[str] = Field(
+        description="codex: a completion ends before the first of these; paper: none (it cuts "
+        "at the first blank line)"
+    )
+    ks: list[PositiveInt] = Field(min_length=1, description="report pass@k for these k")
+    add_bos_token: bool | None = Field(description="prepend BOS; null = the eval's add_bos_token")
     timeout_s: PositiveFloat = Field(3.0, description="wall-clock limit per program")
     limit: PositiveInt | None = Field(None, description="first N problems only")
     batch_size: PositiveInt = Field(16, description="prompts generated together")
@@ -70,6 +107,26 @@ class HumanEvalConfig(Schema):
         None, description="programs run at once; default min(16, cores)"
     )
     seed: int = Field(0, description="sampling seed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = HUMANEVAL_PROTOCOLS.get(data.get("protocol", "paper"), {})
+        return {**preset, **data}
+
+    @model_validator(mode="after")
+    def _stop_is_codex_only(self) -> HumanEvalConfig:
+        if self.protocol == "paper" and self.stop:
+            raise ValueError(
+                "stop: protocol paper cuts at the first blank line; use protocol codex"
+            )
+        return self
+
+    def bos(self, eval_add_bos_token: bool) -> bool:
+        """Whether prompts start with BOS: this block's setting, else the eval's."""
+        return eval_add_bos_token if self.add_bos_token is None else self.add_bos_token
 
 
 class EvalConfig(Schema):

@@ -27,7 +27,7 @@ from tinylab.config.loader import ConfigError, load_config, project_path
 from tinylab.evaluate import harness, humaneval, instructeval, offline, perplexity
 from tinylab.evaluate.errors import EvalError
 from tinylab.evaluate.results import ResultStore, model_identity
-from tinylab.evaluate.sandbox import sandbox_mode
+from tinylab.evaluate.sandbox import INTERPRETER, sandbox_mode
 from tinylab.layout import RunLayout
 from tinylab.model import load_hf
 
@@ -214,19 +214,19 @@ def _chance(records: list[dict]) -> float | None:
 def _run_humaneval(cfg: EvalConfig, store: ResultStore, model: _Model) -> None:
     he = cfg.humaneval
     assert he is not None
+    add_bos = he.bos(cfg.add_bos_token)
     settings = {
         "kind": "humaneval",
         **he.model_dump(mode="json"),
-        "add_bos_token": cfg.add_bos_token,
+        "add_bos_token": add_bos,
         "sandbox": sandbox_mode(),
         "dtype": model.dtype,
+        "interpreter": INTERPRETER,
     }
     if store.cached("humaneval", settings) is not None:
         return
     start = time.perf_counter()
-    scores, records = humaneval.evaluate_humaneval(
-        *model.get(), he, add_bos_token=cfg.add_bos_token
-    )
+    scores, records = humaneval.evaluate_humaneval(*model.get(), he, add_bos_token=add_bos)
     elapsed = time.perf_counter() - start
     headline = f"pass@{he.ks[0]}"
     row = {
@@ -238,10 +238,10 @@ def _run_humaneval(cfg: EvalConfig, store: ResultStore, model: _Model) -> None:
         "shots": 0,
         "metrics": {k: v["value"] for k, v in scores.items()},
         "kind": "humaneval",
-        "protocol": "codex",
+        "protocol": he.protocol,
         "dtype": model.dtype,
         "chance": 0.0,
-        "add_bos_token": cfg.add_bos_token,
+        "add_bos_token": add_bos,
         "harness": f"tinylab sandbox ({sandbox_mode()})",
         "seconds": elapsed,
         "items_per_s": scores[headline]["n"] * he.num_samples / elapsed,
