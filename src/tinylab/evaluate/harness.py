@@ -4,13 +4,16 @@ We wrap the already-loaded `LlamaForCausalLM` in lm-eval's `HFLM` and call `simp
 so hub tasks (hellaswag, arc_easy, ...) and the offline suites under the cache go through the
 same code, and the numbers equal those of the `lm_eval` command line on the exported folder
 (tests/test_evaluate_harness.py checks). BOS is a parameter: the paper's harness added none, so
-`add_bos_token=False` is the default and every result records the setting used.
+`add_bos_token=False` is the default and every result records the setting used. BOS on means
+BOS on: the tokenizer is set up the way the command line loads it (`add_bos_token=True` given to
+`from_pretrained`), so a tokenizer that adds no BOS by itself gets one here too.
 
     tinylab eval HF_DIR --params params/eval/demo.yaml --out DIR
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -42,12 +45,27 @@ def make_lm(
     """lm-eval's HF wrapper around a loaded model (no copy, no re-loading)."""
     return HFLM(
         pretrained=model,
-        tokenizer=tokenizer,
+        tokenizer=with_bos(tokenizer) if add_bos_token else tokenizer,
         add_bos_token=add_bos_token,
         batch_size=batch_size,
         max_length=model.config.max_position_embeddings,
         softmax_dtype=torch.float32,  # bf16 weights on GPU, log-probabilities in fp32
     )
+
+
+def with_bos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A copy of `tokenizer` that prepends BOS, as `from_pretrained(..., add_bos_token=True)`
+    makes it for lm-eval's command line (lm-eval passes add_bos_token only to a tokenizer it
+    loads itself; given one, it just asks for special tokens, which may hold no BOS)."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_bos_token = True
+    ids = tokenizer("a")["input_ids"]
+    if tokenizer.bos_token_id is None or not ids or ids[0] != tokenizer.bos_token_id:
+        raise ConfigError(
+            f"add_bos_token: true, but the tokenizer of {tokenizer.name_or_path or 'the model'} "
+            "cannot prepend BOS (it has no BOS token); set add_bos_token: false"
+        )
+    return tokenizer
 
 
 def task_manager(include_paths: Iterable[Path], names: Iterable[str] = ()) -> TaskManager:

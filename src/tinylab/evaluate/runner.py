@@ -16,10 +16,12 @@ interrupted evaluation resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tinylab.config.eval import EvalConfig, EvalTask
@@ -99,6 +101,7 @@ def evaluate_checkpoint(
     """Evaluate `hf_dir` with `cfg`; write `<out_dir>/<name>.json` and `.samples.jsonl`.
     Rows already on disk for this model and these settings are reused, not recomputed."""
     hf_dir = Path(hf_dir)
+    check_weights(hf_dir)
     store = ResultStore(Path(out_dir), name, model_identity(hf_dir))
     device = resolve_device(cfg.device)
     model = _Model(hf_dir, device, resolve_dtype(cfg.dtype, device))
@@ -111,6 +114,35 @@ def evaluate_checkpoint(
     if cfg.perplexity and data_dir is not None:
         order += _run_perplexity(cfg, store, model, Path(data_dir))
     return store.write(order)
+
+
+_REEXPORT = "delete the folder and rerun the stage's `tinylab train`, which exports it again"
+
+
+def check_weights(hf_dir: Path) -> None:
+    """Refuse a model folder whose safetensors weights are missing, truncated or corrupt, with
+    the file and what to do (reading the headers only: cheap, and before any result is reused)."""
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise EvalError(
+            f"{hf_dir}: no *.safetensors weights; evaluation needs a stage's HF export "
+            f"(<run>/stages/<stage>/hf): {_REEXPORT}"
+        )
+    index = hf_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        missing = sorted(shards - {f.name for f in files})
+        if missing:
+            raise EvalError(f"{index}: shards {missing} are missing: {_REEXPORT}")
+    for path in files:
+        try:
+            with safe_open(path, framework="pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError) as err:
+            raise EvalError(
+                f"{path}: unreadable safetensors ({err}); the file is truncated or corrupt: "
+                f"{_REEXPORT}"
+            ) from None
 
 
 def evaluate_stage(
@@ -160,7 +192,7 @@ def _run_benchmarks(cfg: EvalConfig, store: ResultStore, model: _Model, *, progr
             dtype=model.dtype,
             chance=task.chance if task.chance is not None else _chance(records),
             add_bos_token=cfg.add_bos_token,
-            bos_prepended=bos_prepended(model.get()[1], cfg.add_bos_token),
+            bos_prepended=bos_prepended(lm.tokenizer, cfg.add_bos_token),
             harness=harness.HARNESS,
             seconds=elapsed,
             items_per_s=(row["n"] or 0) / elapsed,
@@ -200,8 +232,7 @@ def _run_instructeval(cfg: EvalConfig, store: ResultStore, model: _Model) -> Non
 
 
 def bos_prepended(tokenizer: PreTrainedTokenizerBase, add_bos_token: bool) -> bool:
-    """Whether contexts really start with BOS: lm-eval's add_bos_token only asks the tokenizer
-    for its special tokens, and a tokenizer without a BOS template adds none."""
+    """Whether contexts really start with BOS, asked of the tokenizer lm-eval encodes with."""
     ids = tokenizer("a", add_special_tokens=add_bos_token)["input_ids"]
     return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
 
