@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import errno
 import json
-import sys
 import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from tinylab.config.data import DataConfig
 from tinylab.config.eval import EvalConfig
@@ -25,18 +25,8 @@ from tinylab.config.loader import ConfigError, Schema, dump_config, load_config
 from tinylab.errors import UserError
 from tinylab.layout import RunLayout
 
-app = typer.Typer(
-    help="tinylab: reproduce and extend TinyLlama's three-stage pretraining.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-params_app = typer.Typer(help="Validate and show params files.", no_args_is_help=True)
-model_app = typer.Typer(help="Model presets: sizes and cost.", no_args_is_help=True)
-app.add_typer(params_app, name="params")
-app.add_typer(model_app, name="model")
-
 _state = {"debug": False}
+
 
 NO_SPACE = "free space there (or write elsewhere) and rerun; finished work is kept"
 NOT_WRITABLE = "make it writable (or write elsewhere) and rerun"
@@ -47,6 +37,43 @@ ENVIRONMENT_ERRNOS = {
     errno.EACCES: NOT_WRITABLE,
     errno.EPERM: NOT_WRITABLE,
 }
+
+
+class _Commands(TyperGroup):
+    """The command group: a UserError, a full disk or an unwritable folder raised by any command
+    is one line and exit code 2 (with --debug, its traceback too); every other exception keeps
+    its traceback. Here rather than around `app()`, so typer's CliRunner sees the same."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            _exit_with(str(err))
+        except OSError as err:
+            if err.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            _exit_with(f"{where}{err.strerror}; {ENVIRONMENT_ERRNOS[err.errno]}")
+
+
+def _exit_with(message: str) -> None:
+    if _state["debug"]:
+        traceback.print_exc()
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+app = typer.Typer(
+    cls=_Commands,
+    help="tinylab: reproduce and extend TinyLlama's three-stage pretraining.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+params_app = typer.Typer(help="Validate and show params files.", no_args_is_help=True)
+model_app = typer.Typer(help="Model presets: sizes and cost.", no_args_is_help=True)
+app.add_typer(params_app, name="params")
+app.add_typer(model_app, name="model")
 
 SetOption = Annotated[
     list[str] | None,
@@ -291,25 +318,8 @@ def prepare_command(
 
 
 def run() -> None:
-    """Entry point: a UserError, a full disk or an unwritable folder is one message and exit
-    code 2 (with --debug, its traceback too); every other exception propagates with its
-    traceback."""
-    try:
-        app()
-    except UserError as err:
-        _exit_with(str(err))
-    except OSError as err:
-        if err.errno not in ENVIRONMENT_ERRNOS:
-            raise
-        where = f"{err.filename}: " if err.filename else ""
-        _exit_with(f"{where}{err.strerror}; {ENVIRONMENT_ERRNOS[err.errno]}")
-
-
-def _exit_with(message: str) -> None:
-    if _state["debug"]:
-        traceback.print_exc()
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    sys.exit(2)
+    """Entry point of the `tinylab` command."""
+    app()
 
 
 if __name__ == "__main__":
