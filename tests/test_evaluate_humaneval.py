@@ -32,7 +32,7 @@ from tinylab.evaluate.sandbox import sandbox_mode
 from tinylab.model import build_model
 
 CODEX = HumanEvalConfig(protocol="codex")
-PAPER = HumanEvalConfig(protocol="paper")
+PAPER = HumanEvalConfig(protocol="instructeval")
 
 
 def test_the_data_holds_all_164_problems() -> None:
@@ -154,7 +154,7 @@ def test_paper_prompt_is_the_instruction_then_the_problem_and_the_program_the_ba
     None
 ):
     problem = load_problems(limit=1)[0]
-    assert prompt_for(problem, "paper") == INSTRUCTEVAL_PROMPT_HEAD + problem["prompt"]
+    assert prompt_for(problem, "instructeval") == INSTRUCTEVAL_PROMPT_HEAD + problem["prompt"]
     assert prompt_for(problem, "codex") == problem["prompt"]
     program = program_for(problem, "    return True\n")
     assert program.startswith(problem["prompt"]) and INSTRUCTEVAL_PROMPT_HEAD not in program
@@ -171,7 +171,7 @@ def test_paper_sampling_is_one_sample_at_t_0_1_with_512_tokens_and_bos() -> None
     assert (CODEX.max_new_tokens, CODEX.ks, CODEX.stop) == (384, [1, 10], CODEX_STOP)
     assert CODEX.bos(False) is False and CODEX.bos(True) is True
     with pytest.raises(ValueError, match="protocol codex"):
-        HumanEvalConfig(protocol="paper", stop=["\ndef"])
+        HumanEvalConfig(protocol="instructeval", stop=["\ndef"])
 
 
 @pytest.mark.parametrize(
@@ -198,7 +198,7 @@ def test_codex_truncation_is_the_stop_sequences() -> None:
     assert cut_completion("   x\n\n  y", CODEX) == "   x\n\n  y"
 
 
-@pytest.mark.parametrize("cfg", [PAPER, CODEX], ids=["paper", "codex"])
+@pytest.mark.parametrize("cfg", [PAPER, CODEX], ids=["instructeval", "codex"])
 def test_stopping_generation_at_the_cut_changes_no_completion(cfg: HumanEvalConfig) -> None:
     full = "\n   x = 1\n \n     y = 2\n\n\nprint(x)\n\ndef g():\n#c\nif 1:\n"
     for end in range(len(full) + 1):
@@ -233,11 +233,11 @@ def test_results_record_the_protocol_bos_and_interpreter(tmp_path: Path) -> None
     he = HumanEvalConfig(limit=1, max_new_tokens=4)
     cfg = EvalConfig(humaneval=he, perplexity=False, device="cpu")
     (row,) = evaluate_checkpoint(hf_dir, cfg, tmp_path / "out", name="tiny")["results"]
-    assert row["protocol"] == "paper" and row["add_bos_token"] is True
-    assert row["settings"]["protocol"] == "paper" and row["settings"]["max_new_tokens"] == 4
+    assert row["protocol"] == "instructeval" and row["add_bos_token"] is True
+    assert row["settings"]["protocol"] == "instructeval" and row["settings"]["max_new_tokens"] == 4
     assert "Python" in row["settings"]["interpreter"]
     stored = json.loads((tmp_path / "out" / "tiny.json").read_text())["results"][0]
-    assert stored["protocol"] == "paper"
+    assert stored["protocol"] == "instructeval"
 
 
 FORK_BOMB = (

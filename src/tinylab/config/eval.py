@@ -53,13 +53,14 @@ class EvalTask(Schema):
 
 CODEX_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 # What each HumanEval protocol fixes; a key given in the params overrides it (and the results
-# record the values that ran). paper: InstructEval's (declare-lab/instruct-eval,
-# human_eval/main.py and modeling.py; docs/PAPER.md "Evaluation protocol"): one sample at T=0.1
-# with transformers' default top_k of 50, 512 new tokens, BOS added (its Llama tokenizer adds
-# one), cut at the first blank line. codex: Chen et al. (2021)'s sampling and stop sequences, 10
-# samples per problem with top-p 0.95; BOS as the eval's add_bos_token.
+# record the values that ran). instructeval, the paper's: InstructEval's
+# (declare-lab/instruct-eval, human_eval/main.py and modeling.py; docs/PAPER.md "Evaluation
+# protocol"): one sample at T=0.1 with transformers' default top_k of 50, 512 new tokens, BOS
+# added (its Llama tokenizer adds one), cut at the first blank line. codex: Chen et al. (2021)'s
+# sampling and stop sequences, 10 samples per problem with top-p 0.95; BOS as the eval's
+# add_bos_token.
 HUMANEVAL_PROTOCOLS: dict[str, dict] = {
-    "paper": {
+    "instructeval": {
         "num_samples": 1,
         "temperature": 0.1,
         "top_p": 1.0,
@@ -86,8 +87,10 @@ class HumanEvalConfig(Schema):
     """HumanEval generation and sandboxed execution; the generation keys not given come from the
     protocol (`HUMANEVAL_PROTOCOLS`)."""
 
-    protocol: Literal["paper", "codex"] = Field(
-        "paper", description="paper: InstructEval's prompt, sampling and cut; codex: Chen et al."
+    protocol: Literal["instructeval", "codex"] = Field(
+        "instructeval",
+        description="instructeval (the paper's): InstructEval's prompt, sampling and cut; "
+        "codex: Chen et al.'s",
     )
     num_samples: PositiveInt = Field(description="completions per problem (n)")
     temperature: NonNegativeFloat = Field(description="0 = greedy")
@@ -95,8 +98,8 @@ class HumanEvalConfig(Schema):
     top_k: NonNegativeInt = Field(description="sample among the k likeliest tokens; 0 = all")
     max_new_tokens: PositiveInt = Field(description="longest completion in tokens")
     stop: list[str] = Field(
-        description="codex: a completion ends before the first of these; paper: none (it cuts "
-        "at the first blank line)"
+        description="codex: a completion ends before the first of these; instructeval: none "
+        "(it cuts at the first blank line)"
     )
     ks: list[PositiveInt] = Field(min_length=1, description="report pass@k for these k")
     add_bos_token: bool | None = Field(description="prepend BOS; null = the eval's add_bos_token")
@@ -113,14 +116,14 @@ class HumanEvalConfig(Schema):
     def _protocol_defaults(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        preset = HUMANEVAL_PROTOCOLS.get(data.get("protocol", "paper"), {})
+        preset = HUMANEVAL_PROTOCOLS.get(data.get("protocol", "instructeval"), {})
         return {**preset, **data}
 
     @model_validator(mode="after")
     def _stop_is_codex_only(self) -> HumanEvalConfig:
-        if self.protocol == "paper" and self.stop:
+        if self.protocol == "instructeval" and self.stop:
             raise ValueError(
-                "stop: protocol paper cuts at the first blank line; use protocol codex"
+                "stop: protocol instructeval cuts at the first blank line; use protocol codex"
             )
         return self
 

@@ -70,7 +70,7 @@ def program_for(problem: dict, completion: str) -> str:
 
 def prompt_for(problem: dict, protocol: str) -> str:
     """What the model is given: the problem's prompt, after InstructEval's instruction (paper)."""
-    return INSTRUCTION + problem["prompt"] if protocol == "paper" else problem["prompt"]
+    return INSTRUCTION + problem["prompt"] if protocol == "instructeval" else problem["prompt"]
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -96,7 +96,7 @@ def cut_at_blank_line(text: str) -> str:
 
 def cut_completion(text: str, cfg: HumanEvalConfig) -> str:
     """The completion that is executed: the protocol's cut of the generated text."""
-    if cfg.protocol == "paper":
+    if cfg.protocol == "instructeval":
         return cut_at_blank_line(even_indents(text))
     return truncate_at_stop(text, cfg.stop)
 
@@ -104,7 +104,7 @@ def cut_completion(text: str, cfg: HumanEvalConfig) -> str:
 def _reached_cut(text: str, cfg: HumanEvalConfig) -> bool:
     """Whether more tokens can no longer change `cut_completion(text)` (padding indents never
     makes or removes an empty line, so the paper's cut point is found before padding)."""
-    if cfg.protocol == "paper":
+    if cfg.protocol == "instructeval":
         return "\n\n" in text.lstrip("\n")
     return any(s in text for s in cfg.stop)
 
