@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed.checkpoint as dcp
 from _train_fixtures import stage_config
 
 from tinylab.config.loader import ConfigError
 from tinylab.config.stage import AdapterConfig, InitFrom
 from tinylab.layout import RunLayout
-from tinylab.train.checkpoint import Checkpoint
+from tinylab.train.checkpoint import Checkpoint, CheckpointError
 from tinylab.train.start import Found, StartPlan, adapter_record, plan_start, read_checkpoints
 
 MODEL = stage_config().model
@@ -196,9 +200,13 @@ def test_plan_start_refuses(init_from, adapter, found, message) -> None:
 
 
 def write_checkpoint(run: RunLayout, checkpoint: Checkpoint) -> None:
+    """A whole checkpoint on disk: its meta, a (one-tensor) DCP save and an RNG file."""
     folder = run.stage(checkpoint.stage).checkpoints / checkpoint.path.name
-    folder.mkdir(parents=True)
-    (folder / "meta.json").write_text(json.dumps(checkpoint.meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP on one process without a process group
+        dcp.save({"model": {"w": torch.zeros(2)}}, checkpoint_id=folder, no_dist=True)
+    torch.save({}, folder / "rng-00000.pt")
+    (folder / "meta.json").write_text(json.dumps({**checkpoint.meta, "world_size": 1}))
 
 
 def test_read_checkpoints_follows_the_adapter_chain_through_the_layout(tmp_path: Path) -> None:
@@ -214,10 +222,69 @@ def test_read_checkpoints_follows_the_adapter_chain_through_the_layout(tmp_path:
     assert found.parent_dir == run.stage("lora2").checkpoints and found.missing_base is None
     assert read_checkpoints(run, "child", None, resume=False) == Found()
 
-    (run.stage("base").checkpoints / "step-00000008" / "meta.json").unlink()
-    (run.stage("base").checkpoints / "step-00000008").rmdir()
+    shutil.rmtree(run.stage("base").checkpoints / "step-00000008")
     gone = read_checkpoints(run, "child", on("lora2", "weights"), resume=False)
     assert names(*gone.bases) == ("lora/12",)
     assert gone.missing_base == run.stage("base").checkpoints / "step-00000008"
     with pytest.raises(ConfigError, match="which is gone"):
         plan_start("child", model=MODEL, init_from=on("lora2", "weights"), adapter=None, found=gone)
+
+
+def _shard(folder: Path) -> Path:
+    (shard,) = folder.glob("*.distcp")
+    return shard
+
+
+# How a checkpoint folder can be damaged, and the reason the resume gives for passing it over.
+DAMAGE = {
+    "meta.json is not JSON": (
+        lambda f: (f / "meta.json").write_text('{"state": '), "meta.json: not a readable",
+    ),
+    "meta.json lacks the state": (
+        lambda f: (f / "meta.json").write_text("{}"), "not a checkpoint meta.json (no ['finished'",
+    ),
+    "a shard is truncated": (
+        lambda f: _shard(f).write_bytes(_shard(f).read_bytes()[:10]), "is truncated (10 of",
+    ),
+    "a shard is gone": (lambda f: _shard(f).unlink(), ".distcp is missing"),
+    "DCP's index is gone": (lambda f: (f / ".metadata").unlink(), ".metadata is missing"),
+    "DCP's index is garbage": (
+        lambda f: (f / ".metadata").write_bytes(b"\x00garbage"), ".metadata: unreadable",
+    ),
+    "an RNG file is gone": (lambda f: (f / "rng-00000.pt").unlink(), "rng-00000.pt is missing"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("hurt", "why"), DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_damaged_newest_checkpoint_is_passed_over_with_the_reason(tmp_path, hurt, why) -> None:
+    run = RunLayout(tmp_path)
+    older, newest = ckpt("base", 4), ckpt("base", 8)
+    for checkpoint in (older, newest):
+        write_checkpoint(run, checkpoint)
+    hurt(run.stage("base").checkpoints / "step-00000008")
+    found = read_checkpoints(run, "base", None, resume=True)
+    assert found.own.path.name == "step-00000004"
+    ((path, reason),) = found.skipped
+    assert path.name == "step-00000008" and why in reason and str(path) in reason
+    hurt(run.stage("base").checkpoints / "step-00000004")  # nothing whole is left: one message
+    with pytest.raises(CheckpointError, match="no whole checkpoint to resume from.*--fresh"):
+        read_checkpoints(run, "base", None, resume=True)
+
+
+def test_a_checkpoint_that_failed_to_load_is_skipped_and_a_damaged_parent_named(tmp_path) -> None:
+    run = RunLayout(tmp_path)
+    for checkpoint in (ckpt("base", 4), BASE, CHILD_10):
+        write_checkpoint(run, checkpoint)
+    child = run.stage("child").checkpoints / "step-00000010"
+    found = read_checkpoints(run, "base", None, resume=True, skip=[(BASE_DIR / "x", "no")])
+    assert found.own.path.name == "step-00000008"  # a skip entry of another path changes nothing
+    skip = [(run.stage("base").checkpoints / "step-00000008", "does not load: IndexError")]
+    found = read_checkpoints(run, "base", None, resume=True, skip=skip)
+    assert found.own.path.name == "step-00000004" and found.skipped == tuple(skip)
+    _shard(run.stage("base").checkpoints / "step-00000008").unlink()
+    with pytest.raises(CheckpointError, match=r"starts from .*step-00000008, which is not whole"):
+        read_checkpoints(run, "child", on("base", "weights"), resume=True)
+    assert child.is_dir()
+
+
+BASE_DIR = RUN.stage("base").checkpoints

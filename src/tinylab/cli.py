@@ -230,16 +230,35 @@ def train_command(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run folder (holds data/).")],
     nproc: Annotated[int, typer.Option(help="Processes on this node (torchrun when > 1).")] = 1,
     fresh: Annotated[
-        bool, typer.Option("--fresh", help="Ignore this stage's checkpoints and start over.")
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Start the stage over; its old outputs are set aside in .previous/ until the "
+            "new run saves its first checkpoint.",
+        ),
     ] = False,
+    discard: Annotated[
+        bool, typer.Option("--discard", help="With --fresh: delete the old outputs at once.")
+    ] = False,
+    accept: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--accept-change",
+            help="Resume although this params field changed (optim, schedule, mixture, ramp), "
+            "e.g. a lower optim.lr after a divergence; recorded in checkpoints, metrics and "
+            "result.json (repeatable).",
+        ),
+    ] = None,
     overrides: SetOption = None,
 ) -> None:
-    """Train one stage into RUN/stages/<stage>/ (resumes from its latest checkpoint)."""
+    """Train one stage into RUN/stages/<stage>/ (resumes from its newest whole checkpoint)."""
     from tinylab.train import train_stage
 
+    if discard and not fresh:
+        raise UserError("--discard deletes the old outputs of a fresh start: use it with --fresh")
     result = train_stage(
         stage.resolve(), run_dir.resolve(), nproc=nproc, overrides=overrides or [],
-        resume=not fresh,
+        resume=not fresh, discard=discard, accept=accept or [],
     )  # fmt: skip
     typer.echo(
         f"stage {result.stage}: step {result.step}, {result.tokens:,} tokens, final loss "

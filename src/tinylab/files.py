@@ -5,13 +5,19 @@ torn file behind."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from tinylab.errors import UserError
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -103,3 +109,59 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class LockHeld(UserError):
+    """Another process holds an exclusive lock (`hold_lock`); the message says who."""
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive `fcntl.flock` on `path` for the block, or raise LockHeld at once naming
+    the holder (pid, host, since, command) that `path` records. The kernel drops the lock when
+    its process dies, so a lock left by a killed process is simply taken over; the record in the
+    file is only for the message. `what` names the locked thing in messages."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+    except OSError as err:
+        raise UserError(f"cannot write to {path.parent} ({err.strerror}): {what} needs it") from err
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise LockHeld(f"{what} is in use: {_holder(handle.read())}; wait for it to end or "
+                           f"stop that process (lock file {path})") from None  # fmt: skip
+        handle.seek(0)
+        handle.truncate()
+        since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": since,
+                  "command": sys.argv}  # fmt: skip
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        yield  # closing the file releases the lock
+
+
+def _holder(text: str) -> str:
+    """The lock record as words for a message."""
+    try:
+        record = json.loads(text)
+        command = " ".join(record["command"])
+        return f"pid {record['pid']} on {record['host']} since {record['since']} ({command})"
+    except (ValueError, KeyError, TypeError):
+        return "a process that has not recorded itself yet"
+
+
+def remove_orphan_temps(folder: Path, pattern: str = ".*.tmp-*") -> list[Path]:
+    """Delete the `.NAME.tmp-PID` files (or others of `pattern`, ending in -PID) that
+    `write_atomic` leaves when its process is killed between writing and renaming, for
+    processes no longer running on this host; returns those removed."""
+    removed = []
+    for path in Path(folder).glob(pattern):
+        pid = path.name.rpartition("-")[2]
+        if path.is_file() and pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

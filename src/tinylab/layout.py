@@ -6,7 +6,7 @@ One owner for the layout of `outputs/runs/<run-id>/`, so no other module joins p
     RUN/notebooks/               executed notebooks, one per step
     RUN/data/                    tokenizer/, shards, index.json, data_card.md
     RUN/stages/<stage>/          resolved.yaml, metrics.jsonl, checkpoints/, hf/, adapter/,
-                                 result.json, tensorboard/
+                                 result.json, tensorboard/, .lock, .previous/ (a fresh start)
     RUN/eval/<name>.json         scores; <name>.samples.jsonl, one line per scored example
     RUN/figures/, RUN/report.html, RUN/cluster/
 
@@ -73,6 +73,26 @@ class StageLayout:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the one process training this stage; records who it is."""
+        return self.root / ".lock"
+
+    def launch_config(self, pid: int) -> Path:
+        """The resolved params a launcher process `pid` hands to its torchrun ranks."""
+        return self.root / f".launch-{pid}"
+
+    @property
+    def previous(self) -> Path:
+        """A fresh start's old outputs, kept until the new run has its first checkpoint."""
+        return self.root / ".previous"
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """Everything a training of the stage writes (what a fresh start moves aside)."""
+        return (self.checkpoints, self.metrics, self.result, self.resolved, self.hf,
+                self.adapter, self.tensorboard)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -160,11 +180,13 @@ class StageResult:
     tokens: int
     stage_tokens: int
     final_loss: float | None
-    wall_s: float
+    wall_s: float  # seconds of the processes whose training the stage kept (across resumes)
     checkpoint: Path | None
     hf_dir: Path | None
     trainable_params: int | None = None  # None: a result written before these were recorded
     total_params: int | None = None
+    # changes made on purpose on resume (--accept-change): [{"step", "changes": {key: [old, new]}}]
+    recipe_changes: list[dict[str, Any]] | None = None
 
     @property
     def metrics_path(self) -> Path:

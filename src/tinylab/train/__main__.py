@@ -1,7 +1,8 @@
 """`python -m tinylab.train`: run one stage from a resolved params file; what torchrun launches.
 
-Parses, builds, runs, exits: 0 when the stage finished, 2 on bad params or input (one readable
-line), 1 on any other failure (traceback).
+Parses, builds, runs, exits: 0 when the stage finished, 2 on a UserError (bad params or input,
+the stage folder in use, a divergence, a full disk: one readable line), 1 on any other failure
+(traceback).
 
     torchrun --standalone --nproc-per-node 2 -m tinylab.train \
         --config RUN/stages/base/resolved.yaml --run-dir RUN
@@ -14,8 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinylab.config.loader import ConfigError, load_config
+from tinylab.config.loader import load_config
 from tinylab.config.stage import StageConfig
+from tinylab.errors import UserError
 from tinylab.train.batching import RandomWindows
 from tinylab.train.loop import run_stage
 
@@ -31,7 +33,22 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="override a key: --set optim.lr=3e-4 (repeatable)",
     )
-    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over; the old outputs are set aside until the first checkpoint",
+    )
+    parser.add_argument(
+        "--discard", action="store_true", help="with --no-resume: delete the old outputs at once"
+    )
+    parser.add_argument(
+        "--accept-change",
+        dest="accept",
+        action="append",
+        default=[],
+        help="resume although this params field changed (optim, schedule, mixture, ramp); "
+        "recorded in the checkpoints and metrics (repeatable)",
+    )
     parser.add_argument("--progress", action="store_true", help="show a tqdm bar (rank 0)")
     parser.add_argument(
         "--synthetic",
@@ -53,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                 pattern=args.synthetic,
             )
         run_stage(
-            stage, args.run_dir, resume=not args.no_resume, progress=args.progress, source=source
-        )
-    except ConfigError as err:
+            stage, args.run_dir, resume=not args.no_resume, discard=args.discard,
+            accept=args.accept, progress=args.progress, source=source,
+        )  # fmt: skip
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -8,7 +8,11 @@ whether the stage finished, and what the caller adds: tinylab.train.start's adap
 `step-XXXXXXXX.tmp/`; rank 0 adds meta.json last and renames the folder into place, then points
 `checkpoints/latest` at it and deletes all but the newest `keep_last`. A crash at any moment
 leaves either the old or the new checkpoint complete; a leftover `.tmp` folder is ignored and
-removed on the next start.
+removed on the next start. A save that fails (disk full, a read-only folder) removes its `.tmp`
+and raises one CheckpointError; the checkpoints before it are untouched. `damage` says why a
+checkpoint on disk is not whole (meta.json, DCP's `.metadata`, each shard it names at its full
+length, one RNG file per rank), so a resume can skip a truncated or corrupt newest checkpoint;
+a load that fails raises CheckpointError too (the same on every rank).
 
 Trade-off: DCP stores every tensor with its global shape and offsets, so a checkpoint written by
 2 ranks loads on 1 (or 8) without a conversion step, at the price of one file per rank and a
@@ -20,12 +24,14 @@ planning collective on save; the HF export at the end of a stage is the portable
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import os
 import random
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,8 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -47,10 +55,14 @@ from torch.distributed.checkpoint.state_dict import (
 from tinylab.config.loader import ConfigError
 from tinylab.config.model import ModelConfig
 from tinylab.config.stage import StageConfig
+from tinylab.errors import UserError
 from tinylab.files import write_atomic
 from tinylab.train.parallel import Distributed
 
 PREFIX, TMP_SUFFIX, META, LATEST = "step-", ".tmp", "meta.json", "latest"
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
+# What a failed save or load may raise: DCP's CheckpointException derives from BaseException.
+FAILURES = (Exception, CheckpointException)
 # Fields that fix tensor shapes: a checkpoint loads only into a model that agrees on all of them.
 SHAPE_FIELDS = (
     "vocab_size",
@@ -61,6 +73,10 @@ SHAPE_FIELDS = (
     "num_key_value_heads",
     "tie_word_embeddings",
 )
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read, loaded or written; the message names it and the cause."""
 
 
 @dataclass
@@ -111,7 +127,7 @@ def list_checkpoints(folder: Path) -> list[Path]:
     found = [
         p
         for p in folder.glob(f"{PREFIX}*")
-        if p.is_dir() and not p.name.endswith(TMP_SUFFIX) and (p / META).is_file()
+        if p.is_dir() and p.name[len(PREFIX) :].isdigit() and (p / META).is_file()
     ]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
@@ -123,7 +139,45 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / META).read_text())
+    """A checkpoint's meta.json; CheckpointError naming the file when it is not one."""
+    file = Path(path) / META
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: not a readable checkpoint meta.json ({err})") from err
+    missing = {"state", "model", "finished"} - set(meta if isinstance(meta, dict) else ())
+    if missing:
+        raise CheckpointError(f"{file}: not a checkpoint meta.json (no {sorted(missing)})")
+    return meta
+
+
+def damage(path: Path) -> str | None:
+    """Why the checkpoint at `path` is not whole, or None when it looks whole: meta.json reads,
+    DCP's index reads, every shard it names is there and as long as the index says, and each
+    rank that wrote it left its RNG file. Cheap (sizes, not contents): a shard corrupted in
+    place is found by the load."""
+    path = Path(path)
+    if not (path / DCP_METADATA).is_file():
+        return f"{path / DCP_METADATA} is missing"
+    try:
+        meta = read_meta(path)
+        index = FileSystemReader(path).read_metadata()
+    except CheckpointError as err:
+        return str(err)
+    except FAILURES as err:
+        return f"{path / DCP_METADATA}: unreadable ({_cause(err)})"
+    needed: dict[str, int] = {}
+    for info in index.storage_data.values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    rng = {f"rng-{rank:05d}.pt": 1 for rank in range(int(meta.get("world_size", 1)))}
+    for name, size in sorted({**needed, **rng}.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size < size:
+            return f"{file} is truncated ({file.stat().st_size} of {size} bytes)"
+    return None
 
 
 def remove_partial(folder: Path) -> None:
@@ -174,18 +228,49 @@ def recipe_digest(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_recipe(checkpoint: Checkpoint, recipe: dict[str, Any], stage_name: str) -> None:
-    """ConfigError when a checkpoint was trained under other params than the stage has now."""
+# Recipe fields a resume may change on purpose (`accept`, tinylab train --accept-change): the
+# optimizer and schedule (the remedy for a divergence) and the mixture; the others change what
+# the checkpoint's weights are.
+ACCEPTABLE = ("optim", "schedule", "mixture", "ramp")
+
+
+def check_accept(accept: Sequence[str]) -> None:
+    """ConfigError for a field that a resume may not change on purpose."""
+    for field in accept:
+        if field not in ACCEPTABLE:
+            raise ConfigError(
+                f"--accept-change {field}: a resume may change only {', '.join(ACCEPTABLE)}; "
+                "for another change start the stage over (--fresh) or use a new run folder"
+            )
+
+
+def check_recipe(
+    checkpoint: Checkpoint, recipe: dict[str, Any], stage_name: str, *, accept: Sequence[str] = ()
+) -> dict[str, list[Any]]:
+    """The changes of the params since the checkpoint was trained, `{dotted key: [old, new]}`,
+    when all are in fields the caller `accept`s; ConfigError for any other change."""
     path, saved = checkpoint.path, checkpoint.meta.get("recipe")
     if saved is None or saved == recipe:
-        return
+        return {}
     changed = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
-    raise ConfigError(
-        f"stage {stage_name!r}: its checkpoint {path} was trained with other params "
-        f"({', '.join(changed)} changed since); resuming would keep that training under the new "
-        "params. Start the stage over (tinylab train --fresh, or delete its folder "
-        f"{path.parent.parent}) or use a new run folder"
-    )
+    refused = [k for k in changed if k not in accept]
+    if refused:
+        raise ConfigError(
+            f"stage {stage_name!r}: its checkpoint {path} was trained with other params "
+            f"({', '.join(refused)} changed since); resuming would keep that training under the "
+            "new params. Start the stage over (tinylab train --fresh, or delete its folder "
+            f"{path.parent.parent}), resume under the new params on purpose (tinylab train "
+            f"--accept-change FIELD, for {', '.join(ACCEPTABLE)}), or use a new run folder"
+        )
+    return {k: v for field in changed for k, v in _diff(saved.get(field), recipe[field], field)}
+
+
+def _diff(old: Any, new: Any, key: str) -> list[tuple[str, list[Any]]]:
+    """(dotted key, [old, new]) of every leaf that differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _diff(old.get(k), new.get(k),
+                                                                      f"{key}.{k}")]  # fmt: skip
+    return [] if old == new else [(key, [old, new])]
 
 
 def save_checkpoint(
@@ -205,41 +290,77 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint of `state` atomically; returns its folder. Collective on all ranks.
     `before_commit` (tests) runs after the shards are written and before the rename;
-    `extra_meta` goes into meta.json; `trainable_only` stores only the trainable parameters."""
+    `extra_meta` goes into meta.json; `trainable_only` stores only the trainable parameters.
+    A failure on any rank (disk full, ...) removes the `.tmp` folder and raises on every rank."""
     final = step_dir(folder, state.step)
     tmp = final.with_name(final.name + TMP_SUFFIX)
-    if ctx.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    ctx.barrier()
+    with _saving(tmp, ctx):
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
     options = StateDictOptions(ignore_frozen_params=trainable_only)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
     alone = ctx.mesh is None  # no process group: DCP without collectives
-    with _single_process_ok():
+    with _saving(tmp, ctx), _single_process_ok():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, no_dist=alone)
-    torch.save(rng_state(), tmp / f"rng-{ctx.rank:05d}.pt")
-    ctx.barrier()
+        torch.save(rng_state(), tmp / f"rng-{ctx.rank:05d}.pt")
     if before_commit is not None:
         before_commit()
-    if ctx.is_main:
-        meta = {
-            "state": asdict(state),
-            "model": model_cfg.model_dump(mode="json"),
-            "recipe": recipe,
-            "recipe_digest": None if recipe is None else recipe_digest(recipe),
-            **(extra_meta or {}),
-            "world_size": ctx.world_size,
-            "finished": finished,
-        }
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        _write_latest(Path(folder), final.name)
-        for old in list_checkpoints(folder)[:-keep_last]:
-            shutil.rmtree(old)
-    ctx.barrier()
+    meta = {
+        "state": asdict(state),
+        "model": model_cfg.model_dump(mode="json"),
+        "recipe": recipe,
+        "recipe_digest": None if recipe is None else recipe_digest(recipe),
+        **(extra_meta or {}),
+        "world_size": ctx.world_size,
+        "finished": finished,
+    }
+    with _saving(tmp, ctx):
+        if ctx.is_main:
+            _commit(tmp, final, meta, keep_last=keep_last)
     return final
+
+
+def _commit(tmp: Path, final: Path, meta: dict[str, Any], *, keep_last: int) -> None:
+    """Rank 0: meta.json last, the rename into place, `latest`, and the pruning."""
+    (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _write_latest(final.parent, final.name)
+    for old in list_checkpoints(final.parent)[:-keep_last]:
+        shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def _saving(tmp: Path, ctx: Distributed) -> Iterator[None]:
+    """A step of a save that every rank ends together: when it fails on any rank, the `.tmp`
+    folder is removed and every rank raises (a disk full or a read-only folder as one
+    CheckpointError; any other failure is a bug and raises as itself on the rank it hit)."""
+    failure = None
+    try:
+        yield
+    except FAILURES as err:
+        failure = err
+    if ctx.agree(failure is None):
+        return
+    if ctx.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    folder = tmp.parent
+    code = _errno(failure)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        why = "no space left on device"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = os.strerror(code).lower()
+    elif failure is not None:
+        raise failure
+    else:
+        why = "it failed on another rank (see that rank's message)"
+    raise CheckpointError(
+        f"saving a checkpoint into {folder} failed: {why}; the unfinished {tmp.name} was removed "
+        "and the checkpoints before it are intact. Free space or make the folder writable, then "
+        "resume (tinylab train again)"
+    ) from failure
 
 
 def load_checkpoint(
@@ -258,19 +379,21 @@ def load_checkpoint(
     options = StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
     if optimizer is None:
         model_sd = get_model_state_dict(model, options=options)
-        with _single_process_ok():
+        with _loading(path, ctx), _single_process_ok():
             dcp.load({"model": model_sd}, checkpoint_id=path, no_dist=alone)
-        set_model_state_dict(model, model_sd, options=options)
+            set_model_state_dict(model, model_sd, options=options)
     else:
         model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
-        with _single_process_ok():
+        with _loading(path, ctx), _single_process_ok():
             dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path, no_dist=alone)
-        set_state_dict(
-            model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options
-        )
+            set_state_dict(
+                model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                options=options,
+            )  # fmt: skip
     rng_file = path / f"rng-{ctx.rank:05d}.pt"
-    if restore_rng and rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+    with _loading(path, ctx):
+        if restore_rng and rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
     return TrainState(**read_meta(path)["state"])
 
 
@@ -279,9 +402,49 @@ def load_optimizer(
 ) -> None:
     """Load only the AdamW state of `path` into `optimizer` (over `model`, weights loaded)."""
     optim_sd = get_optimizer_state_dict(model, optimizer)
-    with _single_process_ok():
+    with _loading(Path(path), ctx), _single_process_ok():
         dcp.load({"optim": optim_sd}, checkpoint_id=Path(path), no_dist=ctx.mesh is None)
-    set_optimizer_state_dict(model, optimizer, optim_sd)
+        set_optimizer_state_dict(model, optimizer, optim_sd)
+
+
+@contextlib.contextmanager
+def _loading(path: Path, ctx: Distributed) -> Iterator[None]:
+    """A load that every rank ends together: a failure on any rank (a truncated or corrupt
+    shard, ...) is one CheckpointError on every rank, which a resume takes as "not intact"."""
+    failure = None
+    try:
+        yield
+    except FAILURES as err:
+        failure = err
+    if not ctx.agree(failure is None):
+        cause = "it failed on another rank" if failure is None else _cause(failure)
+        raise CheckpointError(f"checkpoint {path} does not load: {cause}") from failure
+
+
+def _root(err: BaseException) -> BaseException:
+    """The exception under DCP's CheckpointException (which wraps each rank's failure)."""
+    while isinstance(err, CheckpointException) and err.failures:
+        err = next(iter(err.failures.values()))[0]
+    return err
+
+
+def _cause(err: BaseException) -> str:
+    """One line for a failure: its type and the first line of its message."""
+    root = _root(err)
+    lines = str(root).strip().splitlines()
+    return f"{type(root).__name__}: {lines[0] if lines else ''}"
+
+
+def _errno(err: BaseException | None) -> int | None:
+    """The errno of an OSError anywhere in a failure (DCP's wrapping and chaining included)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        err = _root(err)
+        if isinstance(err, OSError) and err.errno is not None:
+            return err.errno
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,6 +14,7 @@ rendezvous, docs/CLUSTER.md) that replaces the standalone torchrun; its --nnodes
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import sys
@@ -33,6 +34,8 @@ from tinylab.config.loader import (
     project_path,
 )
 from tinylab.config.stage import StageConfig
+from tinylab.errors import UserError
+from tinylab.files import hold_lock, remove_orphan_temps
 from tinylab.layout import RunLayout, StageResult, last_metric
 from tinylab.model import with_resolved_attention
 from tinylab.train.batching import BatchPlan
@@ -48,25 +51,54 @@ def train_stage(
     launcher: Sequence[str] = (),
     overrides: list[str] | tuple[str, ...] = (),
     resume: bool = True,
+    discard: bool = False,
+    accept: Sequence[str] = (),
     progress: bool = True,
 ) -> StageResult:
     """Train a stage (params file or loaded config) in `run_dir` on `nproc` local processes, or
     through `launcher` (a torchrun command prefix spanning nodes). Relative paths are resolved
-    against the project root, so notebooks/ and the root agree."""
+    against the project root, so notebooks/ and the root agree. `resume`, `discard`, `accept`:
+    as for run_stage."""
     stage = load_stage(stage_params, overrides)
     run_dir = project_path(run_dir)
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc}: must be >= 1 (processes on this node)")
     if nproc == 1 and not launcher:
-        return run_stage(stage, run_dir, resume=resume, progress=progress)
+        return run_stage(stage, run_dir, resume=resume, discard=discard, accept=accept,
+                         progress=progress)  # fmt: skip
     world_size = launcher_world_size(launcher) if launcher else nproc
     BatchPlan.from_stage(stage, world_size=world_size)  # an indivisible batch fails before launch
     check_parallel(stage.parallel, world_size)
     stage = stage.model_copy(update={"model": with_resolved_attention(stage.model)})
     layout = RunLayout(run_dir).stage(stage.name)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    config = layout.resolved
+    with hold_lock(layout.lock, f"stage folder {layout.root}"):
+        pass  # in use: say so now, not from inside torchrun (rank 0 takes the lock itself)
+    remove_orphan_temps(layout.root, ".launch-*")
+    config = layout.launch_config(os.getpid())  # resolved.yaml is the ranks' to write
     config.write_text(dump_config(stage))
+    try:
+        _launch(stage, config, run_dir, launcher=launcher, nproc=nproc, world_size=world_size,
+                resume=resume, discard=discard, accept=accept, progress=progress)  # fmt: skip
+    finally:
+        config.unlink(missing_ok=True)
+    return StageResult.read(layout.root)
+
+
+def _launch(
+    stage: StageConfig,
+    config: Path,
+    run_dir: Path,
+    *,
+    launcher: Sequence[str],
+    nproc: int,
+    world_size: int,
+    resume: bool,
+    discard: bool,
+    accept: Sequence[str],
+    progress: bool,
+) -> None:
+    """torchrun (or `launcher`) over `python -m tinylab.train` with `config`."""
+    layout = RunLayout(run_dir).stage(stage.name)
     torchrun = list(launcher) or [
         sys.executable,
         "-m",
@@ -82,11 +114,13 @@ def train_stage(
         str(config),
         "--run-dir",
         str(run_dir),
-    ] + ([] if resume else ["--no-resume"])
+        *([] if resume else ["--no-resume"]),
+        *(["--discard"] if discard else []),
+        *[f"--accept-change={field}" for field in accept],
+    ]
     stream_subprocess(
         command, layout.metrics, stage=stage, world_size=world_size, progress=progress
     )
-    return StageResult.read(layout.root)
 
 
 def launcher_world_size(launcher: Sequence[str]) -> int:
@@ -152,6 +186,9 @@ def stream_subprocess(
         bar.refresh()
     bar.close()
     code = proc.wait()
+    said = [line[len("error: ") :] for line in tail if line.startswith("error: ")]
+    if code != 0 and said:  # a rank stopped on a UserError (python -m tinylab.train prints it)
+        raise UserError(said[0])
     if code != 0:
         raise RuntimeError(
             f"torchrun exited with code {code} training stage {stage.name!r}; last output:\n"

@@ -14,18 +14,29 @@ Trade-off: everything that defines the next step (weights, AdamW state, step and
 RNG; data position = stage tokens / seq_len) is in the checkpoint and nothing else, so a run
 killed at any point and resumed is bitwise identical on CPU, at the cost of a synchronous save.
 
+The stage folder is safe to reuse after any failure: one process trains it at a time (a lock,
+held by rank 0); a resume passes over a damaged newest checkpoint (with a warning) to the newest
+whole one; nothing of the old run (result.json, resolved.yaml, metrics) is touched before the
+checkpoint has loaded; a fresh start moves the old outputs aside into `.previous/` and deletes
+them only when the new run has saved its first checkpoint (a fresh run killed earlier gets them
+back on the next start); a divergence names the command that resumes with a lower LR, and such
+a change made on purpose (`accept`) is recorded in the checkpoints, metrics and result.
+
     tinylab train params/stages/demo/base.yaml --run-dir outputs/runs/demo [--nproc 2]
     torchrun --nproc-per-node 2 -m tinylab.train --config resolved.yaml --run-dir RUN
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +49,17 @@ from tqdm.auto import tqdm
 from tinylab.config.loader import dump_config
 from tinylab.config.stage import OptimConfig, ParallelConfig, StageConfig
 from tinylab.data.packed import bits_per_byte
+from tinylab.errors import UserError
+from tinylab.files import hold_lock, remove_orphan_temps
 from tinylab.layout import RunLayout, StageLayout, StageResult, read_metrics
 from tinylab.model import build_model, flops_per_token, save_hf, with_resolved_attention
 from tinylab.train import lora
 from tinylab.train.batching import BatchPlan, WindowSource, open_windows, to_batch
 from tinylab.train.checkpoint import (
+    CheckpointError,
     TrainState,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     load_optimizer,
     remove_partial,
@@ -74,8 +89,9 @@ from tinylab.train.start import (
 FAULT_ENV = "TINYLAB_FAULT"
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient norm became NaN or inf; the last good checkpoint is kept."""
+class NonFiniteLossError(UserError):
+    """The loss or gradient norm became NaN or inf; the last good checkpoint is kept, and the
+    message names the command that resumes from it with a lower learning rate."""
 
 
 def run_stage(
@@ -83,14 +99,21 @@ def run_stage(
     run_dir: Path,
     *,
     resume: bool = True,
+    discard: bool = False,
+    accept: Sequence[str] = (),
     progress: bool = True,
     source: WindowSource | None = None,
 ) -> StageResult:
-    """Train one stage in `run_dir` (this process, or one rank of a torchrun job)."""
+    """Train one stage in `run_dir` (this process, or one rank of a torchrun job). `resume`
+    False starts over, moving the old outputs aside until the first checkpoint (`discard`:
+    deleting them at once); `accept`: params fields a resume may change on purpose."""
     stage = stage.model_copy(update={"model": with_resolved_attention(stage.model)})
     ctx = init_distributed(stage.parallel)
     try:
-        return fit(stage, Path(run_dir), ctx=ctx, resume=resume, progress=progress, source=source)
+        layout = RunLayout(run_dir).stage(stage.name)
+        with stage_lock(layout, ctx):
+            return fit(stage, Path(run_dir), ctx=ctx, resume=resume, discard=discard,
+                       accept=accept, progress=progress, source=source)  # fmt: skip
     finally:
         shutdown(ctx)
 
@@ -101,30 +124,36 @@ def fit(
     *,
     ctx: Distributed,
     resume: bool,
+    discard: bool = False,
+    accept: Sequence[str] = (),
     progress: bool,
     source: WindowSource | None,
 ) -> StageResult:
-    """The training loop of one stage (see the module docstring)."""
+    """The training loop of one stage (see the module docstring); the caller holds the lock."""
     started = time.perf_counter()
     plan = BatchPlan.from_stage(stage, world_size=ctx.world_size, rank=ctx.rank)
     layout = RunLayout(run_dir).stage(stage.name)
-    start = find_start(stage, layout.run, resume=resume)
+    source = source or open_windows(run_dir, stage)
+    say = _printer(ctx)
+    start, model, optimizer, state = begin(
+        stage, layout, ctx, resume=resume, discard=discard, accept=accept, say=say
+    )
     recipe = training_recipe(stage, start.parent)
     adapter = None if stage.adapter is None else adapter_record(stage.adapter, start.adapter_base)
-    source = source or open_windows(run_dir, stage)
-    prepare_stage_dir(stage, layout, fresh=start.resume_from is None, ctx=ctx)
-    model, optimizer = build(stage, ctx, weights=start.weights_from)
     counts = parameter_counts(model)
-    state = restore(start, model, optimizer, stage.optim, ctx=ctx)
+    changes = recipe_changes(start, state)
+    wall_before = start.resume_from.meta.get("wall_s", 0.0) if start.resume_from else 0.0
     metrics = MetricsLog(
         layout.metrics,
         enabled=ctx.is_main,
         tensorboard=layout.tensorboard if stage.tensorboard else None,
     )
     metrics.rewind(state.step if start.resume_from is not None else None)
+    if start.changes:
+        metrics.write({"kind": "change", "step": state.step, "stage_step": state.stage_step,
+                       "tokens": state.tokens, "changes": start.changes})  # fmt: skip
     num_steps = math.ceil(stage.max_tokens / stage.global_batch_tokens)
     flops, peak = flops_per_token(stage.model, plan.seq_len), peak_flops(stage.parallel, ctx.device)
-    say = _printer(ctx)
     say(
         f"[{stage.name}] {start.describe()}; {num_steps} steps of "
         f"{plan.step_tokens:,} tokens ({ctx.world_size} x {plan.accum_steps} x "
@@ -146,7 +175,7 @@ def fit(
         loss, grad_norm = torch.stack([loss.float(), grad_norm.float()]).tolist()  # one sync
         if _fault("nan-at-step", state.step + 1):
             loss = loss * float("nan")
-        ensure_finite(loss, grad_norm, name=stage.name, state=state, ckpt_dir=layout.checkpoints)
+        ensure_finite(loss, grad_norm, stage=stage, state=state, layout=layout, ctx=ctx)
         lr = lr_at(state.tokens + plan.step_tokens, stage.optim, stage.schedule)
         optimizer_step(optimizer, lr)
         state = advance(state, plan)
@@ -163,40 +192,148 @@ def fit(
         if (finished and stage.checkpoint.at_end) or _due(
             state.stage_step, stage.checkpoint.every_steps
         ):
+            wall_s = wall_before + time.perf_counter() - started
             saved = save_checkpoint(
                 layout.checkpoints, model=model, optimizer=optimizer, state=state,
-                model_cfg=stage.model, recipe=recipe, extra_meta={"adapter": adapter},
-                trainable_only=stage.adapter is not None, finished=finished,
-                keep_last=stage.checkpoint.keep_last, ctx=ctx,
+                model_cfg=stage.model, recipe=recipe, trainable_only=stage.adapter is not None,
+                extra_meta={"adapter": adapter, "wall_s": wall_s, "recipe_changes": changes},
+                finished=finished, keep_last=stage.checkpoint.keep_last, ctx=ctx,
                 before_commit=lambda s=state.step: _fault("kill-in-save", s),
             )  # fmt: skip
+            drop_previous(layout, ctx)
         bar.update(1)
     bar.close()
     metrics.close()
     hf_dir = maybe_export(model, stage, layout, source, ctx, trained=loss is not None)
     result = StageResult(
         stage.name, layout.root, state.step, state.tokens, state.stage_tokens,
-        final_loss(loss, layout.metrics, ctx), time.perf_counter() - started, saved, hf_dir,
-        **counts,
+        final_loss(loss, layout.metrics, ctx), wall_before + time.perf_counter() - started,
+        saved, hf_dir, **counts, recipe_changes=changes or None,
     )  # fmt: skip
     if ctx.is_main:
         result.write()
+    drop_previous(layout, ctx)
     say(f"[{stage.name}] done: step {state.step}, loss {result.final_loss}, {result.wall_s:.1f} s")
     return result
 
 
-def prepare_stage_dir(
-    stage: StageConfig, layout: StageLayout, *, fresh: bool, ctx: Distributed
-) -> None:
-    """Create the stage folder, write the resolved params; a fresh start clears old output."""
+@contextlib.contextmanager
+def stage_lock(layout: StageLayout, ctx: Distributed) -> Iterator[None]:
+    """Rank 0 holds the stage folder's lock for the block; when another process holds it (or
+    the folder cannot be written), every rank raises, rank 0 with the holder's name."""
+    with contextlib.ExitStack() as stack:
+        failure = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(hold_lock(layout.lock, f"stage folder {layout.root}"))
+            except UserError as err:
+                failure = err
+        if not ctx.agree(failure is None):
+            raise failure or UserError(f"stage folder {layout.root} is in use (see rank 0)")
+        yield
+
+
+def begin(
+    stage: StageConfig,
+    layout: StageLayout,
+    ctx: Distributed,
+    *,
+    resume: bool,
+    discard: bool,
+    accept: Sequence[str],
+    say,
+) -> tuple[StartPlan, nn.Module, torch.optim.Optimizer, TrainState]:
+    """Tidy the stage folder, plan the start, build the model and load what the plan names;
+    a checkpoint that does not load is passed over for the next older whole one. Only then is
+    the folder the new run's: the old result.json goes and resolved.yaml is written."""
     if ctx.is_main:
-        if fresh and layout.checkpoints.exists():
-            shutil.rmtree(layout.checkpoints)
-        layout.checkpoints.mkdir(parents=True, exist_ok=True)
-        remove_partial(layout.checkpoints)
+        tidy_stage_dir(layout, fresh=not resume, discard=discard)
+    ctx.barrier()
+    skip: list[tuple[Path, str]] = []
+    while True:
+        start = find_start(stage, layout.run, resume=resume, accept=accept, skip=skip)
+        model, optimizer = build(stage, ctx, weights=start.weights_from)
+        try:
+            state = restore(start, model, optimizer, stage.optim, ctx=ctx)
+            break
+        except CheckpointError as err:
+            if start.resume_from is None:
+                raise
+            skip.append((start.resume_from.path, str(err)))
+    for path, why in start.skipped:
+        say(f"[{stage.name}] warning: skipped checkpoint {path.name}, not whole: {why}")
+    if ctx.is_main:
         layout.result.unlink(missing_ok=True)
         layout.resolved.write_text(dump_config(stage))
     ctx.barrier()
+    return start, model, optimizer, state
+
+
+def tidy_stage_dir(layout: StageLayout, *, fresh: bool, discard: bool) -> None:
+    """Rank 0, under the lock: remove what killed processes left (a torn save, temp files),
+    settle an interrupted fresh start, and for a fresh start set the old outputs aside (or
+    delete them, `discard`)."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    for folder in (layout.root, layout.checkpoints):
+        if folder.is_dir():
+            remove_orphan_temps(folder)
+    if layout.checkpoints.is_dir():
+        remove_partial(layout.checkpoints)
+    settle_previous(layout)
+    if fresh:
+        set_aside(layout, discard=discard)
+    layout.checkpoints.mkdir(exist_ok=True)
+
+
+def set_aside(layout: StageLayout, *, discard: bool) -> None:
+    """Move the stage's outputs into `.previous/` (checkpoints first), or delete them."""
+    present = [p for p in layout.outputs if p.exists()]
+    if discard:
+        for path in present:
+            _remove(path)
+        return
+    if present:
+        layout.previous.mkdir()
+    for path in present:
+        os.replace(path, layout.previous / path.name)
+
+
+def settle_previous(layout: StageLayout) -> None:
+    """After a fresh start that was interrupted: when the new run saved no checkpoint, its
+    outputs give way to the old ones (checkpoints restored last, so a kill here is settled the
+    same way next time); when it did, the old ones are deleted."""
+    if not layout.previous.is_dir():
+        return
+    if list_checkpoints(layout.checkpoints):
+        shutil.rmtree(layout.previous)
+        return
+    old = sorted(layout.previous.iterdir(), key=lambda p: p.name == layout.checkpoints.name)
+    for path in old:
+        _remove(layout.root / path.name)
+        os.replace(path, layout.root / path.name)
+    layout.previous.rmdir()
+
+
+def drop_previous(layout: StageLayout, ctx: Distributed) -> None:
+    """The new run has a checkpoint (or has finished): the outputs a fresh start set aside go."""
+    if ctx.is_main and layout.previous.exists():
+        shutil.rmtree(layout.previous)
+
+
+def recipe_changes(start: StartPlan, state: TrainState) -> list[dict]:
+    """The changes made on purpose to the stage's params, oldest first: those its checkpoint
+    records, and the one accepted now (at the resumed step)."""
+    earlier = list(start.resume_from.meta.get("recipe_changes") or []) if start.resume_from else []
+    if start.changes:
+        earlier.append({"step": state.step, "changes": start.changes})
+    return earlier
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def build(
@@ -309,19 +446,29 @@ def ensure_finite(
     loss: float,
     grad_norm: float,
     *,
-    name: str,
+    stage: StageConfig,
     state: TrainState,
-    ckpt_dir: Path,
+    layout: StageLayout,
+    ctx: Distributed,
 ) -> None:
-    """Stop before the optimizer step when the loss or gradient norm is NaN or inf."""
+    """Stop before the optimizer step when the loss or gradient norm is NaN or inf; the error
+    names the command that resumes from the last good checkpoint with half the learning rate."""
     if math.isfinite(loss) and math.isfinite(grad_norm):
         return
-    last = latest_checkpoint(ckpt_dir)
+    last = latest_checkpoint(layout.checkpoints)
+    lr = stage.optim.lr / 2
+    command = [
+        "tinylab", "train", str(layout.resolved), "--run-dir", str(layout.run.root),
+        "--set", f"optim.lr={lr:g}",
+        *(["--set", f"optim.min_lr={lr:g}"] if stage.optim.min_lr > lr else []),
+        *(["--nproc", str(ctx.world_size)] if ctx.world_size > 1 else []),
+        *(["--accept-change", "optim"] if last else ["--fresh"]),
+    ]  # fmt: skip
     raise NonFiniteLossError(
-        f"stage {name!r}: loss = {loss}, grad norm = {grad_norm} at step "
+        f"stage {stage.name!r}: loss = {loss}, grad norm = {grad_norm} at step "
         f"{state.step + 1} (tokens {state.tokens:,}); stopped before the optimizer step. The "
-        f"last good checkpoint is {last or 'none (nothing saved yet)'}; lower optim.lr or "
-        "check the data, then resume"
+        f"last good checkpoint is {last or 'none (nothing saved yet)'}. To go on from it with "
+        f"a lower learning rate (or check the data first): {shlex.join(command)}"
     )
 
 

@@ -1,13 +1,14 @@
 """Metrics: one JSON line per optimizer step, validation lines, throughput and MFU.
 
-`<stage>/metrics.jsonl` holds records of two kinds, each written once by rank 0 and flushed:
+`<stage>/metrics.jsonl` holds records of three kinds, each written once by rank 0 and flushed:
 `{"kind": "train", "step", "stage_step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s",
-"mfu", "peak_mem_bytes", "mixture", ...}` every `log_every_steps`, and
+"mfu", "peak_mem_bytes", "mixture", ...}` every `log_every_steps`,
 `{"kind": "val", "step", "tokens", "domains": {domain: {"loss", "bpb", "windows"}}}` on the
-validation cadence. On resume the file is cut back to the checkpoint's step (dropping a torn last
-line), so each (kind, step) appears exactly once. TensorBoard events are written alongside when
-the stage asks for them and the package is installed. The one reader is
-tinylab.layout.read_metrics.
+validation cadence, and `{"kind": "change", "step", "stage_step", "tokens", "changes": {key:
+[old, new]}}` where a resume changed params on purpose (tinylab train --accept-change). On
+resume the file is cut back to the checkpoint's step (dropping a torn last line), so each
+(kind, step) appears exactly once. TensorBoard events are written alongside when the stage asks
+for them and the package is installed. The one reader is tinylab.layout.read_metrics.
 
 Trade-off: MFU = tokens/s x FLOPs/token / (peak x devices) with the project's FLOP convention
 (tinylab.model.flops_per_token); it is null when no peak is known (CPU, unknown GPU) rather than
@@ -41,10 +42,11 @@ class MetricsLog:
         self._tb = _tensorboard(tensorboard) if enabled and tensorboard is not None else None
 
     def rewind(self, step: int | None) -> None:
-        """Keep only whole records with step <= `step` (None: start an empty file)."""
+        """Keep only whole records with step <= `step` (None: start an empty file); a change
+        record at `step` goes too (a resume wrote it after that step's checkpoint)."""
         if not self.enabled:
             return
-        kept = [] if step is None else [r for r in _parse(self.path) if r["step"] <= step]
+        kept = [] if step is None else [r for r in _parse(self.path) if _before(r, step)]
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8"))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -86,6 +88,10 @@ def peak_memory_bytes(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _before(record: dict[str, Any], step: int) -> bool:
+    return record["step"] < step or (record["step"] == step and record["kind"] != "change")
 
 
 def _parse(path: Path) -> list[dict[str, Any]]:

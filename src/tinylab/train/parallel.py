@@ -78,6 +78,12 @@ class Distributed:
             dist.all_reduce(value)
         return value
 
+    def agree(self, ok: bool) -> bool:
+        """Whether `ok` holds on every rank (collective), so all ranks take the same branch."""
+        if self.world_size == 1:
+            return ok
+        return not self.sum(torch.tensor(0.0 if ok else 1.0, device=self.device)).item()
+
 
 def init_distributed(parallel: ParallelConfig) -> Distributed:
     """Join the torchrun job named by the environment (or run alone) and build the mesh."""

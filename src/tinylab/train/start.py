@@ -6,16 +6,20 @@ AdamW state, the schedule position (step and tokens since the first stage). An a
 (`adapter: lora`) trains on its parent's weights, fresh or resumed; a parent that trained an
 adapter hands on its merged weights, rebuilt from the chain of checkpoints under it (each
 adapter checkpoint names the one it trained on). `find_start` reads the folders once
-(`read_checkpoints`), `plan_start` decides, and every refusal is a ConfigError before any
-compute. Trade-off: the plan names checkpoints, it does not load them, so the whole decision is
-a table test (tests/test_train_start.py) and the loop's loading code has no branches on why.
+(`read_checkpoints`: the stage's newest checkpoint that is whole, skipping damaged ones with the
+reason), `plan_start` decides, and every refusal is a ConfigError before any compute. A resume
+under changed params is refused unless the changed fields are accepted on purpose; the plan then
+carries the changes (old -> new), which the stage records. Trade-off: the plan names
+checkpoints, it does not load them, so the whole decision is a table test
+(tests/test_train_start.py) and the loop's loading code has no branches on why.
 
     find_start(stage, RunLayout("outputs/runs/demo"), resume=True).describe()
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +29,13 @@ from tinylab.config.stage import AdapterConfig, InitFrom, StageConfig
 from tinylab.layout import RunLayout
 from tinylab.train.checkpoint import (
     Checkpoint,
+    CheckpointError,
+    check_accept,
     check_model,
     check_recipe,
+    damage,
     latest_checkpoint,
+    list_checkpoints,
     training_recipe,
 )
 
@@ -55,6 +63,8 @@ class StartPlan:
     tokens: int = 0  # ... and tokens since the first stage
     parent: Checkpoint | None = None  # the parent checkpoint the stage starts (started) from
     adapter_base: Checkpoint | None = None  # the checkpoint an adapter stage trains on
+    skipped: tuple[tuple[Path, str], ...] = ()  # own checkpoints not whole, newer than resume_from
+    changes: dict[str, list[Any]] | None = None  # accepted changes since resume_from: [old, new]
 
     def describe(self) -> str:
         """One line for the log."""
@@ -77,43 +87,91 @@ class Found:
     parent_dir: Path | None = None  # where the parent's checkpoints are (for messages)
     bases: tuple[Checkpoint, ...] = ()  # under an adapter parent: its base, that one's base, ...
     missing_base: Path | None = None  # the base the last adapter checkpoint names, if gone
+    skipped: tuple[tuple[Path, str], ...] = ()  # own checkpoints passed over: (path, why)
 
 
-def find_start(stage: StageConfig, run: RunLayout, *, resume: bool) -> StartPlan:
-    """The stage's start plan from the run folder; ConfigError when it cannot start."""
-    found = read_checkpoints(run, stage.name, stage.init_from, resume=resume)
+def find_start(
+    stage: StageConfig,
+    run: RunLayout,
+    *,
+    resume: bool,
+    accept: Sequence[str] = (),
+    skip: Sequence[tuple[Path, str]] = (),
+) -> StartPlan:
+    """The stage's start plan from the run folder; ConfigError when it cannot start. `accept`:
+    recipe fields a resume may change on purpose; `skip`: own checkpoints known to be broken
+    (path, why), e.g. one whose load failed."""
+    check_accept(accept)
+    found = read_checkpoints(run, stage.name, stage.init_from, resume=resume, skip=skip)
     plan = plan_start(
         stage.name, model=stage.model, init_from=stage.init_from, adapter=stage.adapter, found=found
     )
     if plan.resume_from is not None:
-        check_recipe(plan.resume_from, training_recipe(stage, plan.parent), stage.name)
-    return plan
+        recipe = training_recipe(stage, plan.parent)
+        changes = check_recipe(plan.resume_from, recipe, stage.name, accept=accept)
+        plan = replace(plan, changes=changes or None)
+    return replace(plan, skipped=found.skipped)
 
 
 def read_checkpoints(
-    run: RunLayout, name: str, init_from: InitFrom | None, *, resume: bool
+    run: RunLayout,
+    name: str,
+    init_from: InitFrom | None,
+    *,
+    resume: bool,
+    skip: Sequence[tuple[Path, str]] = (),
 ) -> Found:
-    """Read the metas of the stage's own and its parent's latest checkpoints, and of the chain
-    of checkpoints under an adapter parent."""
-    own = _latest(run, name) if resume else None
+    """Read the metas of the stage's own newest whole checkpoint (passing over damaged ones and
+    those in `skip`), its parent's latest checkpoint, and the chain of checkpoints under an
+    adapter parent."""
+    own, skipped = _newest_whole(run, name, skip) if resume else (None, ())
     if init_from is None:
-        return Found(own=own)
+        return Found(own=own, skipped=skipped)
     parent = _latest(run, init_from.stage)
+    if parent is not None and (why := damage(parent.path)) is not None:
+        raise CheckpointError(
+            f"stage {name!r} starts from {parent.path}, which is not whole ({why}); train stage "
+            f"{init_from.stage!r} again (it resumes from its newest whole checkpoint)"
+        )
     bases: list[Checkpoint] = []
     top = parent
     while top is not None and top.adapter is not None:
         base = top.adapter["base"]
         path = run.stage(base["stage"]).checkpoints / base["checkpoint"]
         if not path.is_dir():
-            return Found(own, parent, run.stage(init_from.stage).checkpoints, tuple(bases), path)
+            return Found(
+                own, parent, run.stage(init_from.stage).checkpoints, tuple(bases), path, skipped
+            )
         top = Checkpoint.read(base["stage"], path)
         bases.append(top)
-    return Found(own, parent, run.stage(init_from.stage).checkpoints, tuple(bases))
+    return Found(own, parent, run.stage(init_from.stage).checkpoints, tuple(bases), None, skipped)
 
 
 def _latest(run: RunLayout, stage: str) -> Checkpoint | None:
     path = latest_checkpoint(run.stage(stage).checkpoints)
     return None if path is None else Checkpoint.read(stage, path)
+
+
+def _newest_whole(
+    run: RunLayout, stage: str, skip: Sequence[tuple[Path, str]]
+) -> tuple[Checkpoint | None, tuple[tuple[Path, str], ...]]:
+    """The stage's newest checkpoint that is whole, and the newer ones passed over with why;
+    CheckpointError when there are checkpoints and none is whole."""
+    known = dict(skip)
+    skipped = []
+    for path in reversed(list_checkpoints(run.stage(stage).checkpoints)):
+        why = known.get(path) or damage(path)
+        if why is None:
+            return Checkpoint.read(stage, path), tuple(skipped)
+        skipped.append((path, why))
+    if skipped:
+        raise CheckpointError(
+            f"stage {stage!r}: no whole checkpoint to resume from: "
+            + "; ".join(why for _, why in skipped)
+            + ". Start the stage over (tinylab train --fresh moves these aside until the new "
+            "run saves its first checkpoint)"
+        )
+    return None, ()
 
 
 def plan_start(
