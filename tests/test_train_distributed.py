@@ -1,17 +1,24 @@
 """2-process torchrun with gloo on CPU: FSDP2 training equals single-process training, and a
 checkpoint written by 2 ranks resumes on 1; a LoRA stage under FSDP2 equals its single-process
-run. Launched through `train_stage(nproc=2)`, the path the notebook takes."""
+run; both ranks end together on a held stage lock and on a divergence. Launched through
+`train_stage(nproc=2)`, the path the notebook takes."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from _train_fixtures import final_weights, new_run, stage_config, train_records
 
-from tinylab.config.loader import ConfigError
+from tinylab.config.loader import ConfigError, dump_config
+from tinylab.errors import UserError
+from tinylab.files import LockHeld, hold_lock
+from tinylab.layout import RunLayout
 from tinylab.train import run_stage, train_stage
 from tinylab.train.checkpoint import list_checkpoints, read_meta
 from tinylab.train.launch import launcher_world_size
@@ -142,3 +149,26 @@ def test_lora_with_fsdp2_on_two_ranks_equals_one_process(tmp_path, prepared, one
     assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in want], abs=1e-5)
     for name, tensor in final_weights(single, "lora").items():
         torch.testing.assert_close(final_weights(sharded, "lora")[name], tensor, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_two_ranks_end_together_on_a_held_lock_and_on_a_divergence(
+    tmp_path, prepared, monkeypatch
+) -> None:
+    run = new_run(tmp_path, prepared)
+    layout = RunLayout(run).stage("base")
+    config = tmp_path / "stage.yaml"
+    config.write_text(dump_config(stage_config()))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node=2", "-m", "tinylab.train"]  # fmt: skip
+    with hold_lock(layout.lock, "a test"):
+        with pytest.raises(LockHeld, match=f"in use: pid {os.getpid()}"):  # before torchrun
+            train_stage(stage_config(), run, nproc=2, progress=False)
+        ranks = subprocess.run(  # rank 0 finds the lock taken; rank 1 must not wait forever
+            [*torchrun, "--config", str(config), "--run-dir", str(run)],
+            capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+    assert ranks.returncode != 0 and f"in use: pid {os.getpid()}" in ranks.stdout + ranks.stderr
+    monkeypatch.setenv("TINYLAB_FAULT", "nan-at-step:5")
+    with pytest.raises(UserError, match="loss = nan.*--nproc 2 --accept-change optim$"):
+        train_stage(stage_config(), run, nproc=2, progress=False)  # one message, not a traceback

@@ -276,7 +276,7 @@ def test_a_checkpoint_that_failed_to_load_is_skipped_and_a_damaged_parent_named(
     for checkpoint in (ckpt("base", 4), BASE, CHILD_10):
         write_checkpoint(run, checkpoint)
     child = run.stage("child").checkpoints / "step-00000010"
-    found = read_checkpoints(run, "base", None, resume=True, skip=[(BASE_DIR / "x", "no")])
+    found = read_checkpoints(run, "base", None, resume=True, skip=[(tmp_path / "other", "no")])
     assert found.own.path.name == "step-00000008"  # a skip entry of another path changes nothing
     skip = [(run.stage("base").checkpoints / "step-00000008", "does not load: IndexError")]
     found = read_checkpoints(run, "base", None, resume=True, skip=skip)
@@ -285,6 +285,3 @@ def test_a_checkpoint_that_failed_to_load_is_skipped_and_a_damaged_parent_named(
     with pytest.raises(CheckpointError, match=r"starts from .*step-00000008, which is not whole"):
         read_checkpoints(run, "child", on("base", "weights"), resume=True)
     assert child.is_dir()
-
-
-BASE_DIR = RUN.stage("base").checkpoints

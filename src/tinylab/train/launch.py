@@ -153,10 +153,11 @@ def stream_subprocess(
     command: list[str], metrics: Path, *, stage: StageConfig, world_size: int, progress: bool
 ) -> None:
     """Run `command`, echo its output lines, advance a bar (step, loss, tokens/s per device,
-    MFU) from `metrics`; raise on failure."""
+    MFU) from `metrics`; raise on failure (a UserError when a rank stopped on one)."""
     total = -(-stage.max_tokens // stage.global_batch_tokens)
     lines: queue.Queue[str | None] = queue.Queue()
     tail: deque[str] = deque(maxlen=30)
+    said: list[str] = []
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -179,6 +180,8 @@ def stream_subprocess(
         elif line:
             tail.append(line.rstrip())
             tqdm.write(line.rstrip())
+            if line.startswith("error: "):  # a rank's UserError (python -m tinylab.train)
+                said.append(line.rstrip()[len("error: ") :])
         record = last_metric(metrics, "train")
         if record is not None:
             bar.n = int(record["stage_step"])
@@ -186,8 +189,7 @@ def stream_subprocess(
         bar.refresh()
     bar.close()
     code = proc.wait()
-    said = [line[len("error: ") :] for line in tail if line.startswith("error: ")]
-    if code != 0 and said:  # a rank stopped on a UserError (python -m tinylab.train prints it)
+    if code != 0 and said:
         raise UserError(said[0])
     if code != 0:
         raise RuntimeError(
