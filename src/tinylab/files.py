@@ -152,16 +152,3 @@ def _holder(text: str) -> str:
         return f"pid {record['pid']} on {record['host']} since {record['since']} ({command})"
     except (ValueError, KeyError, TypeError):
         return "a process that has not recorded itself yet"
-
-
-def remove_orphan_temps(folder: Path, pattern: str = ".*.tmp-*") -> list[Path]:
-    """Delete the `.NAME.tmp-PID` files (or others of `pattern`, ending in -PID) that
-    `write_atomic` leaves when its process is killed between writing and renaming, for
-    processes no longer running on this host; returns those removed."""
-    removed = []
-    for path in Path(folder).glob(pattern):
-        pid = path.name.rpartition("-")[2]
-        if path.is_file() and pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed

@@ -80,8 +80,9 @@ class StageLayout:
         return self.root / ".lock"
 
     def launch_config(self, pid: int) -> Path:
-        """The resolved params a launcher process `pid` hands to its torchrun ranks."""
-        return self.root / f".launch-{pid}"
+        """The resolved params a launcher process `pid` hands to its torchrun ranks: a temporary
+        resolved.yaml (files.remove_orphans clears it when that process is gone)."""
+        return self.root / f".{RESOLVED_FILE}.tmp-{pid}"
 
     @property
     def previous(self) -> Path:

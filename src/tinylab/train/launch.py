@@ -35,7 +35,7 @@ from tinylab.config.loader import (
 )
 from tinylab.config.stage import StageConfig
 from tinylab.errors import UserError
-from tinylab.files import hold_lock, remove_orphan_temps
+from tinylab.files import hold_lock
 from tinylab.layout import RunLayout, StageResult, last_metric
 from tinylab.model import with_resolved_attention
 from tinylab.train.batching import BatchPlan
@@ -73,7 +73,6 @@ def train_stage(
     layout = RunLayout(run_dir).stage(stage.name)
     with hold_lock(layout.lock, f"stage folder {layout.root}"):
         pass  # in use: say so now, not from inside torchrun (rank 0 takes the lock itself)
-    remove_orphan_temps(layout.root, ".launch-*")
     config = layout.launch_config(os.getpid())  # resolved.yaml is the ranks' to write
     config.write_text(dump_config(stage))
     try:

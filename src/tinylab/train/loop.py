@@ -50,7 +50,7 @@ from tinylab.config.loader import dump_config
 from tinylab.config.stage import OptimConfig, ParallelConfig, StageConfig
 from tinylab.data.packed import bits_per_byte
 from tinylab.errors import UserError
-from tinylab.files import hold_lock, remove_orphan_temps
+from tinylab.files import hold_lock, remove_orphans
 from tinylab.layout import RunLayout, StageLayout, StageResult, read_metrics
 from tinylab.model import build_model, flops_per_token, save_hf, with_resolved_attention
 from tinylab.train import lora
@@ -276,7 +276,7 @@ def tidy_stage_dir(layout: StageLayout, *, fresh: bool, discard: bool) -> None:
     layout.root.mkdir(parents=True, exist_ok=True)
     for folder in (layout.root, layout.checkpoints):
         if folder.is_dir():
-            remove_orphan_temps(folder)
+            remove_orphans(folder)
     if layout.checkpoints.is_dir():
         remove_partial(layout.checkpoints)
     settle_previous(layout)
