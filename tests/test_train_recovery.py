@@ -9,6 +9,7 @@ stage's wall time across resumes."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shlex
@@ -182,6 +183,16 @@ def test_a_second_training_of_the_stage_exits_2_naming_the_holder(tmp_path, prep
     (line,) = proc.stderr.strip().splitlines()
     assert f"is in use: pid {os.getpid()} on " in line and "since 20" in line
     assert "Traceback" not in proc.stderr and not layout.metrics.exists()
+
+
+def test_a_folder_without_locks_is_one_message(tmp_path, monkeypatch) -> None:
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    locking = hold_lock(tmp_path / ".lock", "a stage")
+    with pytest.raises(UserError, match=r"cannot lock .*\.lock \(No locks available\): a stage"):
+        locking.__enter__()
 
 
 def test_the_lock_of_a_killed_process_is_taken_over(tmp_path, prepared) -> None:

@@ -130,7 +130,9 @@ def hold_lock(path: Path, what: str) -> Iterator[None]:
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as err:
+            if not isinstance(err, BlockingIOError):  # e.g. ENOLCK: a file system without locks
+                raise UserError(f"cannot lock {path} ({err.strerror}): {what} needs it") from err
             handle.seek(0)
             raise LockHeld(f"{what} is in use: {_holder(handle.read())}; wait for it to end or "
                            f"stop that process (lock file {path})") from None  # fmt: skip
