@@ -9,12 +9,9 @@ through the trainer."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+from tinylab.provenance import SourceTree, imports_in
 
-import tinylab
-
-SRC = Path(tinylab.__file__).parent
+TREE = SourceTree()  # the import graph that code records use too
 FLOORS = [
     {"errors", "files", "layout", "provenance", "config", "notebook", "cache"},
     {"model"},
@@ -27,33 +24,6 @@ FLOORS = [
     {"cli"},
 ]
 FORBIDDEN = {("analysis", "train")}  # allowed by the floors, refused all the same
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imports_of(path: Path) -> set[str]:
-    """Every tinylab module the file at `path` imports, at any depth of its code."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    return imports_in(path.read_text(encoding="utf-8"), package=package)
-
-
-def imports_in(source: str, *, package: str) -> set[str]:
-    """Every tinylab module `source` (a module of `package`) imports, relative ones resolved."""
-    found = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0]
-                base = f"{parent}.{base}" if base else parent
-            found.update(f"{base}.{a.name}" if base == "tinylab" else base for a in node.names)
-    return {name for name in found if name == "tinylab" or name.startswith("tinylab.")}
 
 
 def component(module: str) -> str:
@@ -83,11 +53,11 @@ def violations(edges: set[tuple[str, str]]) -> list[str]:
 
 
 def edges_of_src() -> set[tuple[str, str]]:
-    return {(module_name(p), i) for p in sorted(SRC.rglob("*.py")) for i in imports_of(p)}
+    return TREE.edges()
 
 
 def test_every_module_has_a_floor() -> None:
-    unplaced = {module_name(p) for p in SRC.rglob("*.py") if floor(module_name(p)) is None}
+    unplaced = {module for module in TREE.files if floor(module) is None}
     assert unplaced == {"tinylab"}, f"modules outside FLOORS: {sorted(unplaced - {'tinylab'})}"
 
 
@@ -115,11 +85,19 @@ def test_a_violation_names_the_importer_and_the_imported_module() -> None:
 
 
 def test_imports_inside_functions_and_relative_ones_are_seen() -> None:
-    cli = imports_of(SRC / "cli.py")
+    cli = TREE.imports("tinylab.cli")
     assert {"tinylab.cluster.plan", "tinylab.pipeline", "tinylab.train"} <= cli  # in functions
     source = "def f():\n    from . import cache\n    from ..pipeline import x\n    import os\n"
-    assert imports_in(source, package="tinylab.data") == {"tinylab.data", "tinylab.pipeline"}
+    assert imports_in(source, package="tinylab.data") == {
+        "tinylab.data",
+        "tinylab.data.cache",  # a module or a name: SourceTree keeps the modules
+        "tinylab.pipeline",
+        "tinylab.pipeline.x",
+        "os",
+    }
     assert imports_in("from tinylab import cluster, model", package="tinylab") == {
+        "tinylab",
         "tinylab.cluster",
         "tinylab.model",
     }
+    assert {"tinylab.train.loop", "tinylab.layout"} <= TREE.imports("tinylab.train.launch")

@@ -1,58 +1,45 @@
-"""tinylab.pipeline: papermill steps, manifest, skip/resume, --from, failures."""
+"""tinylab.pipeline: papermill steps, manifest, skip/resume, --from, failures, the run summary and
+the run lock. Code-aware fingerprints: tests/test_pipeline_code.py; the kill soak of a real
+pipeline: tests/test_pipeline_soak.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
+from _pipeline_fixtures import (
+    kill_tree,
+    project_copy,
+    step_notebook,
+    tinylab_in,
+    wait_for,
+    write_pipeline,
+)
 
 from tinylab.config.loader import ConfigError
 from tinylab.layout import RunLayout
-from tinylab.pipeline import StepFailed, run_pipeline, split_overrides
-
-STEP_SOURCE = """\
-from pathlib import Path
-out = Path(run_dir) / f"{name}.txt"
-out.parent.mkdir(parents=True, exist_ok=True)
-with out.open("a") as f:
-    f.write(f"{value} {overrides}\\n")
-if fail:
-    raise RuntimeError(f"step {name} was told to fail")
-if die:
-    import os
-    os._exit(3)
-import time
-time.sleep(sleep_s)
-"""
-
-
-def _notebook(path: Path) -> None:
-    params = nbformat.v4.new_code_cell(
-        'name: str = "x"\nvalue: int = 0\nfail: bool = False\ndie: bool = False\n'
-        'sleep_s: float = 0.0\nrun_dir: str = "."\noverrides: list = []',
-        metadata={"tags": ["parameters"]},
-    )
-    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(STEP_SOURCE)])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
+from tinylab.pipeline import (
+    PipelineRun,
+    RunInUse,
+    StepFailed,
+    run_lock,
+    run_pipeline,
+    split_overrides,
+)
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> dict[str, Path]:
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    _notebook(notebooks / "step.ipynb")
+    step_notebook(notebooks / "step.ipynb")
     pipelines = tmp_path / "params" / "pipelines"
     pipelines.mkdir(parents=True)
     return {"notebooks": notebooks, "pipelines": pipelines, "runs": tmp_path / "runs"}
@@ -71,7 +58,7 @@ THREE_STEPS = """\
 """
 
 
-def _run(project: dict[str, Path], path: Path, **kwargs) -> dict:
+def _run(project: dict[str, Path], path: Path, **kwargs) -> PipelineRun:
     return run_pipeline(
         path, runs_dir=project["runs"], notebooks_dir=project["notebooks"], **kwargs
     )
@@ -82,7 +69,7 @@ def _lines(run_dir: Path, name: str) -> list[str]:
 
 
 def test_runs_steps_and_writes_manifest(project: dict[str, Path]) -> None:
-    manifest = _run(project, _pipeline(project, THREE_STEPS))
+    manifest = _run(project, _pipeline(project, THREE_STEPS)).manifest
     run_dir = project["runs"] / "p"
     assert [manifest["steps"][s]["status"] for s in "abc"] == ["done"] * 3
     assert all(manifest["steps"][s]["seconds"] > 0 for s in "abc")
@@ -104,6 +91,37 @@ def test_rerun_skips_finished_steps(project: dict[str, Path]) -> None:
     assert _lines(project["runs"] / "p", "a") == ["1 []"]
 
 
+def test_each_step_records_the_commit_version_and_code_that_made_it(
+    project: dict[str, Path],
+) -> None:
+    from importlib import metadata
+
+    record = _run(project, _pipeline(project, THREE_STEPS)).manifest["steps"]["a"]
+    assert record["tinylab"] == metadata.version("tinylab")  # the package's metadata
+    assert set(record["git"]) == {"sha", "dirty"}
+    assert set(record["code"]) == {"files", "versions"} and record["inputs"]
+
+
+def test_the_summary_says_what_ran_what_was_skipped_and_the_wall_time(
+    project: dict[str, Path],
+) -> None:
+    path = _pipeline(project, THREE_STEPS)
+    first = _run(project, path)
+    assert first.summary() == f"run p in {first.wall_s:.0f} s: 3 steps ran (a, b, c)"
+    again = _run(project, path)
+    assert again.summary() == (
+        f"run p in {again.wall_s:.0f} s: nothing ran; 3 skipped (3 same fingerprint)"
+    )
+    assert again.wall_s < first.wall_s  # this invocation's time, not the steps' recorded seconds
+    changed = _run(project, _pipeline(project, THREE_STEPS.replace("value: 2", "value: 20")))
+    assert changed.summary().endswith("2 steps ran (b, c); 1 skipped (1 same fingerprint)")
+    assert [d.reason for d in changed.decisions.values()] == [
+        "same fingerprint",
+        "notebook or params changed",
+        "after b",
+    ]
+
+
 def test_changed_params_rerun_the_step_and_what_follows(project: dict[str, Path]) -> None:
     _run(project, _pipeline(project, THREE_STEPS))
     _run(project, _pipeline(project, THREE_STEPS.replace("value: 2", "value: 20")))
@@ -116,7 +134,8 @@ def test_changed_params_rerun_the_step_and_what_follows(project: dict[str, Path]
 def test_from_forces_a_step_and_everything_after(project: dict[str, Path]) -> None:
     path = _pipeline(project, THREE_STEPS)
     _run(project, path)
-    _run(project, path, from_step="b", overrides=["b.optim.lr=1", "c.seed=2"])
+    done = _run(project, path, from_step="b", overrides=["b.optim.lr=1", "c.seed=2"])
+    assert done.decisions["b"].reason == "forced by --from"
     run_dir = project["runs"] / "p"
     assert len(_lines(run_dir, "a")) == 1
     assert _lines(run_dir, "b")[-1] == "2 ['optim.lr=1']"
@@ -185,7 +204,7 @@ def test_killed_run_resumes_with_finished_steps_skipped(project: dict[str, Path]
     while not (run_dir / "b.txt").exists() and time.time() < deadline:
         time.sleep(0.2)
     assert (run_dir / "b.txt").exists(), "step b never started"
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_tree(proc.pid)  # the run and its kernel
     proc.wait()
     manifest = json.loads(RunLayout(run_dir).manifest.read_text())
     assert manifest["steps"]["b"]["status"] == "running"
@@ -193,3 +212,69 @@ def test_killed_run_resumes_with_finished_steps_skipped(project: dict[str, Path]
     assert _lines(run_dir, "a") == ["1 []"]
     assert len(_lines(run_dir, "b")) == 2
     assert _lines(run_dir, "c") == ["3 []"]
+
+
+# --------------------------------------------------------------------------------------------
+# One `tinylab run` per run folder
+
+HOLD_AND_DIE = """\
+import os, signal, sys
+from pathlib import Path
+from tinylab.pipeline import run_lock
+with run_lock(Path(sys.argv[1])):
+    os.kill(os.getpid(), signal.SIGKILL)  # killed while holding it: nothing cleans up
+"""
+
+
+def test_a_second_run_on_the_same_folder_names_the_holder(project: dict[str, Path]) -> None:
+    path = _pipeline(project, THREE_STEPS)
+    run_dir = project["runs"] / "p"
+    with run_lock(run_dir.resolve()), pytest.raises(RunInUse) as caught:
+        _run(project, path)
+    message = str(caught.value)
+    assert f"is in use by another tinylab run (pid {os.getpid()} on " in message
+    assert "since 20" in message and "pytest" in message  # when, and the holder's command
+    assert not (run_dir / "a.txt").exists() and not RunLayout(run_dir).manifest.exists()
+    _run(project, path)  # released: the next run goes ahead
+    assert _lines(run_dir, "a") == ["1 []"]
+    assert RunLayout(run_dir).run_lock.read_text() == ""  # a clean release leaves no holder
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(project: dict[str, Path], capsys) -> None:
+    run_dir = (project["runs"] / "p").resolve()
+    killed = subprocess.run([sys.executable, "-c", HOLD_AND_DIE, str(run_dir)])
+    assert killed.returncode == -signal.SIGKILL
+    assert json.loads(RunLayout(run_dir).run_lock.read_text())["pid"]  # its record is left
+    _run(project, _pipeline(project, THREE_STEPS))
+    assert "taking over the run lock left by a process that ended (pid " in capsys.readouterr().out
+    assert _lines(run_dir, "c") == ["3 []"]
+
+
+SLEEPY = """\
+  - {name: a, notebook: step, params: {name: a, sleep_s: SLEEP}}
+  - {name: b, notebook: step, params: {name: b}}
+"""
+
+
+@pytest.mark.slow
+def test_a_second_tinylab_run_exits_2_naming_the_holder(tmp_path: Path) -> None:
+    root = project_copy(tmp_path, SLEEPY.replace("SLEEP", "120"))
+    run_dir = root / "outputs" / "runs" / "p"
+    first = tinylab_in(root, "run", "params/pipelines/p.yaml", wait=False)
+    try:
+        wait_for(lambda: (run_dir / "a.txt").exists(), timeout_s=120, what="step a started")
+        second = tinylab_in(root, "run", "params/pipelines/p.yaml")
+    finally:
+        kill_tree(first.pid)  # the run and its kernel, as a crash would
+        first.communicate()
+    assert second.returncode == 2
+    (line,) = second.stderr.splitlines()  # one message, no traceback
+    holder = f"pid {first.pid} on {socket.gethostname()} since 20"
+    assert line.startswith(f"error: {run_dir} is in use by another tinylab run ({holder}")
+    assert line.endswith("run params/pipelines/p.yaml); wait for it to finish, or stop that "
+                         "process and run again")  # fmt: skip
+    write_pipeline(root, SLEEPY.replace("SLEEP", "0"))
+    third = tinylab_in(root, "run", "params/pipelines/p.yaml")
+    assert third.returncode == 0, third.stderr
+    assert f"taking over the run lock left by a process that ended (pid {first.pid}" in third.stdout
+    assert third.stdout.splitlines()[-1].endswith(": 2 steps ran (a, b)")

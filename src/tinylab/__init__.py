@@ -1,3 +1,2 @@
-"""tinylab: reproduce and extend TinyLlama's three-stage pretraining."""
-
-__version__ = "0.1.0"
+"""tinylab: reproduce and extend TinyLlama's three-stage pretraining (its version: the package
+metadata, `importlib.metadata.version("tinylab")`)."""

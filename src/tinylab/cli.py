@@ -170,16 +170,27 @@ def run_command(
         list[str] | None,
         typer.Option("--set", help="STEP.key=value, or *.key=value for every step (repeatable)."),
     ] = None,
+    keep_stale: Annotated[
+        bool,
+        typer.Option(
+            "--keep-stale",
+            help="Keep the results of steps whose only change is the library code (or torch, "
+            "transformers, lm-eval versions); they are marked stale in the manifest.",
+        ),
+    ] = False,
 ) -> None:
     """Run a pipeline's notebooks with Papermill into outputs/runs/<run-id>/, skipping steps that
-    finished with unchanged params."""
+    finished with the same notebook, params and library code."""
     from tinylab.pipeline import run_pipeline
 
-    manifest = run_pipeline(pipeline, run_id=run_id, from_step=from_step, overrides=overrides or [])
-    seconds = sum(s.get("seconds", 0) for s in manifest["steps"].values())
-    typer.echo(
-        f"run {manifest['run_id']}: {len(manifest['steps'])} steps done ({seconds:.0f} s of steps)"
+    done = run_pipeline(
+        pipeline,
+        run_id=run_id,
+        from_step=from_step,
+        overrides=overrides or [],
+        keep_stale=keep_stale,
     )
+    typer.echo(done.summary())
 
 
 @app.command("eval")

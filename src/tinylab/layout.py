@@ -122,6 +122,11 @@ class RunLayout:
         return self.root / ".manifest.lock"
 
     @property
+    def run_lock(self) -> Path:
+        """Held by the one `tinylab run` working in this folder (its record: who holds it)."""
+        return self.root / ".run.lock"
+
+    @property
     def notebooks(self) -> Path:
         return self.root / "notebooks"
 

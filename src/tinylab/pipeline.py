@@ -3,12 +3,22 @@
 Each step is one notebook executed in a fresh kernel, in dependency order, into the run folder
 outputs/runs/<run-id>/notebooks/. Before anything runs, every params file a step names is loaded
 and validated, so a typo fails in a second rather than after hours of training. manifest.json
-records the resolved params, git state, package versions, hardware, and each step's status and
-seconds. A re-run skips steps that finished with the same fingerprint (notebook + params), re-runs
-a step whose dependency ran again, and `--from STEP` forces a step and everything after it.
+records the resolved params, git state, package versions, hardware, and each step's status,
+seconds, git commit and code record.
+
+A step's fingerprint covers its inputs (notebook bytes, parameters, resolved params files) and
+its code (provenance.SourceTree: a digest of every library file the notebook imports, directly or
+through other tinylab modules, and the versions of torch, transformers and lm-eval where that
+code imports them), like Snakemake's code rerun trigger. A re-run skips steps that
+finished with the same fingerprint, runs a step whose inputs or code changed and every step after
+one that runs; `--from STEP` forces a step and everything after it. With `--keep-stale` a step
+whose only change is its code keeps its results and is marked stale in the manifest, with a
+one-line reason naming the files and versions that changed. One `tinylab run` per run folder at a
+time (an flock on RUN/.run.lock; a second one exits with a message naming the holder).
 
     tinylab run params/pipelines/demo.yaml
     tinylab run params/pipelines/demo.yaml --from base --set base.optim.lr=1e-3
+    tinylab run params/pipelines/demo.yaml --keep-stale
 """
 
 from __future__ import annotations
@@ -17,6 +27,9 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
+import shlex
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -35,16 +48,30 @@ from tinylab.config.loader import (
     parse_overrides,
 )
 from tinylab.config.pipeline import PipelineConfig, PipelineStep
+from tinylab.errors import UserError
 from tinylab.files import json_digest, sha256_file, write_json_atomic
 from tinylab.layout import RunLayout
 from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook
-from tinylab.provenance import provenance
+from tinylab.provenance import (
+    SOURCE_DIR,
+    SourceTree,
+    code_changes,
+    git_state,
+    notebook_imports,
+    package_versions,
+    provenance,
+)
 
 RUNS_DIR = PROJECT_ROOT / "outputs" / "runs"
+NOT_DONE = {None: "not run before", "running": "interrupted before", "failed": "failed before"}
 
 
 class StepFailed(RuntimeError):
     """A pipeline step's notebook raised; the message holds the failing cell's error."""
+
+
+class RunInUse(UserError):
+    """Another `tinylab run` holds the run folder's lock."""
 
 
 @dataclass
@@ -55,7 +82,39 @@ class PlannedStep:
     notebook: Path
     parameters: dict[str, Any]
     resolved: dict[str, str] = field(default_factory=dict)  # param name -> resolved YAML
-    fingerprint: str = ""
+    code: dict[str, Any] = field(default_factory=dict)  # SourceTree.record of its imports
+    inputs: str = ""  # digest of notebook bytes, parameters and resolved params
+    fingerprint: str = ""  # digest of inputs and code
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a run does with a planned step: "run", "skip" or "stale" (skipped although its code
+    changed: --keep-stale), and why, in a few words."""
+
+    action: str
+    reason: str
+
+
+@dataclass
+class PipelineRun:
+    """One `tinylab run`: the manifest after it, the decision on each step, its wall time."""
+
+    manifest: dict[str, Any]
+    decisions: dict[str, Decision]
+    wall_s: float
+
+    def summary(self) -> str:
+        """One line: what ran, what was skipped and why, and how long this invocation took."""
+        ran = [n for n, d in self.decisions.items() if d.action == "run"]
+        same = [n for n, d in self.decisions.items() if d.action == "skip"]
+        stale = [n for n, d in self.decisions.items() if d.action == "stale"]
+        steps = "1 step" if len(ran) == 1 else f"{len(ran)} steps"
+        done = f"{steps} ran ({', '.join(ran)})" if ran else "nothing ran"
+        why = [f"{len(same)} same fingerprint"] if same else []
+        why += [f"{len(stale)} stale kept: {', '.join(stale)}"] if stale else []
+        skipped = f"; {len(same) + len(stale)} skipped ({', '.join(why)})" if why else ""
+        return f"run {self.manifest['run_id']} in {self.wall_s:.0f} s: {done}{skipped}"
 
 
 def run_pipeline(
@@ -64,27 +123,69 @@ def run_pipeline(
     run_id: str | None = None,
     from_step: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    keep_stale: bool = False,
     runs_dir: Path = RUNS_DIR,
     notebooks_dir: Path = NOTEBOOKS_DIR,
-) -> dict[str, Any]:
-    """Run (or resume) a pipeline; return the final manifest. Raises StepFailed on the first
-    failing step, after recording it in the manifest."""
+    source_dir: Path = SOURCE_DIR,
+) -> PipelineRun:
+    """Run (or resume) a pipeline under the run folder's lock. Raises StepFailed on the first
+    failing step, after recording it in the manifest; RunInUse while another run holds it."""
+    started = time.perf_counter()
     pipeline_path = Path(pipeline_path)
     pipeline = load_config(pipeline_path, PipelineConfig)
     run_dir = (runs_dir / (run_id or pipeline.name)).resolve()
-    plan = plan_steps(pipeline, run_dir, overrides=overrides, notebooks_dir=notebooks_dir)
+    plan = plan_steps(
+        pipeline, run_dir, overrides=overrides, notebooks_dir=notebooks_dir, source_dir=source_dir
+    )
     if from_step is not None and from_step not in plan:
         raise ConfigError(f"--from {from_step!r}: no such step; steps: {list(plan)}")
 
-    manifest = open_manifest(run_dir, pipeline_path, pipeline)
-    forced = _steps_from(pipeline, from_step) if from_step else set()
-    to_run = steps_to_run(plan, manifest, forced=forced)
+    with run_lock(run_dir):
+        manifest = open_manifest(run_dir, pipeline_path, pipeline)
+        forced = _steps_from(pipeline, from_step) if from_step else set()
+        decisions = decide_steps(plan, manifest, forced=forced, keep_stale=keep_stale)
+        for name, planned in plan.items():
+            decision = decisions[name]
+            if decision.action == "run":
+                execute_step(planned, run_dir, manifest, reason=decision.reason)
+            else:
+                _log(f"[{name}] skipped: {decision.reason}")
+                _mark_stale(run_dir, manifest, name, decision)
+    return PipelineRun(manifest, decisions, wall_s=time.perf_counter() - started)
+
+
+def decide_steps(
+    plan: dict[str, PlannedStep],
+    manifest: dict[str, Any],
+    *,
+    forced: set[str] | frozenset = frozenset(),
+    keep_stale: bool = False,
+) -> dict[str, Decision]:
+    """Each step's decision: run when forced, after a step that runs, not done, or done with
+    other inputs or other code (kept instead, marked stale, with `keep_stale` when only the code
+    differs); skip when done with the same fingerprint."""
+    decisions: dict[str, Decision] = {}
     for name, planned in plan.items():
-        if name not in to_run:
-            _log(f"[{name}] done earlier with the same params: skipped")
-            continue
-        execute_step(planned, run_dir, manifest)
-    return manifest
+        record = manifest["steps"].get(name, {})
+        upstream = [dep for dep in planned.step.after if decisions[dep].action == "run"]
+        # a record from before code records: its fingerprint was what `inputs` is now
+        inputs = record.get("inputs", record.get("fingerprint"))
+        if name in forced:
+            decision = Decision("run", "forced by --from")
+        elif upstream:
+            decision = Decision("run", f"after {', '.join(upstream)}")
+        elif record.get("status") != "done":
+            status = record.get("status")
+            decision = Decision("run", NOT_DONE.get(status, f"{status} before"))
+        elif record.get("fingerprint") == planned.fingerprint:
+            decision = Decision("skip", "same fingerprint")
+        elif inputs != planned.inputs:
+            decision = Decision("run", "notebook or params changed")
+        else:
+            changes = code_changes(record.get("code"), planned.code)
+            decision = Decision("stale" if keep_stale else "run", changes)
+        decisions[name] = decision
+    return decisions
 
 
 def steps_to_run(
@@ -93,18 +194,9 @@ def steps_to_run(
     *,
     forced: set[str] | frozenset = frozenset(),
 ) -> list[str]:
-    """Steps that must run: forced, not done with the same fingerprint, or after one that runs."""
-    to_run: list[str] = []
-    for name, planned in plan.items():
-        record = manifest["steps"].get(name, {})
-        if (
-            name in forced
-            or any(dep in to_run for dep in planned.step.after)
-            or record.get("status") != "done"
-            or record.get("fingerprint") != planned.fingerprint
-        ):
-            to_run.append(name)
-    return to_run
+    """The steps that decide_steps runs, in order."""
+    decisions = decide_steps(plan, manifest, forced=forced)
+    return [name for name, decision in decisions.items() if decision.action == "run"]
 
 
 def plan_steps(
@@ -113,9 +205,12 @@ def plan_steps(
     *,
     overrides: list[str] | tuple[str, ...] = (),
     notebooks_dir: Path = NOTEBOOKS_DIR,
+    source_dir: Path = SOURCE_DIR,
 ) -> dict[str, PlannedStep]:
-    """Resolve every step: its notebook, papermill parameters, params files and fingerprint."""
+    """Resolve every step: its notebook, papermill parameters, params files, code record and
+    fingerprint. `source_dir` holds the tinylab package whose code is recorded."""
     per_step = split_overrides(overrides, [s.name for s in pipeline.steps])
+    tree = SourceTree(source_dir)
     plan = {}
     for step in pipeline.steps:
         notebook = notebooks_dir / (
@@ -132,7 +227,12 @@ def plan_steps(
             if _is_params_file(value):
                 config = load_params(PROJECT_ROOT / value, overrides=step_overrides)
                 planned.resolved[key] = dump_config(config)
-        planned.fingerprint = _fingerprint(planned)
+        modules = notebook_imports(notebook)
+        if step.html:  # rendered to HTML by this process: part of what makes the step's output
+            modules.add("tinylab.analysis.publish")
+        planned.code = tree.record(modules)
+        planned.inputs = _inputs_digest(planned)
+        planned.fingerprint = json_digest({"inputs": planned.inputs, "code": planned.code})[:16]
         plan[step.name] = planned
     return plan
 
@@ -163,7 +263,7 @@ def _is_params_file(value: Any) -> bool:
     )
 
 
-def _fingerprint(planned: PlannedStep) -> str:
+def _inputs_digest(planned: PlannedStep) -> str:
     payload = {
         "notebook": sha256_file(planned.notebook),
         "parameters": planned.parameters,
@@ -200,6 +300,51 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold RUN/.run.lock (an exclusive flock) for one `tinylab run`; RunInUse at once when
+    another process holds it. The kernel frees the lock of a killed process, so the next run takes
+    it over; the holder record written into the file (pid, host, since, command) only informs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = RunLayout(run_dir).run_lock
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInUse(
+                f"{run_dir} is in use by another tinylab run ({_holder(path)}); "
+                "wait for it to finish, or stop that process and run again"
+            ) from None
+        left = path.read_text(errors="replace").strip()
+        if left:
+            _log(f"taking over the run lock left by a process that ended ({_holder(path)})")
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": _now(),
+            "command": shlex.join(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released cleanly; the flock goes with the close below
+    finally:
+        os.close(fd)
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        record = json.loads(lock_path.read_text())
+        return (
+            f"pid {record['pid']} on {record['host']} since {record['since']}: {record['command']}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+@contextlib.contextmanager
 def manifest_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive lock of the run's manifest: writers in other processes (cluster jobs of parallel
     steps, `tinylab status`) read it fresh and write it while holding this lock."""
@@ -209,8 +354,11 @@ def manifest_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
-def execute_step(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) -> None:
-    """Run one planned step's notebook now and record it in the manifest; StepFailed on error."""
+def execute_step(
+    planned: PlannedStep, run_dir: Path, manifest: dict[str, Any], *, reason: str = ""
+) -> None:
+    """Run one planned step's notebook now and record it in the manifest (with the git commit,
+    tinylab version and code record that made it); StepFailed on error."""
     from papermill.exceptions import PapermillExecutionError
 
     name = planned.step.name
@@ -219,12 +367,16 @@ def execute_step(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) 
         "status": "running",
         "notebook": str(output.relative_to(run_dir)),
         "fingerprint": planned.fingerprint,
+        "inputs": planned.inputs,
         "params": planned.parameters,
         "resolved": planned.resolved,
+        "tinylab": package_versions(("tinylab",))["tinylab"],
+        "git": git_state(),
+        "code": planned.code,
         "started": _now(),
     }
     _save_step(run_dir, manifest, name, record)
-    _log(f"[{name}] running {planned.notebook.name}")
+    _log(f"[{name}] running {planned.notebook.name}" + (f" ({reason})" if reason else ""))
     start = time.perf_counter()
     try:
         _configure_papermill_logging()
@@ -251,6 +403,19 @@ def execute_step(planned: PlannedStep, run_dir: Path, manifest: dict[str, Any]) 
     record.update(status="done", seconds=round(time.perf_counter() - start, 2), finished=_now())
     _save_step(run_dir, manifest, name, record)
     _log(f"[{name}] done in {record['seconds']:.1f} s")
+
+
+def _mark_stale(run_dir: Path, manifest: dict[str, Any], name: str, decision: Decision) -> None:
+    """Record a kept step's staleness (or its end, when its code is the same again)."""
+    record = dict(manifest["steps"][name])
+    stale = decision.reason if decision.action == "stale" else None
+    if record.get("stale") == stale:
+        return
+    if stale is None:
+        record.pop("stale", None)
+    else:
+        record["stale"] = stale
+    _save_step(run_dir, manifest, name, record)
 
 
 def _save_step(run_dir: Path, manifest: dict[str, Any], name: str, record: dict[str, Any]) -> None:

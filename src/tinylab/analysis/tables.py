@@ -57,11 +57,14 @@ def provenance_table(run: Run) -> pd.DataFrame:
 
 
 def steps_table(run: Run) -> pd.DataFrame:
-    """Each pipeline step's status and wall time."""
+    """Each pipeline step's status (with why, when its results were kept although its code
+    changed: `tinylab run --keep-stale`) and wall time."""
     steps = run.manifest.get("steps", {})
     return pd.DataFrame(
-        [
-            {"step": n, "status": r.get("status"), "seconds": r.get("seconds")}
-            for n, r in steps.items()
-        ]
+        [{"step": n, "status": _status(r), "seconds": r.get("seconds")} for n, r in steps.items()]
     )
+
+
+def _status(record: dict) -> str | None:
+    stale = record.get("stale")
+    return f"{record.get('status')} (stale: {stale})" if stale else record.get("status")

@@ -1,10 +1,12 @@
 """Evaluation results on disk: one JSON per checkpoint, per-sample JSONL, and reuse of both.
 
 `<out>/<name>.json` holds one row per task: task, metric, value, stderr, n, shots, chance, all
-metrics, the settings that produced it (harness version, BOS, limit, ...) and the model identity
-(sha256 of the safetensors). `<out>/<name>.samples.jsonl` holds one line per scored example.
-A row is reused when the model hash and the settings match, so re-running a suite only computes
-what is new; a different checkpoint under the same name starts afresh. Writes are atomic
+metrics, the settings that produced it (harness version, BOS, limit, ...), the code that scored it
+(a digest of tinylab.evaluate's source with its tinylab imports, and the versions of torch,
+transformers and lm-eval) and the model identity (sha256 of the safetensors).
+`<out>/<name>.samples.jsonl` holds one line per scored example. A row is reused when the model
+hash, the settings and the code match, so re-running a suite only computes what is new; a
+different checkpoint under the same name starts afresh. Writes are atomic
 (temporary file + rename), so an interrupted run leaves the previous files intact.
 
     tinylab eval HF_DIR --params params/eval/demo.yaml --out outputs/runs/demo/eval
@@ -18,9 +20,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import tinylab
 from tinylab.evaluate.errors import EvalError
-from tinylab.files import write_atomic, write_json_atomic
+from tinylab.files import json_digest, write_atomic, write_json_atomic
+from tinylab.provenance import SOURCE_DIR, SourceTree, package_versions
 
 
 def model_identity(hf_dir: Path) -> dict[str, str]:
@@ -39,6 +41,13 @@ def model_identity(hf_dir: Path) -> dict[str, str]:
     return {"path": str(Path(hf_dir).resolve()), "sha256": digest.hexdigest()}
 
 
+def scoring_code(source_dir: Path = SOURCE_DIR) -> dict[str, Any]:
+    """The code that scores: a digest of tinylab.evaluate's files and the tinylab modules they
+    import (provenance.SourceTree), and the versions of the harness packages they import."""
+    record = SourceTree(source_dir).record(["tinylab.evaluate"])
+    return {"digest": json_digest(record["files"])[:16], "versions": record["versions"]}
+
+
 class ResultStore:
     """The results of one checkpoint under a name, as stored in out_dir."""
 
@@ -46,6 +55,7 @@ class ResultStore:
         self.json_path = Path(out_dir) / f"{name}.json"
         self.samples_path = Path(out_dir) / f"{name}.samples.jsonl"
         self.name, self.model = name, model
+        self.code = scoring_code()
         self.rows: dict[str, dict] = {}
         self.samples: dict[str, list[dict]] = {}
         self._load()
@@ -63,12 +73,17 @@ class ResultStore:
                 self.samples.setdefault(record["task"], []).append(record)
 
     def cached(self, task: str, settings: dict[str, Any]) -> dict | None:
-        """The stored row of a task when it was computed with exactly these settings."""
+        """The stored row of a task when it was computed with exactly these settings and this
+        code."""
         row = self.rows.get(task)
-        return row if row is not None and row.get("settings") == settings else None
+        if row is None or row.get("settings") != settings or row.get("code") != self.code:
+            return None
+        return row
 
     def put(self, row: dict, samples: Iterable[dict] = ()) -> None:
-        """Add (or replace) one task's row and samples; call write() to store them."""
+        """Add (or replace) one task's row, stamped with the scoring code, and its samples; call
+        write() to store them."""
+        row = {**row, "code": self.code}
         self.rows[row["task"]] = row
         self.samples[row["task"]] = [{"task": row["task"], **s} for s in samples]
 
@@ -80,7 +95,7 @@ class ResultStore:
         document = {
             "checkpoint": self.name,
             "model": self.model,
-            "tinylab": tinylab.__version__,
+            "tinylab": package_versions(("tinylab",))["tinylab"],
             "results": [self.rows[name] for name in names],
         }
         write_json_atomic(self.json_path, document, indent=2)
