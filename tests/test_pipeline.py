@@ -84,6 +84,19 @@ def test_runs_steps_and_writes_manifest(project: dict[str, Path]) -> None:
     assert on_disk["hardware"]["cpu_count"] >= 1
 
 
+def test_a_manifest_left_half_written_by_a_killed_run_is_removed(project: dict[str, Path]) -> None:
+    run_dir = project["runs"] / "p"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    run_dir.mkdir(parents=True)
+    orphan = run_dir / f".manifest.json.tmp-{dead}"
+    orphan.write_text('{"steps": {"a": ')
+    live = run_dir / f".manifest.json.tmp-{os.getppid()}"  # a writer still at work: kept
+    live.write_text("{")
+    _run(project, _pipeline(project, THREE_STEPS))
+    assert not orphan.exists() and live.exists()
+
+
 def test_rerun_skips_finished_steps(project: dict[str, Path]) -> None:
     path = _pipeline(project, THREE_STEPS)
     _run(project, path)

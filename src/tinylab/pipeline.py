@@ -49,8 +49,8 @@ from tinylab.config.loader import (
 )
 from tinylab.config.pipeline import PipelineConfig, PipelineStep
 from tinylab.errors import UserError
-from tinylab.files import json_digest, sha256_file, write_json_atomic
-from tinylab.layout import RunLayout
+from tinylab.files import json_digest, remove_orphans, sha256_file, write_json_atomic
+from tinylab.layout import MANIFEST_FILE, RunLayout
 from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook
 from tinylab.provenance import (
     SOURCE_DIR,
@@ -278,7 +278,8 @@ def _steps_from(pipeline: PipelineConfig, start: str) -> set[str]:
 
 
 def open_manifest(run_dir: Path, pipeline_path: Path, pipeline: PipelineConfig) -> dict[str, Any]:
-    """Read (or start) RUN/manifest.json, refresh its provenance and resolved pipeline, save it."""
+    """Read (or start) RUN/manifest.json, refresh its provenance and resolved pipeline, save it;
+    temporary manifests of writers killed mid-write go (no writer is mid-write under the lock)."""
     fields = {
         "run_id": run_dir.name,
         "pipeline": str(pipeline_path),
@@ -287,6 +288,7 @@ def open_manifest(run_dir: Path, pipeline_path: Path, pipeline: PipelineConfig) 
         **provenance(),
     }
     with manifest_lock(run_dir):
+        remove_orphans(run_dir, MANIFEST_FILE)
         manifest = read_manifest(run_dir)
         manifest.update(fields)
         write_json_atomic(RunLayout(run_dir).manifest, manifest, indent=2)
