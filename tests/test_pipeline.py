@@ -24,15 +24,9 @@ from _pipeline_fixtures import (
 )
 
 from tinylab.config.loader import ConfigError
+from tinylab.files import LockHeld, hold_lock
 from tinylab.layout import RunLayout
-from tinylab.pipeline import (
-    PipelineRun,
-    RunInUse,
-    StepFailed,
-    run_lock,
-    run_pipeline,
-    split_overrides,
-)
+from tinylab.pipeline import PipelineRun, StepFailed, run_pipeline, split_overrides
 
 
 @pytest.fixture
@@ -233,34 +227,34 @@ def test_killed_run_resumes_with_finished_steps_skipped(project: dict[str, Path]
 HOLD_AND_DIE = """\
 import os, signal, sys
 from pathlib import Path
-from tinylab.pipeline import run_lock
-with run_lock(Path(sys.argv[1])):
+from tinylab.files import hold_lock
+with hold_lock(Path(sys.argv[1]), "run folder"):
     os.kill(os.getpid(), signal.SIGKILL)  # killed while holding it: nothing cleans up
 """
 
 
 def test_a_second_run_on_the_same_folder_names_the_holder(project: dict[str, Path]) -> None:
     path = _pipeline(project, THREE_STEPS)
-    run_dir = project["runs"] / "p"
-    with run_lock(run_dir.resolve()), pytest.raises(RunInUse) as caught:
+    run_dir = (project["runs"] / "p").resolve()
+    with hold_lock(RunLayout(run_dir).run_lock, "test"), pytest.raises(LockHeld) as caught:
         _run(project, path)
     message = str(caught.value)
-    assert f"is in use by another tinylab run (pid {os.getpid()} on " in message
+    assert message.startswith(f"run folder {run_dir} is in use: pid {os.getpid()} on ")
     assert "since 20" in message and "pytest" in message  # when, and the holder's command
     assert not (run_dir / "a.txt").exists() and not RunLayout(run_dir).manifest.exists()
     _run(project, path)  # released: the next run goes ahead
     assert _lines(run_dir, "a") == ["1 []"]
-    assert RunLayout(run_dir).run_lock.read_text() == ""  # a clean release leaves no holder
 
 
-def test_the_lock_of_a_killed_run_is_taken_over(project: dict[str, Path], capsys) -> None:
+def test_the_lock_of_a_killed_run_is_taken_over(project: dict[str, Path]) -> None:
     run_dir = (project["runs"] / "p").resolve()
-    killed = subprocess.run([sys.executable, "-c", HOLD_AND_DIE, str(run_dir)])
+    lock = RunLayout(run_dir).run_lock
+    killed = subprocess.run([sys.executable, "-c", HOLD_AND_DIE, str(lock)])
     assert killed.returncode == -signal.SIGKILL
-    assert json.loads(RunLayout(run_dir).run_lock.read_text())["pid"]  # its record is left
+    dead = json.loads(lock.read_text())["pid"]  # its record is left behind
     _run(project, _pipeline(project, THREE_STEPS))
-    assert "taking over the run lock left by a process that ended (pid " in capsys.readouterr().out
     assert _lines(run_dir, "c") == ["3 []"]
+    assert json.loads(lock.read_text())["pid"] == os.getpid() != dead  # the new holder's record
 
 
 SLEEPY = """\
@@ -283,11 +277,9 @@ def test_a_second_tinylab_run_exits_2_naming_the_holder(tmp_path: Path) -> None:
     assert second.returncode == 2
     (line,) = second.stderr.splitlines()  # one message, no traceback
     holder = f"pid {first.pid} on {socket.gethostname()} since 20"
-    assert line.startswith(f"error: {run_dir} is in use by another tinylab run ({holder}")
-    assert line.endswith("run params/pipelines/p.yaml); wait for it to finish, or stop that "
-                         "process and run again")  # fmt: skip
+    assert line.startswith(f"error: run folder {run_dir} is in use: {holder}")
+    assert "tinylab/cli.py run params/pipelines/p.yaml)" in line  # the holder's command
     write_pipeline(root, SLEEPY.replace("SLEEP", "0"))
-    third = tinylab_in(root, "run", "params/pipelines/p.yaml")
+    third = tinylab_in(root, "run", "params/pipelines/p.yaml")  # the killed run's lock is free
     assert third.returncode == 0, third.stderr
-    assert f"taking over the run lock left by a process that ended (pid {first.pid}" in third.stdout
     assert third.stdout.splitlines()[-1].endswith(": 2 steps ran (a, b)")

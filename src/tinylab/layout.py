@@ -123,7 +123,7 @@ class RunLayout:
 
     @property
     def run_lock(self) -> Path:
-        """Held by the one `tinylab run` working in this folder (its record: who holds it)."""
+        """Held (flock) by the one `tinylab run` working in this folder; records who it is."""
         return self.root / ".run.lock"
 
     @property

@@ -14,7 +14,7 @@ finished with the same fingerprint, runs a step whose inputs or code changed and
 one that runs; `--from STEP` forces a step and everything after it. With `--keep-stale` a step
 whose only change is its code keeps its results and is marked stale in the manifest, with a
 one-line reason naming the files and versions that changed. One `tinylab run` per run folder at a
-time (an flock on RUN/.run.lock; a second one exits with a message naming the holder).
+time (files.hold_lock on RUN/.run.lock; a second one exits with a message naming the holder).
 
     tinylab run params/pipelines/demo.yaml
     tinylab run params/pipelines/demo.yaml --from base --set base.optim.lr=1e-3
@@ -27,9 +27,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import shlex
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -48,8 +45,13 @@ from tinylab.config.loader import (
     parse_overrides,
 )
 from tinylab.config.pipeline import PipelineConfig, PipelineStep
-from tinylab.errors import UserError
-from tinylab.files import json_digest, remove_orphans, sha256_file, write_json_atomic
+from tinylab.files import (
+    hold_lock,
+    json_digest,
+    remove_orphans,
+    sha256_file,
+    write_json_atomic,
+)
 from tinylab.layout import MANIFEST_FILE, RunLayout
 from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook
 from tinylab.provenance import (
@@ -68,10 +70,6 @@ NOT_DONE = {None: "not run before", "running": "interrupted before", "failed": "
 
 class StepFailed(RuntimeError):
     """A pipeline step's notebook raised; the message holds the failing cell's error."""
-
-
-class RunInUse(UserError):
-    """Another `tinylab run` holds the run folder's lock."""
 
 
 @dataclass
@@ -129,7 +127,8 @@ def run_pipeline(
     source_dir: Path = SOURCE_DIR,
 ) -> PipelineRun:
     """Run (or resume) a pipeline under the run folder's lock. Raises StepFailed on the first
-    failing step, after recording it in the manifest; RunInUse while another run holds it."""
+    failing step, after recording it in the manifest; files.LockHeld (naming the holder) while
+    another run holds the folder's RUN/.run.lock, which a killed run's successor takes over."""
     started = time.perf_counter()
     pipeline_path = Path(pipeline_path)
     pipeline = load_config(pipeline_path, PipelineConfig)
@@ -140,7 +139,7 @@ def run_pipeline(
     if from_step is not None and from_step not in plan:
         raise ConfigError(f"--from {from_step!r}: no such step; steps: {list(plan)}")
 
-    with run_lock(run_dir):
+    with hold_lock(RunLayout(run_dir).run_lock, f"run folder {run_dir}"):
         manifest = open_manifest(run_dir, pipeline_path, pipeline)
         forced = _steps_from(pipeline, from_step) if from_step else set()
         decisions = decide_steps(plan, manifest, forced=forced, keep_stale=keep_stale)
@@ -299,51 +298,6 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     """RUN/manifest.json as it is on disk, or an empty one."""
     path = RunLayout(run_dir).manifest
     return json.loads(path.read_text()) if path.is_file() else {"steps": {}}
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold RUN/.run.lock (an exclusive flock) for one `tinylab run`; RunInUse at once when
-    another process holds it. The kernel frees the lock of a killed process, so the next run takes
-    it over; the holder record written into the file (pid, host, since, command) only informs."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = RunLayout(run_dir).run_lock
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunInUse(
-                f"{run_dir} is in use by another tinylab run ({_holder(path)}); "
-                "wait for it to finish, or stop that process and run again"
-            ) from None
-        left = path.read_text(errors="replace").strip()
-        if left:
-            _log(f"taking over the run lock left by a process that ended ({_holder(path)})")
-        record = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": _now(),
-            "command": shlex.join(sys.argv),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)  # released cleanly; the flock goes with the close below
-    finally:
-        os.close(fd)
-
-
-def _holder(lock_path: Path) -> str:
-    try:
-        record = json.loads(lock_path.read_text())
-        return (
-            f"pid {record['pid']} on {record['host']} since {record['since']}: {record['command']}"
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"
 
 
 @contextlib.contextmanager
