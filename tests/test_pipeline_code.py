@@ -254,13 +254,13 @@ def test_tinylab_run_on_a_copy_of_the_tree_reruns_what_a_library_edit_touches(
     assert tinylab_run().endswith(": nothing ran; 2 skipped (2 same fingerprint)")
     edit(root / "src" / "tinylab" / "layout.py")  # the library the CLI runs from: the copy
     assert tinylab_run().endswith(": 1 step ran (a); 1 skipped (1 same fingerprint)")
-    edit(root / "src" / "tinylab" / "errors.py")  # imported by cache (b)
+    edit(root / "src" / "tinylab" / "cache.py")  # imported by b only
     assert tinylab_run("--keep-stale").endswith(
         ": nothing ran; 2 skipped (1 same fingerprint, 1 stale kept: b)"
     )
     assert _lines(run_dir, "a") == ["1 []", "1 []"] and _lines(run_dir, "b") == ["2 []"]
     steps = json.loads(RunLayout(run_dir).manifest.read_text())["steps"]
-    assert steps["b"]["stale"] == "code changed: tinylab/errors.py"
+    assert steps["b"]["stale"] == "code changed: tinylab/cache.py"
 
 
 # --------------------------------------------------------------------------------------------
