@@ -252,3 +252,75 @@ def test_unknown_nested_key_lists_the_allowed_keys_of_its_section(params: Path) 
     path.write_text("extends: base.yaml\nramp: {tokens: 10, start: {prose: 1}, shape: cosine}\n")
     with pytest.raises(ConfigError, match=r"ramp.shape: unknown key; allowed keys: tokens, start"):
         load_params(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# params/paper/: the paper's facts (tinylab.config.paper)
+
+FACTS = PARAMS_DIR / "paper" / "tinyllama-v1.1.yaml"
+BLOCK = "{section: Model (exact), cites: paper, status: stated, facts: {model.hidden_size: 2048}}"
+
+
+def _facts(tmp_path: Path, training: str, stages: str = "") -> Path:
+    stages = stages or (
+        "[{section: s, cites: c, status: stated, stages: [base], facts: {max_tokens: 1}}]"
+    )
+    path = tmp_path / "paper" / "facts.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"name: p\ntraining: {training}\nstages: {stages}\n")
+    return path
+
+
+def test_every_paper_fact_cites_a_section_of_docs_paper_md() -> None:
+    headings = [
+        line.lstrip("#").strip()
+        for line in (PARAMS_DIR.parent / "docs" / "PAPER.md").read_text().splitlines()
+        if line.startswith("## ")
+    ]
+    facts = load_params(FACTS)
+    blocks = [*facts.training, *facts.stages]
+    blocks += [block for group in facts.evaluation.values() for block in group.facts]
+    missing = {b.section for b in blocks if not any(h.startswith(b.section) for h in headings)}
+    assert not missing, f"sections docs/PAPER.md lacks: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("training", "stages", "pieces"),
+    [
+        (BLOCK.replace("stated", "assumed"), "", ["training.0", "an assumed block needs `why`"]),
+        (
+            BLOCK.replace("model.hidden_size", "model.width"),
+            "",
+            ["unknown fact name", "model.width"],
+        ),
+        (f"[{BLOCK}, {BLOCK}]", "", ["model.hidden_size", "more than one block"]),
+        (BLOCK.replace("stated", "rumoured"), "", ["training.0.status", "'stated' or 'assumed'"]),
+        (
+            f"[{BLOCK}]",
+            "[{section: s, cites: c, status: stated, stages: [b], facts: {init_from.stage: a}}]",
+            ["init_from.stage = 'a' is not a stage"],
+        ),
+    ],
+    ids=["assumed_without_why", "unknown_name", "twice", "bad_status", "unknown_parent"],
+)
+def test_bad_paper_facts_give_one_clear_error(
+    tmp_path: Path, training: str, stages: str, pieces: list[str]
+) -> None:
+    training = training if training.startswith("[") else f"[{training}]"
+    path = _facts(tmp_path, training, stages)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(path) in str(err.value)
+    for piece in pieces:
+        assert piece in str(err.value), f"{piece!r} not in {err.value}"
+
+
+def test_the_v1_1_batch_is_about_1_8m_and_divides_over_the_usual_gpu_counts() -> None:
+    for name, tokens, gpus in (("base", 1.8e6, (1, 2, 4, 8)), ("cooldown-mathcode", 7.2e6, (16,))):
+        stage = load_params(PARAMS_DIR / "stages" / "tinyllama-v1.1" / f"{name}.yaml")
+        assert abs(stage.global_batch_tokens / tokens - 1) < 0.02
+        for world in gpus:
+            assert stage.global_batch_tokens % (stage.micro_batch_size * 2048 * world) == 0
+    base = load_params(PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml")
+    assert base.schedule.warmup_tokens == 2000 * base.global_batch_tokens
+    assert base.global_batch_tokens % (8 * 2048 * 16) == 0  # 16 GPUs at micro-batch 8

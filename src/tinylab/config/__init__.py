@@ -2,8 +2,9 @@
 
 - `loader`: YAML, `extends:`, references between files, `--set` overrides, validation and
   `ConfigError`; it knows no schema (`load_config(path, Schema, overrides=...)`).
-- `model`, `data`, `stage`, `eval`, `pipeline`, `cluster`: the schemas of params/models/,
-  params/data/, params/stages/, params/eval/, params/pipelines/ and params/clusters/.
+- `model`, `data`, `stage`, `eval`, `pipeline`, `cluster`, `paper`: the schemas of
+  params/models/, params/data/, params/stages/, params/eval/, params/pipelines/, params/clusters/
+  and params/paper/ (the paper's facts).
 - `kinds`: which schema a file under params/<kind>/ follows (`tinylab params check`, pipelines).
 
     tinylab params check params/stages/demo/base.yaml

@@ -13,12 +13,21 @@ from tinylab.config.data import DataConfig
 from tinylab.config.eval import EvalConfig
 from tinylab.config.loader import ConfigError, Overrides, Schema, load_config
 from tinylab.config.model import ModelConfig
+from tinylab.config.paper import PaperFacts
 from tinylab.config.pipeline import PipelineConfig
 from tinylab.config.stage import StageConfig
 
 SCHEMAS: dict[str, type[Schema]] = {
     str(schema.params_kind): schema
-    for schema in (ModelConfig, DataConfig, StageConfig, PipelineConfig, EvalConfig, ClusterConfig)
+    for schema in (
+        ModelConfig,
+        DataConfig,
+        StageConfig,
+        PipelineConfig,
+        EvalConfig,
+        ClusterConfig,
+        PaperFacts,
+    )
 }
 
 
