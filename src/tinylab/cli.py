@@ -235,6 +235,26 @@ def report_command(
     typer.echo(f"wrote {render_report(run_dir)}")
 
 
+@app.command("deviations")
+def deviations_command(
+    target: Annotated[
+        Path, typer.Argument(help="A pipeline params file (nothing runs) or a run folder.")
+    ],
+) -> None:
+    """Print where a pipeline or a run departs from the paper's facts (params/paper/): each
+    deviation with the paper's value, the run's, stated or assumed, and why."""
+    from tinylab.analysis.deviations import (
+        deviation_table,
+        format_table,
+        pipeline_settings,
+        run_settings,
+    )
+    from tinylab.analysis.runs import load_run
+
+    settings = run_settings(load_run(target)) if target.is_dir() else pipeline_settings(target)
+    typer.echo(format_table(deviation_table(settings)))
+
+
 @app.command("train")
 def train_command(
     stage: Annotated[Path, typer.Argument(help="Stage params file (params/stages/).")],

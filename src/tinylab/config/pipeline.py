@@ -1,8 +1,9 @@
-"""The schema of params/pipelines/: the notebook steps of a run, in dependency order."""
+"""The schema of params/pipelines/: the notebook steps of a run, in dependency order, and why
+the run departs from the paper where it does (tinylab.analysis.deviations)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -21,6 +22,16 @@ class PipelineStep(Schema):
     )
 
 
+class DeviationReason(Schema):
+    """Why a run differs from a paper fact."""
+
+    kind: Literal["scale-down", "hardware", "choice"] = Field(
+        description="scale-down: a smaller run (the demo); hardware: what the machines allow or "
+        "run fastest; choice: a decision of this project"
+    )
+    note: str = Field(min_length=1, description="the reason in a few words")
+
+
 class PipelineConfig(Schema):
     """Steps of a run, in dependency order."""
 
@@ -29,6 +40,12 @@ class PipelineConfig(Schema):
     name: str
     description: str = ""
     steps: list[PipelineStep] = Field(min_length=1)
+    deviations: dict[str, DeviationReason] = Field(
+        default_factory=dict,
+        description="why the run differs from the paper, by fact name (optim.lr), group (model, "
+        "eval.commonsense) or stage (stage.<name>, for a stage the paper lacks); the longest "
+        "matching name gives a deviation its reason",
+    )
 
     @field_validator("steps")
     @classmethod
