@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tinylab.analysis import figures
-from tinylab.analysis.reference import paper_commonsense
+from tinylab.analysis.reference import AVERAGE, paper_commonsense, paper_reference
 
 STAGES = [  # stage, phase, variant, first token, last token
     ("base", "base", "base", 0, 1000),
@@ -75,12 +75,17 @@ def test_figures_draw_and_save_deterministically(metrics, validation, tmp_path: 
     )
     paper = paper_commonsense()
     paper = paper[paper["task"].isin(["arc_easy", "boolq"])]
+    ours_reference = pd.DataFrame(
+        [{"model": "ours: cooldown-mathcode", "tokens": 2e12, "task": t, "score": s}
+         for t, s in ((AVERAGE, 50.0), ("humaneval", 12.0))]
+    )  # fmt: skip
     drawings = {
         "loss": lambda: figures.loss_curves(metrics),
         "bpb": lambda: figures.validation_bits_per_byte(validation),
         "contrib": lambda: figures.stage_contributions(deltas),
         "bench": lambda: figures.benchmarks_vs_paper(ours, paper),
         "speed": lambda: figures.throughput(metrics),
+        "reference": lambda: figures.reference_rows(paper_reference(), ours_reference),
     }
     for name, draw in drawings.items():
         first = figures.save_figure(draw(), tmp_path / "a" / name)

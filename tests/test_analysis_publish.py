@@ -43,8 +43,11 @@ def test_the_report_notebook_renders_a_run(tmp_path: Path) -> None:
     assert render_report(run.root) == run.report
     html = run.report.read_text()
     assert "Deviations from the paper" in html and "continual-code vs continual-code-lora" in html
+    assert "Beside the paper&#39;s numbers" in html or "Beside the paper's numbers" in html
+    assert "not in the paper" in html and "schedule.decay_tokens" in html  # LoRA row, assumptions
     assert "from tinylab" not in html  # code hidden
     figures = {"loss", "bits_per_byte", "stage_contributions", "benchmarks", "throughput"}
+    figures.add("reference")
     assert {p.stem for p in run.figures.glob("*.png")} == figures
     for png in run.figures.glob("*.png"):  # each figure embedded as drawn
         assert f"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}" in html

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from tinylab.analysis.reference import paper_commonsense
+from tinylab.analysis.reference import AVERAGE, beside_ours, paper_commonsense, paper_reference
 from tinylab.analysis.runs import Run, benchmark_table, stage_deltas
 from tinylab.layout import RunLayout
 
@@ -158,6 +158,30 @@ def benchmarks_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def reference_rows(reference: pd.DataFrame, ours: pd.DataFrame) -> plt.Figure:
+    """The paper's commonsense averages against tokens seen (v1.0's checkpoints as a line, the
+    released models as points) and its HumanEval pass@1, with ours where a run scored them. Both
+    frames need columns model, tokens, task, score (%)."""
+    _style()
+    frame = pd.concat([reference.assign(source="paper"), ours.assign(source="this run")])
+    frame = frame.dropna(subset=["tokens"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), width_ratios=[1.6, 1])
+    average = frame[frame["task"] == AVERAGE]
+    v10 = average[average["model"].str.startswith("TinyLlama v1.0")].sort_values("tokens")
+    axes[0].plot(v10["tokens"], v10["score"], "o-", color="grey", label="TinyLlama v1.0 (paper)")
+    others = average[~average["model"].isin(v10["model"])]
+    sns.scatterplot(others, x="tokens", y="score", hue="model", style="source", s=80, ax=axes[0])
+    axes[0].set_xlabel("tokens seen")
+    axes[0].set_ylabel("commonsense average (%)")
+    axes[0].legend(fontsize=7)
+    humaneval = frame[frame["task"] == "humaneval"]
+    sns.barplot(humaneval, y="model", x="score", hue="source", ax=axes[1], orient="h")
+    axes[1].set_xlabel("HumanEval pass@1 (%)")
+    axes[1].set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
 def throughput(metrics: pd.DataFrame) -> plt.Figure:
     """Tokens per second and MFU of every stage. Needs columns stage, tokens_per_s, mfu."""
     _style()
@@ -183,12 +207,27 @@ def _benchmarks(run: Run) -> plt.Figure:
     return benchmarks_vs_paper(ours, paper[paper["task"].isin(ours["task"])])
 
 
+def _reference(run: Run) -> plt.Figure:
+    ours = beside_ours(run.evals)
+    tokens = {name: result.tokens for name, result in run.results.items()}
+    frame = pd.DataFrame(
+        {
+            "model": "ours: " + ours["stage"],
+            "tokens": ours["stage"].map(tokens),
+            "task": ours["task"],
+            "score": ours["ours"],
+        }
+    )
+    return reference_rows(paper_reference(), frame)
+
+
 FIGURES = {
     "loss": lambda run: loss_curves(run.metrics),
     "bits_per_byte": lambda run: validation_bits_per_byte(run.validation),
     "stage_contributions": lambda run: stage_contributions(stage_deltas(run)),
     "benchmarks": _benchmarks,
     "throughput": lambda run: throughput(run.metrics),
+    "reference": _reference,
 }
 
 

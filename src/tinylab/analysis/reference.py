@@ -1,8 +1,13 @@
-"""The paper's reported numbers (docs/PAPER.md, "Reported results"), for plotting beside ours.
+"""The paper's reported numbers (docs/PAPER.md, "Reported results"), and ours beside them.
 
 Only results live here; the protocol that produced them (tasks, shots, headline metric, chance)
 is params/eval/paper.yaml, the file an evaluation runs, and the tables below take each task's
-metric and chance from it. Scores are percentages, zero-shot, lm-eval-harness.
+metric and chance from it; how the paper scored them is params/paper/. Scores are percentages.
+docs/PAPER.md holds the commonsense table, the intermediate checkpoints' averages and HumanEval
+pass@1; it has no numbers for the Chinese tasks or for MMLU, BBH and DROP, so neither has here.
+
+    paper_reference()                 # every reported number: model, tokens, task, score
+    beside_ours(load_run(RUN).evals)  # the run's checkpoints against the paper's rows
 """
 
 from __future__ import annotations
@@ -45,8 +50,28 @@ INTERMEDIATE_AVERAGES = {
     2.5e12: 53.86,
 }
 
+# docs/PAPER.md, "Reported results": the table's printed Avg column (v1.0's seven scores average
+# 52.97; the paper prints 52.99) and the baselines' averages (a secondary source).
+PRINTED_AVERAGES = {
+    "Pythia-1.0B": 48.30,
+    "TinyLlama v1.0 (3T)": 52.99,
+    "TinyLlama v1.1": 53.63,
+    "TinyLlama v1.1 Math&Code": 53.75,
+    "TinyLlama v1.1 Chinese": 53.41,
+}
+BASELINE_AVERAGES = {"OPT-1.3B": 51.44, "Pythia-1.4B": 51.33}
+
 # docs/PAPER.md, "Reported results": HumanEval pass@1 (%).
 HUMANEVAL_PASS_AT_1 = {"TinyLlama v1.0 (2.5T)": 9.15, "TinyLlama v1.1 Math&Code": 15.24}
+
+# Tokens seen by the TinyLlama checkpoints above (docs/PAPER.md, "The v1.1 three-stage pipeline").
+MODEL_TOKENS = {
+    "TinyLlama v1.0 (3T)": 3e12,
+    "TinyLlama v1.0 (2.5T)": 2.5e12,
+    "TinyLlama v1.1": 2e12,
+    "TinyLlama v1.1 Math&Code": 2e12,
+    "TinyLlama v1.1 Chinese": 2e12,
+}
 
 
 def paper_commonsense(protocol: Path = PAPER_PROTOCOL) -> pd.DataFrame:
@@ -70,3 +95,71 @@ def paper_commonsense(protocol: Path = PAPER_PROTOCOL) -> pd.DataFrame:
 def paper_average(model: str) -> float:
     """The paper's average over the seven commonsense tasks, recomputed from its rows."""
     return round(sum(_PAPER_ROWS[model]) / len(COMMONSENSE_COLUMNS), 2)
+
+
+# The paper row each of the paper pipeline's stages reproduces: the end of a variant's cooldown is
+# a released v1.1 model; base ends at 1.5T tokens, one of v1.0's intermediate checkpoints
+# (docs/PAPER.md, "Reported results": v1.1's stage 1 is v1.0's recipe on 1.5T tokens).
+STAGE_REFERENCE = {
+    "base": "TinyLlama v1.0 (1.5T)",
+    "cooldown-general": "TinyLlama v1.1",
+    "cooldown-mathcode": "TinyLlama v1.1 Math&Code",
+    "cooldown-chinese": "TinyLlama v1.1 Chinese",
+}
+AVERAGE = "commonsense average"
+REFERENCE_COLUMNS = ["stage", "paper model", "task", "paper", "ours", "difference", "our stderr"]
+
+
+def paper_reference() -> pd.DataFrame:
+    """Every number docs/PAPER.md reports: model, tokens seen (None: not stated), task (the
+    seven commonsense tasks, their average, humaneval), score (%)."""
+    rows = [
+        (model, task, score)
+        for model, scores in _PAPER_ROWS.items()
+        for task, score in zip(COMMONSENSE_COLUMNS, scores, strict=True)
+    ]
+    rows += [(model, AVERAGE, avg) for model, avg in PRINTED_AVERAGES.items()]
+    rows += [(model, AVERAGE, avg) for model, avg in BASELINE_AVERAGES.items()]
+    rows += [(_intermediate(n), AVERAGE, avg) for n, avg in INTERMEDIATE_AVERAGES.items()]
+    rows += [(model, "humaneval", score) for model, score in HUMANEVAL_PASS_AT_1.items()]
+    tokens = {**MODEL_TOKENS, **{_intermediate(n): n for n in INTERMEDIATE_AVERAGES}}
+    return pd.DataFrame(
+        [{"model": m, "tokens": tokens.get(m), "task": t, "score": s} for m, t, s in rows]
+    )
+
+
+def paper_table() -> pd.DataFrame:
+    """paper_reference() as the paper prints it: a row per model, a column per task, scores as
+    text with two decimals ("" where the paper reports none)."""
+    table = paper_reference().pivot_table(index="model", columns="task", values="score", sort=False)
+    return table.map(lambda score: "" if pd.isna(score) else f"{score:.2f}")
+
+
+def _intermediate(tokens: float) -> str:
+    size = f"{tokens / 1e12:g}T" if tokens >= 1e12 else f"{tokens / 1e9:g}B"
+    return f"TinyLlama v1.0 ({size})"
+
+
+def beside_ours(evals: pd.DataFrame) -> pd.DataFrame:
+    """Our score of every task the paper reports for the checkpoint a stage reproduces
+    (STAGE_REFERENCE), beside the paper's: stage, paper model, task, paper (%), ours (%),
+    difference (ours - paper, points) and our stderr (points). The commonsense average is ours
+    only when all seven tasks were scored (its stderr from theirs, as independent)."""
+    reference = paper_reference()
+    rows = []
+    for stage, model in STAGE_REFERENCE.items():
+        ours = evals[evals["stage"] == stage].set_index("task")
+        if ours.empty:
+            continue
+        scores = {t: (100 * ours.at[t, "value"], 100 * (ours.at[t, "stderr"] or 0.0))
+                  for t in ours.index}  # fmt: skip
+        if all(task in scores for task in COMMONSENSE_COLUMNS):
+            values = [scores[task] for task in COMMONSENSE_COLUMNS]
+            mean = sum(v for v, _ in values) / len(values)
+            scores[AVERAGE] = (mean, sum(e**2 for _, e in values) ** 0.5 / len(values))
+        for paper in reference[reference["model"] == model].itertuples():
+            if paper.task in scores:
+                value, stderr = scores[paper.task]
+                rows.append([stage, model, paper.task, paper.score, value, value - paper.score,
+                             stderr])  # fmt: skip
+    return pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
