@@ -181,7 +181,7 @@ def test_assumptions_list_the_three_the_issue_names() -> None:
     assert batch == ["global_batch_tokens (base, continual-general, continual-mathcode, "
                      "continual-chinese)", "global_batch_tokens (cooldown-general, "
                      "cooldown-mathcode, cooldown-chinese)"]  # fmt: skip
-    assert "model.hidden_size" not in facts and "eval.chinese.harness" in facts
+    assert "model.hidden_size" not in facts and "eval.chinese.protocol" in facts
     assert table["why"].str.len().min() > 20
 
 

@@ -141,19 +141,31 @@ def eval_value(name: str, task: str, protocol: EvalConfig, recorded: dict | None
     its eval params will do."""
     recorded = recorded or {}
     spec = next((t for t in protocol.tasks if t.name == task), None)
+    if name == "protocol":  # HumanEval: tinylab.evaluate.humaneval's Codex prompt and stops
+        return recorded.get("protocol", "codex" if spec is None else spec.protocol)
     if name == "harness":
-        return recorded.get("harness") or (
-            "tinylab sandbox" if task == "humaneval" else f"lm_eval {_version('lm_eval')}"
+        planned = {
+            "lm_eval": f"lm_eval {_version('lm_eval')}",
+            "instructeval": "tinylab instructeval",
+        }
+        return recorded.get(
+            "harness", "tinylab sandbox" if spec is None else planned[spec.protocol]
         )
     if name == "shots":
         return recorded.get("shots", 0 if spec is None else spec.num_fewshot)
     if name == "metric":
         default = f"pass@{protocol.humaneval.ks[0]}" if spec is None else spec.metric
         return recorded.get("metric", default)
-    if name == "bos":
-        return recorded.get("bos_prepended", recorded.get("add_bos_token", protocol.add_bos_token))
-    if name == "dtype":  # evaluate.runner loads bf16 on a GPU and fp32 on a CPU
-        planned = {"cpu": "float32", "cuda": "bfloat16"}.get(protocol.device, "bfloat16 (GPU)")
+    if name == "bos":  # instructeval tasks always prepend BOS (tinylab.config.eval)
+        planned = protocol.add_bos_token or (spec is not None and spec.protocol == "instructeval")
+        return recorded.get("bos_prepended", recorded.get("add_bos_token", planned))
+    if name == "dtype":  # auto: bfloat16 on cuda, float32 on cpu (evaluate.runner.resolve_dtype)
+        by_device = {
+            "cpu": "float32",
+            "cuda": "bfloat16",
+            "auto": "bfloat16 on GPU, float32 on CPU",
+        }
+        planned = by_device[protocol.device] if protocol.dtype == "auto" else protocol.dtype
         return recorded.get("dtype", planned)
     if name == "sampling":
         he = recorded.get("settings") or protocol.humaneval.model_dump()

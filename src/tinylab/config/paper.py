@@ -34,6 +34,7 @@ _DERIVED_PREFIXES = ("dataset.", "exclude.")
 
 # What the paper says about how a group of tasks was scored.
 EVAL_FACTS = {
+    "protocol": "who scores the tasks, as an eval params file names it (lm_eval, instructeval)",
     "harness": "the harness (and version) that scored the tasks",
     "shots": "in-context examples (a mapping gives each task its own)",
     "metric": "headline metric (a mapping gives each task its own)",
