@@ -156,6 +156,17 @@ def test_a_run_folder_gives_its_resolved_stages_processes_and_recorded_protocol(
     assert (recorded["paper"], recorded["this run"]) == ("float32", "bfloat16")
 
 
+def test_eval_params_that_no_longer_validate_name_the_step(tmp_path: Path) -> None:
+    run = RunLayout(write_run(tmp_path / "run"))
+    stale = "humaneval: {protocol: instructeval, stop: [x]}\n"  # a schema that has moved on
+    run.manifest.write_text(json.dumps({"steps": {"eval-base": {
+        "params": {"stage": "base", "eval_params": "params/eval/old.yaml"},
+        "resolved": {"eval_params": stale},
+    }}}))  # fmt: skip
+    with pytest.raises(DeviationsError, match=r"evaluated 'base' \(params/eval/old.yaml\) no l"):
+        run_settings(load_run(run.root))
+
+
 def test_the_cli_prints_the_paper_pipelines_deviations_without_training() -> None:
     result = _tinylab("deviations", str(PAPER_PIPELINE))
     assert result.returncode == 0, result.stderr

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from pydantic import ValidationError
 
 from tinylab.analysis.runs import Run
 from tinylab.config.eval import EvalConfig
@@ -86,9 +87,7 @@ def run_settings(run: Run) -> RunSettings:
             name = yaml.safe_load(resolved["stage_params"])["name"]
             nproc[name] = int(params.get("nproc", 1))
         if "eval_params" in resolved:
-            evals[params["stage"]] = EvalConfig.model_validate(
-                yaml.safe_load(resolved["eval_params"])
-            )
+            evals[params["stage"]] = _recorded_eval_params(run.run_dir, params, resolved)
     recorded = {
         path.stem: {row["task"]: row for row in load_results(path)["results"]}
         for path in sorted(layout.eval.glob("*.json"))
@@ -98,6 +97,19 @@ def run_settings(run: Run) -> RunSettings:
     if pipeline and project_path(pipeline).is_file():
         reasons, where = load_config(project_path(pipeline), PipelineConfig).deviations, pipeline
     return RunSettings(run.stages, nproc, evals, recorded, reasons, where)
+
+
+def _recorded_eval_params(run_dir: Path, params: dict, resolved: dict) -> EvalConfig:
+    """The eval params a step ran with, as its manifest recorded them."""
+    try:
+        return EvalConfig.model_validate(yaml.safe_load(resolved["eval_params"]))
+    except ValidationError as err:
+        raise DeviationsError(
+            f"{run_dir}: the eval params that evaluated {params['stage']!r} "
+            f"({params['eval_params']}) no longer validate ({err.error_count()} error(s), first: "
+            f"{err.errors()[0]['msg']}); they predate the current schema: run the pipeline "
+            "again to re-evaluate with the current params"
+        ) from None
 
 
 def stage_value(name: str, stage: StageConfig, nproc: int = 1) -> Any:
@@ -141,8 +153,9 @@ def eval_value(name: str, task: str, protocol: EvalConfig, recorded: dict | None
     its eval params will do."""
     recorded = recorded or {}
     spec = next((t for t in protocol.tasks if t.name == task), None)
-    if name == "protocol":  # HumanEval: tinylab.evaluate.humaneval's Codex prompt and stops
-        return recorded.get("protocol", "codex" if spec is None else spec.protocol)
+    if name == "protocol":
+        planned = protocol.humaneval.protocol if spec is None else spec.protocol
+        return recorded.get("protocol", planned)
     if name == "harness":
         planned = {
             "lm_eval": f"lm_eval {_version('lm_eval')}",
@@ -157,7 +170,10 @@ def eval_value(name: str, task: str, protocol: EvalConfig, recorded: dict | None
         default = f"pass@{protocol.humaneval.ks[0]}" if spec is None else spec.metric
         return recorded.get("metric", default)
     if name == "bos":  # instructeval tasks always prepend BOS (tinylab.config.eval)
-        planned = protocol.add_bos_token or (spec is not None and spec.protocol == "instructeval")
+        if spec is None:
+            planned = protocol.humaneval.bos(protocol.add_bos_token)
+        else:
+            planned = protocol.add_bos_token or spec.protocol == "instructeval"
         return recorded.get("bos_prepended", recorded.get("add_bos_token", planned))
     if name == "dtype":  # auto: bfloat16 on cuda, float32 on cpu (evaluate.runner.resolve_dtype)
         by_device = {
@@ -168,12 +184,19 @@ def eval_value(name: str, task: str, protocol: EvalConfig, recorded: dict | None
         planned = by_device[protocol.device] if protocol.dtype == "auto" else protocol.dtype
         return recorded.get("dtype", planned)
     if name == "sampling":
-        he = recorded.get("settings") or protocol.humaneval.model_dump()
-        return (
-            f"{he['num_samples']} sample(s), T={he['temperature']:g}, top_p {he['top_p']:g}, "
-            f"{he['max_new_tokens']} new tokens, stop at {', '.join(map(repr, he['stop']))}"
-        )
+        return _sampling(recorded.get("settings") or protocol.humaneval.model_dump())
     raise ValueError(f"no evaluation fact {name!r}; known: {', '.join(EVAL_FACTS)}")
+
+
+def _sampling(he: dict[str, Any]) -> str:
+    """HumanEval's generation settings in the words of the paper's fact."""
+    samples = f"{he['num_samples']} sample{'s' if he['num_samples'] > 1 else ''}"
+    top_p = f", top_p {he['top_p']:g}" if he["top_p"] < 1 else ""
+    prompt = "instruction prefix" if he["protocol"] == "instructeval" else "Codex prompt"
+    stop = ", ".join(map(repr, he["stop"]))
+    cut = f"stop at {stop}" if he["stop"] else "cut at the first blank line"
+    tokens = f"{he['max_new_tokens']} new tokens"
+    return f"{samples}, T={he['temperature']:g}{top_p}, {prompt}, {tokens}, {cut}"
 
 
 def _version(package: str) -> str:
