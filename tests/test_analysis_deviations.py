@@ -188,7 +188,7 @@ def test_assumptions_list_the_three_the_issue_names() -> None:
     table = assumptions(PAPER_FACTS)
     facts = set(table["fact"])
     assert {"schedule.decay_tokens", "exclude.english", "dataset.math"} <= facts
-    batch = [fact for fact in facts if fact.startswith("global_batch_tokens (")]
+    batch = [fact for fact in table["fact"] if fact.startswith("global_batch_tokens (")]
     assert batch == ["global_batch_tokens (base, continual-general, continual-mathcode, "
                      "continual-chinese)", "global_batch_tokens (cooldown-general, "
                      "cooldown-mathcode, cooldown-chinese)"]  # fmt: skip
