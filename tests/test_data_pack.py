@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +340,62 @@ def test_bos_policy_needs_a_tokenizer_that_declares_bos(tmp_path: Path) -> None:
         progress=False,
     )
     assert data.index["bos_id"] is None and data.window("t", 0).tolist()[:4] == [1, 2, 1, 2]
+
+
+KILLED_PREPARE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from _data_fixtures import data_config
+from tinylab.data import prepare
+root = Path(sys.argv[1])
+prepare(data_config(root, tokenizer={"kind": "train", "vocab_size": 330}), root / "data",
+        progress=False)
+"""
+
+
+# moments to kill a prepare that makes a new tokenizer, as seen in its data folder
+KILL_AT = {
+    "staging folder made": lambda d, old: any(d.glob(".tokenizer.tmp-*")),
+    "tokenizer trained": lambda d, old: any(d.glob(".tokenizer.tmp-*/tokenizer.json")),
+    "first new shard": lambda d, old: len(list(d.glob("shards/*.bin"))) > old,
+    "index replaced": lambda d, old: "330" in (d / INDEX_FILE).read_text(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", list(KILL_AT))
+def test_prepare_killed_anywhere_leaves_nothing_behind_after_the_rerun(
+    prepared, tmp_path, moment
+) -> None:
+    """SIGKILL a prepare (a new tokenizer, so a staging folder too) at a moment of its work;
+    the rerun leaves no temporary file or folder and the shards of an uninterrupted one."""
+    root, _ = prepared
+    cfg = data_config(root, tokenizer={"kind": "train", "vocab_size": 330})
+    prepare(cfg, tmp_path / "whole", progress=False)
+    run = tmp_path / "killed"
+    run.mkdir()
+    shutil.copytree(root / "data", run / "data")  # an older prepare is there
+    old = len(list((run / "data").glob("shards/*.bin")))
+    (run / "prose").symlink_to(root / "prose")
+    (run / "code.jsonl").symlink_to(root / "code.jsonl")
+    command = [sys.executable, "-c", KILLED_PREPARE, str(run), str(Path(__file__).parent)]
+    child = subprocess.Popen(command)
+    while child.poll() is None and not KILL_AT[moment](run / "data", old):
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL, f"prepare ended before {moment}"
+    prepare(data_config(run, tokenizer=cfg.tokenizer.model_dump()), run / "data", progress=False)
+    left = [p.name for p in (run / "data").rglob(".*-*")]
+    assert left == [], f"killed at {moment}: {left}"
+    assert _shard_bytes(run / "data") == _shard_bytes(tmp_path / "whole")
+
+
+def _shard_bytes(data_dir: Path) -> dict[str, list[tuple[int, str]]]:
+    """(windows, sha256) of every shard per source and split (names carry the file paths)."""
+    index = json.loads((data_dir / INDEX_FILE).read_text())["sources"]
+    return {
+        f"{name}/{split}": [(s["windows"], s["sha256"]) for s in entry["splits"][split]["shards"]]
+        for name, entry in index.items()
+        for split in entry["splits"]
+    }
