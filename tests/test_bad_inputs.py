@@ -723,14 +723,14 @@ def copy_hf(w: World, tmp: Path) -> Path:
     return Path(shutil.copytree(w.run / "stages" / "base" / "hf", tmp / "hf"))
 
 
-@case("eval: a model folder without safetensors", "hf: no *.safetensors files")
+@case("eval: a model folder without safetensors", "hf: no *.safetensors weights", "rerun")
 def _(w: World, tmp: Path) -> list[str]:
     hf = copy_hf(w, tmp)
     (hf / "model.safetensors").unlink()
     return eval_args(w, hf, tmp / "eval")
 
 
-@case("eval: a truncated safetensors file", "model.safetensors")
+@case("eval: a truncated safetensors file", "model.safetensors: unreadable", "rerun")
 def _(w: World, tmp: Path) -> list[str]:
     hf = copy_hf(w, tmp)
     weights = hf / "model.safetensors"
@@ -738,7 +738,7 @@ def _(w: World, tmp: Path) -> list[str]:
     return eval_args(w, hf, tmp / "eval")
 
 
-@case("eval: config.json that is no JSON", "config.json")
+@case("eval: config.json that is no JSON", "config.json: unreadable", "rerun")
 def _(w: World, tmp: Path) -> list[str]:
     hf = copy_hf(w, tmp)
     write(hf / "config.json", "{not json")

@@ -120,8 +120,13 @@ _REEXPORT = "delete the folder and rerun the stage's `tinylab train`, which expo
 
 
 def check_weights(hf_dir: Path) -> None:
-    """Refuse a model folder whose safetensors weights are missing, truncated or corrupt, with
-    the file and what to do (reading the headers only: cheap, and before any result is reused)."""
+    """Refuse a model folder whose config.json is no JSON or whose safetensors weights are
+    missing, truncated or corrupt, with the file and what to do (reading the headers only: cheap,
+    and before any result is reused)."""
+    try:
+        json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise EvalError(f"{hf_dir / 'config.json'}: unreadable ({err}): {_REEXPORT}") from None
     files = sorted(hf_dir.glob("*.safetensors"))
     if not files:
         raise EvalError(
