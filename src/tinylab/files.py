@@ -126,7 +126,10 @@ def hold_lock(path: Path, what: str) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = path.open("a+")
     except OSError as err:
-        raise UserError(f"cannot write to {path.parent} ({err.strerror}): {what} needs it") from err
+        raise UserError(
+            f"cannot write to {path.parent} ({err.strerror}): {what} needs it; make it writable "
+            "or use another folder"
+        ) from err
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

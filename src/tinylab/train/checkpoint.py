@@ -197,8 +197,8 @@ def check_model(checkpoint: Checkpoint, model: ModelConfig) -> None:
     if diffs:
         raise ConfigError(
             f"checkpoint {checkpoint.path} was written for a model of another shape "
-            f"({'; '.join(diffs)}); use the same model params, a new run folder, or resume=False "
-            "to start over"
+            f"({'; '.join(diffs)}); use the same model params, a new run folder, or start over "
+            "(tinylab train --fresh; resume=False from Python)"
         )
 
 
