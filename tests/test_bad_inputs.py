@@ -334,8 +334,8 @@ PARAMS_FILES: list[tuple[str, str, str | bytes, tuple[str, ...]]] = [
      ("optim.lr = -1", "greater than 0")),
     ("required key missing", "data/bad.yaml", "tokenizer: {kind: train, vocab_size: 300}\n"
      "sources: {x: {kind: demo, domain: e, corpus: c}}\n", ("seq_len: required key is missing",)),
-    ("a word where a boolean goes", "data/bad.yaml", DATA_TEXT + "sources: {}\nadd_bos: maybe\n",
-     ("add_bos = 'maybe'", "boolean")),
+    ("a word where a boolean goes", "data/bad.yaml", DATA_TEXT + "add_bos: maybe\n"
+     "sources: {x: {kind: demo, domain: e, corpus: c}}\n", ("1 invalid", "add_bos = 'maybe'")),
     ("extends a missing file", "stages/bad.yaml", "extends: gone.yaml\n",
      ("extends = 'gone.yaml': file not found",)),
     ("extends itself", "stages/bad.yaml", "extends: bad.yaml\n", ("extends: cycle",)),
