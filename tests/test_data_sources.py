@@ -1,5 +1,5 @@
-"""tinylab.data.sources: hub datasets (through the same `datasets.load_dataset` call, on local
-files in the hub corpora's formats), local txt/jsonl/parquet files, caps and bad input."""
+"""tinylab.data.sources: hub repositories (their files read directly; here from a local folder
+through `hub_root`, the one redirect), local txt/jsonl/parquet files, caps and bad input."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from tinylab.config.data import DataConfig, HubSource, LocalSource
 from tinylab.data import DataError, iter_documents, prepare
+from tinylab.data.sources import hub_repo_url, source_units
 
 SLIMPAJAMA = [  # the record layout of cerebras/SlimPajama-627B
     {"text": "An essay on kings.", "meta": {"redpajama_set_name": "RedPajamaCommonCrawl"}},
@@ -21,34 +22,60 @@ SLIMPAJAMA = [  # the record layout of cerebras/SlimPajama-627B
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
-def slimpajama_source(tmp_path: Path, *, streaming: bool = True, **changes) -> HubSource:
-    files = [str(write_jsonl(tmp_path / "slimpajama.jsonl", SLIMPAJAMA))]
+def slimpajama_source(tmp_path: Path, **changes) -> HubSource:
+    write_jsonl(tmp_path / "cerebras" / "SlimPajama-627B" / "train" / "a.jsonl", SLIMPAJAMA)
     raw = {
         "kind": "hub",
         "domain": "english",
-        "path": "json",  # a packaged builder: the same load_dataset call as a hub id
-        "data_files": files,
-        "streaming": streaming,
+        "path": "cerebras/SlimPajama-627B",
+        "data_files": ["train/*.jsonl"],
+        "hub_root": str(tmp_path),
         "exclude": {"meta.redpajama_set_name": ["RedPajamaGithub"]},
     }
     return HubSource.model_validate({**raw, **changes})
 
 
-@pytest.mark.parametrize("streaming", [True, False])
-def test_hub_source_drops_the_excluded_subset(tmp_path: Path, streaming: bool) -> None:
-    docs = list(iter_documents(slimpajama_source(tmp_path, streaming=streaming)))
+def test_hub_source_drops_the_excluded_subset(tmp_path: Path) -> None:
+    docs = list(iter_documents(slimpajama_source(tmp_path)))
     assert docs == ["An essay on kings.", "A book about castles."]
+
+
+def test_hub_files_are_units_unless_capped(tmp_path: Path) -> None:
+    source = slimpajama_source(tmp_path, data_files=["train/*.jsonl", "extra/*.jsonl"])
+    write_jsonl(tmp_path / "cerebras" / "SlimPajama-627B" / "extra" / "b.jsonl", SLIMPAJAMA[:1])
+    units = source_units(source, name="slim")
+    assert [Path(u).relative_to(tmp_path).as_posix() for u in units] == [
+        "cerebras/SlimPajama-627B/extra/b.jsonl",  # sorted by path in the repository
+        "cerebras/SlimPajama-627B/train/a.jsonl",
+    ]
+    source.exclude_files = ["extra/*"]
+    assert len(source_units(source, name="slim")) == 1
+    source.max_documents = 1
+    assert source_units(source, name="slim") == [None]  # a capped source is read as a whole
+
+
+def test_the_hub_is_the_default_root() -> None:
+    source = HubSource(kind="hub", domain="x", path="a/b", data_files=["*.jsonl"], revision="v1")
+    assert hub_repo_url(source) == "hf://datasets/a/b@v1"
 
 
 def test_hub_source_with_another_text_field(tmp_path: Path) -> None:
     rows = [{"content": "print(1)", "max_stars_repo_name": "a/b"}]  # bigcode/starcoderdata
-    files = [str(write_jsonl(tmp_path / "s.jsonl", rows))]
+    folder = tmp_path / "bigcode" / "starcoderdata" / "python"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "train-00000-of-00001.parquet")
     source = HubSource(
-        kind="hub", domain="code", path="json", data_files=files, text_field="content"
+        kind="hub",
+        domain="code",
+        path="bigcode/starcoderdata",
+        data_files=["*/train-*.parquet"],
+        hub_root=str(tmp_path),
+        text_field="content",
     )
     assert list(iter_documents(source)) == ["print(1)"]
 
@@ -61,15 +88,19 @@ def test_hub_errors_name_the_record_and_field(tmp_path: Path) -> None:
 
 
 def test_unreachable_hub_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
-    import datasets
+    import fsspec
 
     def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'cerebras/SlimPajama-627B' on the Hub")
+        raise ConnectionError("Couldn't reach huggingface.co")
 
-    monkeypatch.setattr(datasets, "load_dataset", offline)
-    source = HubSource(kind="hub", domain="english", path="cerebras/SlimPajama-627B")
+    monkeypatch.setattr(fsspec.core, "url_to_fs", offline)
+    source = HubSource(
+        kind="hub", domain="english", path="cerebras/SlimPajama-627B", data_files=["*.jsonl"]
+    )
     with pytest.raises(
-        DataError, match=r"sources.slimpajama: cannot load hub dataset.*kind: local"
+        DataError,
+        match=r"sources.slimpajama \(cerebras/SlimPajama-627B\): cannot read "
+        r"hf://datasets/cerebras/SlimPajama-627B: ConnectionError.*set hub_root",
     ):
         list(iter_documents(source, name="slimpajama"))
 

@@ -356,15 +356,62 @@ def prepare_command(
     out: Annotated[Path, typer.Option("--out", help="Data folder to write (<run>/data).")],
     overrides: SetOption = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Local processes packing units at once (1: this one).")
+    ] = 1,
+    tasks: Annotated[
+        int | None,
+        typer.Option(min=1, help="Tasks the units (hub files) are dealt to; default one each."),
+    ] = None,
+    slurm_partition: Annotated[
+        str | None,
+        typer.Option(help="Submit the tasks as a SLURM job array on this partition instead."),
+    ] = None,
+    slurm_time: Annotated[str, typer.Option(help="Time limit of each SLURM task.")] = "24:00:00",
+    env_command: Annotated[
+        str | None, typer.Option(help="Shell line that activates tinylab's environment on nodes.")
+    ] = None,
 ) -> None:
-    """Fetch, tokenize and pack a data params file into OUT (idempotent); print token counts."""
+    """Fetch, tokenize and pack a data params file into OUT (idempotent; a rerun redoes only the
+    units that did not finish); print token counts, or submit it to SLURM."""
     from tinylab.data import prepare
+    from tinylab.data.pack import submit_prepare
     from tinylab.data.report import token_table
 
     data_cfg = load_config(data_yaml, DataConfig, overrides=overrides or [])
-    data = prepare(data_cfg, out, progress=progress)
+    if slurm_partition:
+        job = submit_prepare(
+            data_cfg,
+            out,
+            tasks=tasks or 1,
+            partition=slurm_partition,
+            time=slurm_time,
+            env_command=env_command,
+        )
+        typer.echo(f"submitted {len(job.units)} units as {job.tasks(tasks)} tasks; logs {job.logs}")
+        return
+    data = prepare(data_cfg, out, progress=progress, workers=workers, tasks=tasks)
     typer.echo(token_table(data).to_string(index=False))
     typer.echo(f"wrote {out}")
+
+
+@app.command("prepare-plan")
+def prepare_plan_command(
+    data_yaml: Annotated[
+        Path, typer.Argument(help="Data params, e.g. params/data/tinyllama.yaml.")
+    ],
+    cores: Annotated[int, typer.Option(min=1, help="Cores preparing at once.")] = 128,
+    rate: Annotated[
+        float, typer.Option(min=1, help="Measured tokens/s per core (bench/data_throughput.py).")
+    ] = 750_000,
+    overrides: SetOption = None,
+) -> None:
+    """Tokens per source, disk and wall time of `tinylab prepare` on CORES cores, before it runs."""
+    from tinylab.data.plan import format_plan, preparation_plan
+
+    data_cfg = load_config(data_yaml, DataConfig, overrides=overrides or [])
+    frame = preparation_plan(data_cfg, cores=cores, tokens_per_core_s=rate)
+    typer.echo(format_plan(frame, cores=cores, tokens_per_core_s=rate))
 
 
 def run() -> None:

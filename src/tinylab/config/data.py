@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from tinylab.config.loader import Schema
 
@@ -37,23 +37,37 @@ class TokenizerConfig(Schema):
 
 
 class HubSource(Schema):
-    """A Hugging Face hub dataset, read with `datasets.load_dataset`."""
+    """Files of a Hugging Face hub dataset repository, read directly (jsonl, jsonl.zst/.gz,
+    parquet) over `hf://` paths: no loading script runs, and each file is one unit of work."""
 
     kind: Literal["hub"]
     domain: str = Field(description="domain label used for per-domain validation and plots")
     path: str = Field(description="dataset id, e.g. cerebras/SlimPajama-627B")
-    name: str | None = Field(None, description="dataset configuration name")
-    data_dir: str | None = Field(None, description="subfolder of the dataset repository")
-    data_files: list[str] | None = Field(
-        None, description="files of a packaged builder (path: json, parquet, text), as datasets"
+    data_files: list[str] = Field(
+        min_length=1,
+        description="glob patterns of the files to read, relative to the repository root "
+        "(** crosses folders)",
+    )
+    exclude_files: list[str] = Field(
+        default_factory=list,
+        description="glob patterns (fnmatch, relative to the repository root) of files to skip",
+    )
+    format: Literal["auto", "jsonl", "parquet"] = Field(
+        "auto", description="file format; auto = from the name (.jsonl[.zst|.gz], .parquet)"
     )
     revision: str | None = Field(None, description="dataset revision (git ref) to pin")
-    split: str = Field("train", description="split to read")
+    hub_root: str = Field(
+        "hf://datasets",
+        description="where dataset repositories live: the hub, or a local folder holding "
+        "<owner>/<name>/ with the same relative paths (a mirror)",
+    )
     text_field: str = Field("text", description="field holding the document text")
-    streaming: bool = Field(True, description="stream instead of downloading the whole set")
     exclude: dict[str, list[str]] = Field(
         default_factory=dict,
         description="drop documents whose (dotted) field has one of these values",
+    )
+    approx_tokens: PositiveFloat | None = Field(
+        None, description="tokens the selected files hold (for `tinylab prepare --plan`)"
     )
     max_documents: PositiveInt | None = Field(None, description="read at most this many documents")
     max_bytes: PositiveInt | None = Field(

@@ -21,8 +21,8 @@ def source_origin(source: Any) -> tuple[str, str]:
         corpus = CORPORA[source.corpus]
         return corpus.origin, corpus.licence
     if isinstance(source, HubSource):
-        config = f" ({source.name})" if source.name else ""
-        where = f"hub dataset `{source.path}`{config}, split {source.split}"
+        files = ", ".join(f"`{pattern}`" for pattern in source.data_files)
+        where = f"hub dataset `{source.path}`, files {files}"
         return where, "see the dataset card on the Hugging Face hub"
     if isinstance(source, LocalSource):
         return "local files " + ", ".join(f"`{p}`" for p in source.paths), "as given by the owner"

@@ -4,7 +4,9 @@ shards, with a JSON index (`prepare`); tinylab.data.packed reads them back (`Pac
 Layout of a data folder (`<run>/data/`):
 
     tokenizer/                 transformers folder (AutoTokenizer loads it); sha256 in the index
-    shards/<source>-<split>-00000.bin   windows * (seq_len + 1) tokens, uint16 or uint32
+    shards/<source>-<split>-<fingerprint>[-<unit>]-00000.bin   windows * (seq_len + 1) tokens,
+                               uint16 or uint32
+    work/                      while preparing: unit results and datatrove's task logs
     index.json                 dtype, seq_len, BOS/EOS policy, tokenizer hash, per source and
                                split: documents, tokens, windows, bytes, shards with sha256
     data_card.md               what each source is and its licence
@@ -17,11 +19,17 @@ that does not fill a window is dropped and counted, never padded. Each document 
 validation split when a keyed hash of its text falls below `validation_fraction`, so train and
 validation windows never share a document, and the split does not depend on order or workers.
 
-Trade-off: documents are read in order by one process and tokenized by a pool of processes
-(`imap`, order kept), so shards are byte-identical across reruns and worker counts; a rerun
-reuses a source whose index entry and shard checksums match, and rewrites only the shards
-whose bytes differ (missing, partial or corrupt). Every file is written to a temporary name
-and renamed.
+Units and tasks: a source is read as units (tinylab.data.sources.source_units: each file of a
+hub source, else the whole source); each unit is tokenized in order and cut into its own
+windows and shards (`<source>-<split>-<fingerprint>[-<unit>]-<shard>.bin`; a unit's tail that
+fills no window is dropped and counted), and its result (counts, shards with sha256) is
+recorded in `work/units/`. Units are dealt round-robin to tasks that datatrove runs
+(tinylab.data.distribute: N local processes, or a SLURM job array); at the end the results
+become the one index, in unit order. So shards are byte-identical whatever the number of
+workers or tasks; a rerun reuses a source whose index entry and shard checksums match, and
+within a source every unit whose result and shards are intact, redoing only the others. Every
+file is written to a temporary name and renamed. With one worker (the demo) the tasks run in
+this process and a pool of `num_workers` processes tokenizes (`imap`, order kept).
 
     tinylab prepare params/data/demo.yaml --out outputs/runs/demo/data
 """
@@ -32,7 +40,9 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -44,6 +54,7 @@ from tinylab.config.data import DataConfig
 from tinylab.config.loader import load_config, project_path
 from tinylab.data import tokenizer as toks
 from tinylab.data.card import write_data_card
+from tinylab.data.distribute import run_local, submit_slurm
 from tinylab.data.errors import DataError
 from tinylab.data.packed import (
     FORMAT_VERSION,
@@ -52,7 +63,7 @@ from tinylab.data.packed import (
     TOKENIZER_DIR,
     PackedData,
 )
-from tinylab.data.sources import iter_documents, source_signature
+from tinylab.data.sources import iter_documents, source_signature, source_units, unit_documents
 from tinylab.files import (
     json_digest,
     remove_orphans,
@@ -64,6 +75,8 @@ from tinylab.files import (
 from tinylab.layout import INDEX_FILE, RunLayout
 
 RECIPE_FILE = "tinylab_recipe.json"  # how the tokenizer was made (reuse check)
+WORK_DIR = "work"  # unit results and task logs while a preparation is under way
+SPLIT_COUNTS = ("documents", "tokens", "bytes", "windows", "dropped_tokens")
 BATCH_DOCUMENTS = 256  # documents per task sent to a tokenizer process
 LENGTH_SAMPLE = 10_000  # document lengths kept per source for plots
 
@@ -84,25 +97,61 @@ def is_validation(text: str, *, seed: int, fraction: float) -> bool:
 # prepare
 
 
-def prepare(cfg: DataConfig, data_dir: Path, *, progress: bool = True) -> PackedData:
+def prepare(
+    cfg: DataConfig,
+    data_dir: Path,
+    *,
+    progress: bool = True,
+    workers: int = 1,
+    tasks: int | None = None,
+) -> PackedData:
     """Tokenizer, shards, index and data card in `data_dir`; idempotent (see module docstring).
 
+    The units of work run as `tasks` datatrove tasks (default: one per unit), `workers` local
+    processes at a time (1: in this process, with the tokenizer pool of `cfg.num_workers`).
     A failure leaves what was there usable: a new tokenizer waits in a staging folder
     (files.replace_dir_atomic) and new shards get new names (their source fingerprint) until the
-    new index replaces the old one."""
+    new index replaces the old one; finished units are kept for the rerun."""
     data_dir = Path(data_dir)
     _make_writable_folder(data_dir)
     recipe = tokenizer_recipe(cfg)
     if tokenizer_matches(data_dir / TOKENIZER_DIR, recipe):
-        index = _pack_all(cfg, data_dir, data_dir / TOKENIZER_DIR, progress=progress)
+        job = plan_job(cfg, data_dir, data_dir / TOKENIZER_DIR, workers=workers)
+        run_local(job.run_task, tasks=job.tasks(tasks), workers=workers, logging_dir=job.logs)
+        job.finish()
     else:
         with replace_dir_atomic(data_dir / TOKENIZER_DIR) as staging:
             make_tokenizer(cfg, staging, recipe, progress=progress)
-            index = _pack_all(cfg, data_dir, staging, progress=progress)
-    write_json_atomic(data_dir / INDEX_FILE, index)
-    _remove_stale_shards(data_dir, index)
-    write_data_card(cfg, data_dir, index)
+            job = plan_job(cfg, data_dir, staging, workers=workers, progress=progress)
+            run_local(job.run_task, tasks=job.tasks(tasks), workers=workers, logging_dir=job.logs)
+            index = job.merge()
+        job.write_index(index)
+    shutil.rmtree(data_dir / WORK_DIR, ignore_errors=True)  # task logs: the index says it all
     return PackedData.open(data_dir)
+
+
+def submit_prepare(
+    cfg: DataConfig, data_dir: Path, *, tasks: int, partition: str, time: str, **slurm: Any
+) -> PrepareJob:
+    """The tokenizer here (in place), then the units as a SLURM job array of `tasks` tasks and
+    the index as one job after it (tinylab.data.distribute.submit_slurm)."""
+    data_dir = Path(data_dir)
+    _make_writable_folder(data_dir)
+    recipe = tokenizer_recipe(cfg)
+    if not tokenizer_matches(data_dir / TOKENIZER_DIR, recipe):
+        with replace_dir_atomic(data_dir / TOKENIZER_DIR) as staging:
+            make_tokenizer(cfg, staging, recipe, progress=True)
+    job = plan_job(cfg, data_dir, data_dir / TOKENIZER_DIR, workers=tasks, progress=False)
+    submit_slurm(
+        job.run_task,
+        job.finish,
+        tasks=job.tasks(tasks),
+        logging_dir=job.logs,
+        partition=partition,
+        time=time,
+        **slurm,
+    )
+    return job
 
 
 def _make_writable_folder(data_dir: Path) -> None:
@@ -135,22 +184,126 @@ def prepare_run(
     return prepare(cfg, RunLayout(project_path(run_dir)).data, progress=progress)
 
 
-def _pack_all(cfg: DataConfig, data_dir: Path, tok_dir: Path, *, progress: bool) -> dict:
-    """Pack every source (reusing valid ones); returns the new index."""
+@dataclass
+class Unit:
+    """One unit of work: a file of a hub source, or a whole source (file None)."""
+
+    source: str
+    number: int
+    file: str | None
+    fingerprint: str
+    single: bool  # the source's only unit: its shards keep the source's plain names
+
+    def prefix(self, split: str) -> str:
+        base = f"{self.source}-{split}-{self.fingerprint[:10]}"
+        return base if self.single else f"{base}-{self.number:05d}"
+
+    @property
+    def result_name(self) -> str:
+        return f"{self.source}-{self.fingerprint[:10]}-{self.number:05d}.json"
+
+
+@dataclass
+class PrepareJob:
+    """What the tasks of one preparation share: the params, folders, policy, the reused index
+    entries and the units still to pack (dealt to tasks round-robin by position)."""
+
+    cfg: DataConfig
+    data_dir: Path
+    tok_dir: Path
+    policy: dict[str, Any]
+    reused: dict[str, Any]
+    units: list[Unit]
+    encode_workers: int | None
+    progress: bool = False
+
+    @property
+    def work(self) -> Path:
+        return self.data_dir / WORK_DIR
+
+    @property
+    def logs(self) -> Path:
+        """datatrove's logging folder, keyed by what the tasks do (a changed job starts anew)."""
+        digest = json_digest([self.policy, [asdict(u) for u in self.units]])
+        return self.work / f"logs-{digest[:12]}"
+
+    def tasks(self, tasks: int | None) -> int:
+        return max(1, min(tasks or len(self.units), len(self.units)))
+
+    def run_task(self, rank: int, world_size: int) -> None:
+        """Pack this task's units (every world_size-th, from rank) unless a valid result of
+        the same unit is already there (a rerun redoes only what is missing or damaged)."""
+        mine = [u for i, u in enumerate(self.units) if i % world_size == rank]
+        todo = [u for u in mine if self._result(u) is None]
+        if not todo:
+            return
+        with _Encoder(self.tok_dir, self.policy, self.encode_workers) as encoder:
+            for unit in todo:
+                result = _pack_unit(unit, self, encoder)
+                write_json_atomic(self.work / "units" / unit.result_name, result)
+
+    def merge(self) -> dict[str, Any]:
+        """The index: reused entries plus, per source, its units' results in unit order."""
+        entries = dict(self.reused)
+        for name, source in self.cfg.sources.items():
+            if name in entries:
+                continue
+            results = []
+            for unit in (u for u in self.units if u.source == name):
+                result = self._result(unit)
+                if result is None:
+                    raise DataError(
+                        f"sources.{name}: unit {unit.number} ({unit.file or 'whole source'}) "
+                        f"has no valid result in {self.work}; rerun prepare to redo it"
+                    )
+                results.append(result)
+            entries[name] = _source_entry(name, source, results)
+        return {"format_version": FORMAT_VERSION, **self.policy, "sources": entries}
+
+    def write_index(self, index: dict[str, Any]) -> None:
+        """One index at the end, then stale shards and the work folder go, and the card."""
+        write_json_atomic(self.data_dir / INDEX_FILE, index)
+        _remove_stale_shards(self.data_dir, index)
+        shutil.rmtree(self.work / "units", ignore_errors=True)
+        write_data_card(self.cfg, self.data_dir, index)
+
+    def finish(self) -> None:
+        self.write_index(self.merge())
+
+    def _result(self, unit: Unit) -> dict[str, Any] | None:
+        """A unit's recorded result when it belongs to this unit and its shards are intact."""
+        try:
+            path = self.work / "units" / unit.result_name
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if result.get("unit") != asdict(unit) or not _entry_valid(self.data_dir, result):
+            return None
+        return result
+
+
+def plan_job(
+    cfg: DataConfig, data_dir: Path, tok_dir: Path, *, workers: int = 1, progress: bool = False
+) -> PrepareJob:
+    """The sources to pack (those whose index entry and shards are not reusable) as units."""
     policy = _policy(cfg, tok_dir)
     old = _read_old_index(data_dir)
-    entries = {}
-    with _Encoder(tok_dir, policy, cfg.num_workers) as encoder:
-        for name, source in cfg.sources.items():
-            fingerprint = json_digest([FORMAT_VERSION, policy, source_signature(source, name=name)])
-            entry = old.get(name)
-            if entry and entry["fingerprint"] == fingerprint and _entry_valid(data_dir, entry):
-                entries[name] = entry
-                continue
-            entries[name] = _pack_source(
-                name, source, data_dir, encoder, policy, fingerprint, progress=progress
-            )
-    return {"format_version": FORMAT_VERSION, **policy, "sources": entries}
+    reused: dict[str, Any] = {}
+    units: list[Unit] = []
+    for name, source in cfg.sources.items():
+        fingerprint = json_digest([FORMAT_VERSION, policy, source_signature(source, name=name)])
+        entry = old.get(name)
+        if entry and entry["fingerprint"] == fingerprint and _entry_valid(data_dir, entry):
+            reused[name] = entry
+            continue
+        files = source_units(source, name=name)
+        units += [
+            Unit(name, number, file, fingerprint, single=len(files) == 1)
+            for number, file in enumerate(files)
+        ]
+    # a pool inside a pool is not allowed: with several task processes each encodes alone
+    encode_workers = cfg.num_workers if workers == 1 else 1
+    return PrepareJob(cfg, data_dir, tok_dir, policy, reused, units, encode_workers, progress)
 
 
 def tokenizer_recipe(cfg: DataConfig) -> dict[str, Any]:
@@ -362,38 +515,45 @@ class _ShardWriter:
         self.shards.append({"file": name, "windows": num_tokens // self.window, "sha256": sha})
 
 
-def _pack_source(
-    name: str,
-    source: Any,
-    data_dir: Path,
-    encoder: _Encoder,
-    policy: dict[str, Any],
-    fingerprint: str,
-    *,
-    progress: bool,
-) -> dict[str, Any]:
-    """Tokenize and pack one source into its train and val shards."""
+def _pack_unit(unit: Unit, job: PrepareJob, encoder: _Encoder) -> dict[str, Any]:
+    """Tokenize and pack one unit into its train and val shards; its result record."""
+    source = job.cfg.sources[unit.source]
     writers = {
-        split: _ShardWriter(data_dir, f"{name}-{split}-{fingerprint[:10]}", policy)
-        for split in SPLITS
+        split: _ShardWriter(job.data_dir, unit.prefix(split), job.policy) for split in SPLITS
     }
-    docs = iter_documents(source, name=name)
-    bar = tqdm(desc=f"pack {name}", unit="tok", unit_scale=True, disable=not progress)
+    docs = unit_documents(source, unit.file, name=unit.source)
+    label = unit.source if unit.single else f"{unit.source} {unit.number}"
+    bar = tqdm(desc=f"pack {label}", unit="tok", unit_scale=True, disable=not job.progress)
     with bar:
         for result in encoder.map(_batches(docs, BATCH_DOCUMENTS)):
             for split, (ids, lengths, num_bytes) in result.items():
                 writers[split].add(ids, lengths, num_bytes)
                 bar.update(len(ids))
-    splits = {split: writer.close() for split, writer in writers.items()}
+    lengths = writers["train"].lengths + writers["val"].lengths
+    return {
+        "unit": asdict(unit),
+        "splits": {split: writer.close() for split, writer in writers.items()},
+        "document_tokens_sample": lengths[:LENGTH_SAMPLE],
+    }
+
+
+def _source_entry(name: str, source: Any, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """A source's index entry: its units' counts summed and shard lists joined in unit order."""
+    splits = {}
+    for split in SPLITS:
+        parts = [r["splits"][split] for r in results]
+        splits[split] = {key: sum(part[key] for part in parts) for key in SPLIT_COUNTS} | {
+            "shards": [shard for part in parts for shard in part["shards"]]
+        }
     if splits["train"]["documents"] + splits["val"]["documents"] == 0:
         raise DataError(f"sources.{name}: empty corpus: no non-empty document was read")
-    lengths = writers["train"].lengths + writers["val"].lengths
+    sample = [n for r in results for n in r["document_tokens_sample"]]
     return {
         "domain": source.domain,
         "kind": source.kind,
-        "fingerprint": fingerprint,
+        "fingerprint": results[0]["unit"]["fingerprint"],
         "splits": splits,
-        "document_tokens_sample": lengths[:LENGTH_SAMPLE],
+        "document_tokens_sample": sample[:LENGTH_SAMPLE],
     }
 
 

@@ -1,12 +1,16 @@
 """Sources: turn one `sources:` entry of a data params file into a stream of document strings.
 
 Three kinds, all yielding plain `str` documents in a fixed order (so tokenization is
-reproducible): `hub` datasets through `datasets.load_dataset` (streaming by default, with
-`exclude` filters on dotted fields, e.g. SlimPajama without RedPajamaGithub), `local` files
-(txt = one document per file, jsonl, parquet; globs; relative paths resolve against the project
-root) and the built-in `demo` corpora (tinylab.data.demo_corpora). Trade-off: documents are read
-in one process, in order, and tokenized in many; at full scale the reading is rarely the
-bottleneck, and order is what makes a rerun rebuild byte-identical shards.
+reproducible): `hub` dataset repositories, whose files (`data_files` globs minus `exclude_files`)
+are read directly over `hf://` with fsspec (jsonl, .jsonl.zst through `zstandard`, parquet), never
+through a loading script, keeping only the text and the `exclude` fields (so subsets whose other
+columns differ, Proof-Pile-2's `meta`, StarCoderData's special folders, never meet in one table);
+`local` files (txt = one document per file, jsonl, parquet; globs; relative paths resolve against
+the project root) and the built-in `demo` corpora (tinylab.data.demo_corpora).
+
+Units of work: a hub source without caps is one unit per file (tinylab.data.pack deals units to
+tasks, so a failed file redoes only itself); every other source is one unit, read in order.
+`hub_root` redirects a hub source to a local folder with the same relative paths (a mirror).
 
     from tinylab.data.sources import iter_documents
     for doc in iter_documents(cfg.sources["english"]): ...
@@ -17,6 +21,7 @@ from __future__ import annotations
 import glob
 import json
 from collections.abc import Iterable, Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +43,7 @@ def iter_documents(source: Any, *, name: str = "source") -> Iterator[str]:
     if isinstance(source, LocalSource):
         docs = _local_documents(source, name)
     elif isinstance(source, HubSource):
-        docs = _hub_documents(source, name)
+        docs = (d for url in hub_files(source, name) for d in hub_file_documents(source, url, name))
     elif isinstance(source, DemoSource):
         from tinylab.data.demo_corpora import demo_documents
 
@@ -47,6 +52,21 @@ def iter_documents(source: Any, *, name: str = "source") -> Iterator[str]:
         kind = getattr(source, "kind", type(source).__name__)
         raise DataError(f"sources.{name}: unknown source kind {kind!r}; use hub, local or demo")
     return _capped(docs, max_documents=source.max_documents, max_bytes=source.max_bytes)
+
+
+def source_units(source: Any, *, name: str) -> list[str | None]:
+    """The units of work of a source: its files for an uncapped hub source, else [None] (the
+    whole source, read in order by one process)."""
+    if isinstance(source, HubSource) and not (source.max_documents or source.max_bytes):
+        return list(hub_files(source, name))
+    return [None]
+
+
+def unit_documents(source: Any, unit: str | None, *, name: str) -> Iterator[str]:
+    """Documents of one unit (see source_units): one hub file, or the whole source."""
+    if unit is None:
+        return iter_documents(source, name=name)
+    return _capped(hub_file_documents(source, unit, name), max_documents=None, max_bytes=None)
 
 
 def _capped(docs: Iterable[str], *, max_documents: int | None, max_bytes: int | None):
@@ -63,12 +83,15 @@ def _capped(docs: Iterable[str], *, max_documents: int | None, max_bytes: int | 
 
 def source_signature(source: Any, *, name: str) -> dict[str, Any]:
     """What identifies a source's content: its params plus, for local files, their sizes and
-    modification times, and for demo corpora their version (a change means re-tokenizing);
+    modification times, for hub sources their file list, and for demo corpora their version (a
+    change means re-tokenizing);
     `name` is the source's key under `sources:`, for error messages."""
     signature: dict[str, Any] = {"params": source.model_dump(mode="json")}
     if isinstance(source, LocalSource):
         files = local_files(source, name)
         signature["files"] = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    elif isinstance(source, HubSource):
+        signature["files"] = hub_files(source, name)
     elif isinstance(source, DemoSource):
         from tinylab.data.demo_corpora import corpus_version
 
@@ -150,37 +173,127 @@ def text_of(row: dict[str, Any], field: str, *, where: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Hugging Face hub
+# Hugging Face hub: the repository's files, read directly
+
+# The gated-access message, the one way to fix it (datasets under terms need a logged-in account
+# that accepted them).
+GATED_HINT = (
+    "accept its terms at https://huggingface.co/datasets/{path}, then log in with "
+    "`hf auth login` (or set HF_TOKEN) on every machine that prepares data"
+)
 
 
-def load_hub_dataset(source: HubSource, name: str) -> Iterable[dict[str, Any]]:
-    """`datasets.load_dataset` with the source's id, config, files, revision and split."""
-    import datasets
+def hub_repo_url(source: HubSource) -> str:
+    """The repository's root as an fsspec URL: hf://datasets/<id>[@rev], or the mirror folder."""
+    root = source.hub_root.rstrip("/")
+    if "://" not in root:
+        return str(project_path(root) / source.path)
+    revision = f"@{source.revision}" if source.revision else ""
+    return f"{root}/{source.path}{revision}"
 
+
+def hub_files(source: HubSource, name: str) -> list[str]:
+    """URLs of the files `data_files` selects, minus `exclude_files`, sorted by relative path;
+    a DataError naming the source for a gated, missing or unreadable repository and for a
+    pattern that matches nothing."""
+    import fsspec
+
+    root = hub_repo_url(source)
     try:
-        return datasets.load_dataset(
-            source.path,
-            name=source.name,
-            data_dir=source.data_dir,
-            data_files=source.data_files,
-            revision=source.revision,
-            split=source.split,
-            streaming=source.streaming,
-        )
-    except Exception as err:  # datasets raises many types (network, auth, missing config)
-        raise DataError(
-            f"sources.{name}: cannot load hub dataset {source.path!r} (name={source.name!r}, "
-            f"split={source.split!r}): {type(err).__name__}: {err}. Without hub access, copy the "
-            "files and use kind: local, or pass data_files"
-        ) from err
+        fs, base = fsspec.core.url_to_fs(root)
+        files: dict[str, str] = {}
+        for pattern in source.data_files:
+            matched = [p for p in fs.glob(f"{base}/{pattern}") if fs.isfile(p)]
+            if not matched:
+                raise DataError(f"sources.{name}.data_files: {pattern!r} matches no file in {root}")
+            for full in matched:
+                relative = full[len(base.rstrip("/")) + 1 :]
+                if not any(fnmatch(relative, skip) for skip in source.exclude_files):
+                    files[relative] = full
+    except DataError:
+        raise
+    except Exception as err:  # fsspec and huggingface_hub raise many types
+        raise hub_error(err, source, name) from err
+    protocol = root.split("://")[0] + "://" if "://" in root else ""
+    return [protocol + files[relative] for relative in sorted(files)]
 
 
-def _hub_documents(source: HubSource, name: str) -> Iterator[str]:
+def hub_error(err: BaseException, source: HubSource, name: str) -> DataError:
+    """One line for a hub failure: gated (how to get access), missing, or anything else."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
     where = f"sources.{name} ({source.path})"
-    for number, row in enumerate(load_hub_dataset(source, name)):
-        if _excluded(row, source.exclude, where=f"{where} record {number}"):
-            continue
-        yield text_of(row, source.text_field, where=f"{where} record {number}")
+    chain: list[BaseException] = []
+    cause: BaseException | None = err
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    status = {getattr(getattr(c, "response", None), "status_code", None) for c in chain}
+    if any(isinstance(c, GatedRepoError) for c in chain) or status & {401, 403}:
+        return DataError(f"{where}: the dataset is gated: {GATED_HINT.format(path=source.path)}")
+    if any(isinstance(c, RepositoryNotFoundError) for c in chain):
+        return DataError(
+            f"{where}: repository not found at {hub_repo_url(source)} (or gated: "
+            f"{GATED_HINT.format(path=source.path)})"
+        )
+    return DataError(
+        f"{where}: cannot read {hub_repo_url(source)}: {type(err).__name__}: {err}. Without hub "
+        "access, copy the files into a folder with the same relative paths and set hub_root"
+    )
+
+
+def hub_file_documents(source: HubSource, url: str, name: str) -> Iterator[str]:
+    """Documents of one repository file, excluded records dropped."""
+    where = f"sources.{name}: {url}"
+    fmt = source.format if source.format != "auto" else _hub_format(url)
+    if fmt is None:
+        raise DataError(f"{where}: cannot tell the format from the name; set format")
+    try:
+        rows = _parquet_rows(url, source, where) if fmt == "parquet" else _jsonl_rows(url, where)
+        for number, row in enumerate(rows):
+            here = f"{where} record {number}"
+            if not _excluded(row, source.exclude, where=here):
+                yield text_of(row, source.text_field, where=here)
+    except DataError:
+        raise
+    except Exception as err:
+        raise hub_error(err, source, name) from err
+
+
+def _hub_format(url: str) -> str | None:
+    stem = url.removesuffix(".zst").removesuffix(".gz")
+    return {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}.get(Path(stem).suffix)
+
+
+def _jsonl_rows(url: str, where: str) -> Iterator[dict[str, Any]]:
+    """Records of a JSON-lines file (zstd and gzip by suffix; zstd needs `zstandard`)."""
+    import fsspec
+
+    with fsspec.open(url, "rt", encoding="utf-8", compression="infer") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}:{number}: not JSON ({err})") from None
+
+
+def _parquet_rows(url: str, source: HubSource, where: str) -> Iterator[dict[str, Any]]:
+    """Records of a parquet file, only the columns we use: the text and the excluded fields
+    (so folders whose other columns differ read alike)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    wanted = [source.text_field, *(dotted.split(".")[0] for dotted in source.exclude)]
+    with fsspec.open(url, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        columns = parquet.schema_arrow.names
+        missing = [c for c in wanted if c not in columns]
+        if missing:
+            raise DataError(f"{where}: no column {missing}; the file has columns {columns}")
+        for batch in parquet.iter_batches(columns=list(dict.fromkeys(wanted)), batch_size=1024):
+            yield from batch.to_pylist()
 
 
 def _excluded(row: dict[str, Any], exclude: dict[str, list[str]], *, where: str) -> bool:
