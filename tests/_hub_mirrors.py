@@ -15,6 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
+from tinylab.config.data import DataConfig
+from tinylab.config.loader import PARAMS_DIR, load_config
+
+SOURCES = ("slimpajama", "starcoder", "proofpile", "skypile")  # of params/data/tinyllama.yaml
+
 WORDS = [
     *("the", "of", "a", "to", "in", "is", "that", "for", "it", "as", "with"),
     *("was", "on", "be", "by", "at", "this", "from", "or", "an", "are"),
@@ -119,3 +124,18 @@ def make_mirrors(root: Path, docs: int = 40, seed: int = 0) -> Path:
     for build in (slimpajama, starcoderdata, proofpile2, skypile):
         build(root, rng, docs)
     return root
+
+
+def mirrored_overrides(root: Path) -> list[str]:
+    """--set lines reading params/data/tinyllama.yaml from the mirrors under `root` (only
+    hub_root), with a small trained tokenizer and short windows (the Llama one is on the hub)."""
+    overrides = [f"sources.{name}.hub_root={root}" for name in SOURCES]
+    small = ["tokenizer.kind=train", "tokenizer.vocab_size=400", "seq_len=63",
+             "validation_fraction=0.05", "shard_tokens=4096", "num_workers=1"]  # fmt: skip
+    return overrides + small
+
+
+def mirrored_config(root: Path, *extra: str) -> DataConfig:
+    """params/data/tinyllama.yaml read from the mirrors (mirrored_overrides) plus `extra`."""
+    path = PARAMS_DIR / "data" / "tinyllama.yaml"
+    return load_config(path, DataConfig, overrides=[*mirrored_overrides(root), *extra])

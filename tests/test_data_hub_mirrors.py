@@ -9,23 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _hub_mirrors import make_mirrors
+from _hub_mirrors import SOURCES, make_mirrors, mirrored_config
 
 from tinylab.config.data import DataConfig
 from tinylab.config.loader import PARAMS_DIR, load_config
 from tinylab.config.stage import StageConfig
 from tinylab.data import DataError, MixtureSampler, PackedData, iter_documents, prepare
 from tinylab.data.tokenizer import load_fast
-
-SOURCES = ("slimpajama", "starcoder", "proofpile", "skypile")
-
-
-def mirrored_config(root: Path, *extra: str) -> DataConfig:
-    overrides = [f"sources.{name}.hub_root={root}" for name in SOURCES]
-    small = ["tokenizer.kind=train", "tokenizer.vocab_size=400", "seq_len=63",
-             "validation_fraction=0.05", "shard_tokens=4096", "num_workers=1"]  # fmt: skip
-    return load_config(PARAMS_DIR / "data" / "tinyllama.yaml", DataConfig,
-                       overrides=overrides + small + list(extra))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

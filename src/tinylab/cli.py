@@ -368,6 +368,9 @@ def prepare_command(
         typer.Option(help="Submit the tasks as a SLURM job array on this partition instead."),
     ] = None,
     slurm_time: Annotated[str, typer.Option(help="Time limit of each SLURM task.")] = "24:00:00",
+    slurm_cpus: Annotated[
+        int, typer.Option(min=1, help="CPUs of each SLURM task (its tokenizer processes).")
+    ] = 1,
     env_command: Annotated[
         str | None, typer.Option(help="Shell line that activates tinylab's environment on nodes.")
     ] = None,
@@ -386,6 +389,7 @@ def prepare_command(
             tasks=tasks or 1,
             partition=slurm_partition,
             time=slurm_time,
+            cpus_per_task=slurm_cpus,
             env_command=env_command,
         )
         typer.echo(f"submitted {len(job.units)} units as {job.tasks(tasks)} tasks; logs {job.logs}")

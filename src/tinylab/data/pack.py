@@ -115,14 +115,16 @@ def prepare(
     data_dir = Path(data_dir)
     _make_writable_folder(data_dir)
     recipe = tokenizer_recipe(cfg)
+    # a pool inside a pool is not allowed: with several task processes each encodes alone
+    encoders = cfg.num_workers if workers == 1 else 1
     if tokenizer_matches(data_dir / TOKENIZER_DIR, recipe):
-        job = plan_job(cfg, data_dir, data_dir / TOKENIZER_DIR, workers=workers)
+        job = plan_job(cfg, data_dir, data_dir / TOKENIZER_DIR, encode_workers=encoders)
         run_local(job.run_task, tasks=job.tasks(tasks), workers=workers, logging_dir=job.logs)
         job.finish()
     else:
         with replace_dir_atomic(data_dir / TOKENIZER_DIR) as staging:
             make_tokenizer(cfg, staging, recipe, progress=progress)
-            job = plan_job(cfg, data_dir, staging, workers=workers, progress=progress)
+            job = plan_job(cfg, data_dir, staging, encode_workers=encoders, progress=progress)
             run_local(job.run_task, tasks=job.tasks(tasks), workers=workers, logging_dir=job.logs)
             index = job.merge()
         job.write_index(index)
@@ -131,17 +133,25 @@ def prepare(
 
 
 def submit_prepare(
-    cfg: DataConfig, data_dir: Path, *, tasks: int, partition: str, time: str, **slurm: Any
+    cfg: DataConfig,
+    data_dir: Path,
+    *,
+    tasks: int,
+    partition: str,
+    time: str,
+    cpus_per_task: int = 1,
+    env_command: str | None = None,
 ) -> PrepareJob:
     """The tokenizer here (in place), then the units as a SLURM job array of `tasks` tasks and
-    the index as one job after it (tinylab.data.distribute.submit_slurm)."""
+    the index as one job after it (tinylab.data.distribute.submit_slurm); each task tokenizes
+    with `cpus_per_task` processes."""
     data_dir = Path(data_dir)
     _make_writable_folder(data_dir)
     recipe = tokenizer_recipe(cfg)
     if not tokenizer_matches(data_dir / TOKENIZER_DIR, recipe):
         with replace_dir_atomic(data_dir / TOKENIZER_DIR) as staging:
             make_tokenizer(cfg, staging, recipe, progress=True)
-    job = plan_job(cfg, data_dir, data_dir / TOKENIZER_DIR, workers=tasks, progress=False)
+    job = plan_job(cfg, data_dir, data_dir / TOKENIZER_DIR, encode_workers=cpus_per_task)
     submit_slurm(
         job.run_task,
         job.finish,
@@ -149,7 +159,8 @@ def submit_prepare(
         logging_dir=job.logs,
         partition=partition,
         time=time,
-        **slurm,
+        cpus_per_task=cpus_per_task,
+        env_command=env_command,
     )
     return job
 
@@ -283,9 +294,15 @@ class PrepareJob:
 
 
 def plan_job(
-    cfg: DataConfig, data_dir: Path, tok_dir: Path, *, workers: int = 1, progress: bool = False
+    cfg: DataConfig,
+    data_dir: Path,
+    tok_dir: Path,
+    *,
+    encode_workers: int | None,
+    progress: bool = False,
 ) -> PrepareJob:
-    """The sources to pack (those whose index entry and shards are not reusable) as units."""
+    """The sources to pack (those whose index entry and shards are not reusable) as units, each
+    task tokenizing with `encode_workers` processes (None: all cores)."""
     policy = _policy(cfg, tok_dir)
     old = _read_old_index(data_dir)
     reused: dict[str, Any] = {}
@@ -301,8 +318,6 @@ def plan_job(
             Unit(name, number, file, fingerprint, single=len(files) == 1)
             for number, file in enumerate(files)
         ]
-    # a pool inside a pool is not allowed: with several task processes each encodes alone
-    encode_workers = cfg.num_workers if workers == 1 else 1
     return PrepareJob(cfg, data_dir, tok_dir, policy, reused, units, encode_workers, progress)
 
 
