@@ -14,6 +14,8 @@ to run and a scheduler whose placement we do not need (tasks share nothing).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Callable
 from functools import partial
@@ -39,19 +41,25 @@ def _finish(finish: Callable[[], None], rank: int, world_size: int) -> None:
     finish()
 
 
-def run_local(work: Work, *, tasks: int, workers: int, logging_dir: Path) -> None:
+def run_local(
+    work: Work, *, tasks: int, workers: int, logging_dir: Path, quiet: bool = False
+) -> None:
     """Run tasks 0..tasks-1 of `work`, `workers` at a time (1: in this process); tasks that
-    completed in an earlier run with the same logging folder are skipped."""
+    completed in an earlier run with the same logging folder are skipped. Each task logs into
+    `logging_dir/logs/`, and to stderr unless `quiet`."""
     from datatrove.executor import LocalPipelineExecutor
 
     os.environ.setdefault("DATATROVE_COLORIZE_LOGS", "0")
-    LocalPipelineExecutor(
+    executor = LocalPipelineExecutor(
         pipeline=[_Step(work, "tinylab prepare: pack units")],
         tasks=tasks,
         workers=min(workers, tasks),
         logging_dir=str(logging_dir),
         start_method="fork",  # as the tokenizer pool: works from notebooks and `python -`
-    ).run()
+    )
+    # datatrove adds a stderr sink per task (at that moment's sys.stderr)
+    with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+        executor.run()
 
 
 def submit_slurm(

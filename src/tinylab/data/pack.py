@@ -115,21 +115,39 @@ def prepare(
     data_dir = Path(data_dir)
     _make_writable_folder(data_dir)
     recipe = tokenizer_recipe(cfg)
-    # a pool inside a pool is not allowed: with several task processes each encodes alone
-    encoders = cfg.num_workers if workers == 1 else 1
+    run = {"workers": workers, "tasks": tasks, "progress": progress}
     if tokenizer_matches(data_dir / TOKENIZER_DIR, recipe):
-        job = plan_job(cfg, data_dir, data_dir / TOKENIZER_DIR, encode_workers=encoders)
-        run_local(job.run_task, tasks=job.tasks(tasks), workers=workers, logging_dir=job.logs)
-        job.finish()
+        index = _pack_locally(cfg, data_dir, data_dir / TOKENIZER_DIR, **run)
     else:
         with replace_dir_atomic(data_dir / TOKENIZER_DIR) as staging:
             make_tokenizer(cfg, staging, recipe, progress=progress)
-            job = plan_job(cfg, data_dir, staging, encode_workers=encoders, progress=progress)
-            run_local(job.run_task, tasks=job.tasks(tasks), workers=workers, logging_dir=job.logs)
-            index = job.merge()
-        job.write_index(index)
+            index = _pack_locally(cfg, data_dir, staging, **run)
+    write_index(cfg, data_dir, index)
     shutil.rmtree(data_dir / WORK_DIR, ignore_errors=True)  # task logs: the index says it all
     return PackedData.open(data_dir)
+
+
+def _pack_locally(
+    cfg: DataConfig,
+    data_dir: Path,
+    tok_dir: Path,
+    *,
+    workers: int,
+    tasks: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """Run the units as tasks on this machine; the new index."""
+    # a pool inside a pool is not allowed: with several task processes each encodes alone
+    encoders = cfg.num_workers if workers == 1 else 1
+    job = plan_job(cfg, data_dir, tok_dir, encode_workers=encoders, progress=progress)
+    run_local(
+        job.run_task,
+        tasks=job.tasks(tasks),
+        workers=workers,
+        logging_dir=job.logs,
+        quiet=not progress,
+    )
+    return job.merge()
 
 
 def submit_prepare(
@@ -271,15 +289,9 @@ class PrepareJob:
             entries[name] = _source_entry(name, source, results)
         return {"format_version": FORMAT_VERSION, **self.policy, "sources": entries}
 
-    def write_index(self, index: dict[str, Any]) -> None:
-        """One index at the end, then stale shards and the work folder go, and the card."""
-        write_json_atomic(self.data_dir / INDEX_FILE, index)
-        _remove_stale_shards(self.data_dir, index)
-        shutil.rmtree(self.work / "units", ignore_errors=True)
-        write_data_card(self.cfg, self.data_dir, index)
-
     def finish(self) -> None:
-        self.write_index(self.merge())
+        """The index job: merge the units' results and write the index."""
+        write_index(self.cfg, self.data_dir, self.merge())
 
     def _result(self, unit: Unit) -> dict[str, Any] | None:
         """A unit's recorded result when it belongs to this unit and its shards are intact."""
@@ -291,6 +303,14 @@ class PrepareJob:
         if result.get("unit") != asdict(unit) or not _entry_valid(self.data_dir, result):
             return None
         return result
+
+
+def write_index(cfg: DataConfig, data_dir: Path, index: dict[str, Any]) -> None:
+    """One index at the end; then the shards it does not list, the unit results, the card."""
+    write_json_atomic(data_dir / INDEX_FILE, index)
+    _remove_stale_shards(data_dir, index)
+    shutil.rmtree(data_dir / WORK_DIR / "units", ignore_errors=True)
+    write_data_card(cfg, data_dir, index)
 
 
 def plan_job(
