@@ -115,3 +115,18 @@ def test_missing_files_and_a_schema_mismatch_name_the_source(mirrors: Path) -> N
         DataError, match=r"sources.starcoder: .*git-commits-cleaned.*no column \['content'\]"
     ):
         list(iter_documents(cfg.sources["starcoder"], name="starcoder"))
+
+
+def test_a_damaged_file_is_one_line_naming_it(mirrors: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "hub"
+    shutil.copytree(mirrors, root)
+    arxiv = root / "EleutherAI" / "proof-pile-2" / "arxiv" / "train" / "arXiv_000.jsonl.zst"
+    arxiv.write_bytes(arxiv.read_bytes()[:50])  # a truncated download
+    cfg = mirrored_config(root)
+    with pytest.raises(DataError) as err:
+        list(iter_documents(cfg.sources["proofpile"], name="proofpile"))
+    message = str(err.value)
+    assert message.startswith("sources.proofpile: ") and "arXiv_000.jsonl.zst: " in message
+    assert "ends inside a frame (a truncated file?)" in message and "\n" not in message

@@ -181,3 +181,18 @@ def test_prepare_names_the_local_source_whose_paths_match_nothing(tmp_path: Path
     }
     with pytest.raises(DataError, match=r"^sources\.wiki\.paths: '.*w/\*\.txt' matches no file"):
         prepare(DataConfig.model_validate(raw), tmp_path / "data", progress=False)
+
+
+def test_zstd_files_of_several_frames_read_whole(tmp_path: Path) -> None:
+    import zstandard
+
+    rows = [json.dumps({"text": f"document {i}"}) + "\n" for i in range(5)]
+    compress = zstandard.ZstdCompressor().compress
+    frames = [compress("".join(part).encode()) for part in (rows[:2], rows[2:])]
+    path = tmp_path / "a" / "b" / "data" / "part.jsonl.zst"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"".join(frames))
+    source = HubSource(
+        kind="hub", domain="x", path="a/b", data_files=["data/*.jsonl.zst"], hub_root=str(tmp_path)
+    )
+    assert list(iter_documents(source)) == [f"document {i}" for i in range(5)]

@@ -218,8 +218,11 @@ def hub_files(source: HubSource, name: str) -> list[str]:
     return [protocol + files[relative] for relative in sorted(files)]
 
 
-def hub_error(err: BaseException, source: HubSource, name: str) -> DataError:
-    """One line for a hub failure: gated (how to get access), missing, or anything else."""
+def hub_error(
+    err: BaseException, source: HubSource, name: str, *, url: str | None = None
+) -> DataError:
+    """One line for a hub failure (of the repository, or of its file `url`): gated (how to get
+    access), missing, or anything else."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     where = f"sources.{name} ({source.path})"
@@ -237,8 +240,9 @@ def hub_error(err: BaseException, source: HubSource, name: str) -> DataError:
             f"{GATED_HINT.format(path=source.path)})"
         )
     return DataError(
-        f"{where}: cannot read {hub_repo_url(source)}: {type(err).__name__}: {err}. Without hub "
-        "access, copy the files into a folder with the same relative paths and set hub_root"
+        f"{where}: cannot read {url or hub_repo_url(source)}: {type(err).__name__}: {err}. "
+        "Without hub access, copy the files into a folder with the same relative paths and set "
+        "hub_root"
     )
 
 
@@ -257,7 +261,7 @@ def hub_file_documents(source: HubSource, url: str, name: str) -> Iterator[str]:
     except DataError:
         raise
     except Exception as err:
-        raise hub_error(err, source, name) from err
+        raise hub_error(err, source, name, url=url) from err
 
 
 def _hub_format(url: str) -> str | None:
@@ -266,17 +270,52 @@ def _hub_format(url: str) -> str | None:
 
 
 def _jsonl_rows(url: str, where: str) -> Iterator[dict[str, Any]]:
-    """Records of a JSON-lines file (zstd and gzip by suffix; zstd needs `zstandard`)."""
+    """Records of a JSON-lines file (.zst and .gz by suffix)."""
+    for number, line in enumerate(_lines(url, where), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}:{number}: not JSON ({err})") from None
+
+
+def _lines(url: str, where: str) -> Iterator[str]:
+    """Text lines of a file; zstd through `zstandard` with a check that the last frame ends
+    (a truncated download would otherwise end early without a word)."""
     import fsspec
 
-    with fsspec.open(url, "rt", encoding="utf-8", compression="infer") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}:{number}: not JSON ({err})") from None
+    if not url.endswith(".zst"):
+        with fsspec.open(url, "rt", encoding="utf-8", compression="infer") as text:
+            yield from text
+        return
+    with fsspec.open(url, "rb") as raw:
+        rest = b""
+        for chunk in _zstd_chunks(raw, where):
+            *lines, rest = (rest + chunk).split(b"\n")
+            yield from (line.decode("utf-8") for line in lines)
+        if rest:
+            yield rest.decode("utf-8")
+
+
+def _zstd_chunks(raw: Any, where: str) -> Iterator[bytes]:
+    """Decompressed bytes of a zstd file of one or more frames; a DataError if it ends inside
+    a frame."""
+    import zstandard
+
+    context = zstandard.ZstdDecompressor()
+    frame, in_frame = context.decompressobj(), False
+    while data := raw.read(1 << 20):
+        while data:
+            in_frame = True
+            yield frame.decompress(data)
+            if not frame.eof:
+                break
+            data, frame, in_frame = frame.unused_data, context.decompressobj(), False
+    if in_frame:
+        raise DataError(
+            f"{where}: the zstd data ends inside a frame (a truncated file?); fetch it again"
+        )
 
 
 def _parquet_rows(url: str, source: HubSource, where: str) -> Iterator[dict[str, Any]]:
