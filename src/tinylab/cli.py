@@ -386,7 +386,7 @@ def prepare_command(
         job = submit_prepare(
             data_cfg,
             out,
-            tasks=tasks or 1,
+            tasks=tasks,
             partition=slurm_partition,
             time=slurm_time,
             cpus_per_task=slurm_cpus,

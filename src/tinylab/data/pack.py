@@ -154,14 +154,14 @@ def submit_prepare(
     cfg: DataConfig,
     data_dir: Path,
     *,
-    tasks: int,
+    tasks: int | None,
     partition: str,
     time: str,
     cpus_per_task: int = 1,
     env_command: str | None = None,
 ) -> PrepareJob:
-    """The tokenizer here (in place), then the units as a SLURM job array of `tasks` tasks and
-    the index as one job after it (tinylab.data.distribute.submit_slurm); each task tokenizes
+    """The tokenizer here (in place), then the units as a SLURM job array of `tasks` tasks
+    (default: one per unit) and the index as one job after it (tinylab.data.distribute.submit_slurm); each task tokenizes
     with `cpus_per_task` processes."""
     data_dir = Path(data_dir)
     _make_writable_folder(data_dir)
