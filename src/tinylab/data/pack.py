@@ -161,8 +161,8 @@ def submit_prepare(
     env_command: str | None = None,
 ) -> PrepareJob:
     """The tokenizer here (in place), then the units as a SLURM job array of `tasks` tasks
-    (default: one per unit) and the index as one job after it (tinylab.data.distribute.submit_slurm); each task tokenizes
-    with `cpus_per_task` processes."""
+    (default: one per unit) and the index as one job after it
+    (tinylab.data.distribute.submit_slurm); each task tokenizes with `cpus_per_task` processes."""
     data_dir = Path(data_dir)
     _make_writable_folder(data_dir)
     recipe = tokenizer_recipe(cfg)
