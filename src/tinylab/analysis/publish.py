@@ -2,7 +2,7 @@
 
 The report notebook reads the run folder's files (never other notebooks' outputs); nbconvert
 renders it with the code hidden and images embedded, so report.html can be mailed or hosted as
-one file (only MathJax, for formulas, comes from a CDN).
+one file that opens offline (no script, style or font comes from the network).
 
     tinylab report outputs/runs/demo
 """
