@@ -1,13 +1,54 @@
 """Shared fixtures: a tiny params tree that tests copy and break; tiny prepared data and one
-CPU thread for the tests of tinylab.train."""
+CPU thread for the tests of tinylab.train; and a hermetic session: tinylab's cache and the
+homes of the tools the tests start (matplotlib, IPython, Jupyter, Hugging Face) live in one
+temporary folder, so the suite reaches no registry and writes nothing outside temporary
+folders. Tests marked `network` fetch from the real registries, into that temporary cache;
+they run only with TINYLAB_NETWORK_TESTS=1 and are reported as skipped otherwise."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from _train_fixtures import prepare_data
+
+NETWORK_OPT_IN = "TINYLAB_NETWORK_TESTS"
+_TOOL_HOMES = ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "HF_HOME", "XDG_CACHE_HOME")
+_session_home = Path(tempfile.mkdtemp(prefix="tinylab-tests-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module imports matplotlib: the tools' homes in the session folder."""
+    for name in _TOOL_HOMES:
+        os.environ[name] = str(_session_home / name.lower())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_session_home, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(NETWORK_OPT_IN) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"reaches PyPI and Debian; run with {NETWORK_OPT_IN}=1")
+    for item in items:
+        if "network" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tinylab_cache() -> Path:
+    """An empty $TINYLAB_CACHE for the whole session (never the user's ~/.cache/tinylab):
+    tests that need demo corpora or eval suites build small real-format ones in it."""
+    root = _session_home / "tinylab-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TINYLAB_CACHE", str(root))
+        yield root
+
 
 SMALL_MODEL = """\
 vocab_size: 300

