@@ -283,3 +283,14 @@ def test_a_second_tinylab_run_exits_2_naming_the_holder(tmp_path: Path) -> None:
     third = tinylab_in(root, "run", "params/pipelines/p.yaml")  # the killed run's lock is free
     assert third.returncode == 0, third.stderr
     assert third.stdout.splitlines()[-1].endswith(": 2 steps ran (a, b)")
+
+
+def test_a_run_shows_steps_and_outputs_without_papermill_chatter_or_kernel_warnings(
+    project: dict[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    _run(project, _pipeline(project, THREE_STEPS))
+    out, err = capfd.readouterr()
+    assert "[a] running" in out and "[c] done in" in out
+    for chatter in ("Executing Cell", "Ending Cell", "Input Notebook", "without encryption"):
+        assert chatter not in out + err
+    assert "\n\n" not in out

@@ -36,5 +36,8 @@ def execute_notebook(
         kernel_name="python3",
         log_output=log_output,
         progress_bar=False,
+        # the kernel's own log goes straight to the terminal: errors only, not the warning
+        # about TCP without encryption (its ports listen on 127.0.0.1) at every start
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     return output

@@ -27,7 +27,9 @@ import contextlib
 import fcntl
 import json
 import logging
+import re
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -385,11 +387,30 @@ def _save_step(run_dir: Path, manifest: dict[str, Any], name: str, record: dict[
         write_json_atomic(path, on_disk, indent=2)
 
 
+# Papermill's own bookkeeping and the plain-text stand-ins of figures and Markdown: the step's
+# prints, progress, warnings and tables are what a run shows
+_PAPERMILL_CHATTER = re.compile(
+    r"(Executing Cell|Ending Cell|Input Notebook|Output Notebook|Working directory"
+    r"|Executing notebook with kernel|<Figure size |<IPython\.core\.display\.)"
+)
+
+
+class _StepOutput(logging.Filter):
+    """Keeps a step's outputs, each line indented under its step, without blank lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage().strip("\n")
+        if not text.strip() or _PAPERMILL_CHATTER.match(text):
+            return False
+        record.msg, record.args = textwrap.indent(text, "  ", lambda line: bool(line.strip())), ()
+        return True
+
+
 def _configure_papermill_logging() -> None:
     logger = logging.getLogger("papermill")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("  %(message)s"))
+        handler.addFilter(_StepOutput())
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
