@@ -83,7 +83,8 @@ def test_bits_per_byte_per_domain(data) -> None:
     rows = {r["task"]: r for r in domain_perplexity(model, data, max_windows=4)}
     assert set(rows) == {"perplexity/code", "perplexity/english"}
     english = rows["perplexity/english"]
-    windows = np.stack([data.window("prose", i, "val") for i in range(4)])
+    refs = data.validation_windows(4)["english"]  # training's validation windows
+    windows = np.stack([data.window(source, i, "val") for source, i in refs])
     nats = float(window_nll(model, windows).mean())
     assert english["n"] == 4
     assert english["metrics"]["perplexity"] == pytest.approx(math.exp(nats), rel=1e-5)
@@ -104,3 +105,18 @@ def test_evaluate_checkpoint_adds_perplexity_rows_and_reuses_them(data, tmp_path
     assert all(r["kind"] == "perplexity" and r["n"] == 2 for r in first["results"])
     again = evaluate_checkpoint(hf_dir, cfg, tmp_path / "ev", name="b", data_dir=data.data_dir)
     assert again == first
+
+
+def test_perplexity_and_training_validation_read_the_same_windows(data) -> None:
+    """One definition of held-out bits per byte: tinylab eval's rows and a stage's validation
+    both measure PackedData.validation_windows, spread over the held-out split."""
+    last = data.num_windows("prose", "val") - 1
+    assert last > 1
+    assert data.validation_windows(2)["english"] == [("prose", 0), ("prose", last)]
+    model = build_model(TINY_MODEL, seed=0).eval()
+    row = {r["task"]: r for r in domain_perplexity(model, data, max_windows=2)}
+    windows = np.stack([data.window("prose", i, "val") for i in (0, last)])
+    expected = bits_per_byte(
+        float(window_nll(model, windows).mean()), data.bytes_per_token("english")
+    )
+    assert row["perplexity/english"]["value"] == pytest.approx(expected, rel=1e-6)

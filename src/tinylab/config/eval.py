@@ -161,7 +161,7 @@ class EvalConfig(Schema):
     humaneval: HumanEvalConfig | None = Field(None, description="null = skip HumanEval")
     perplexity: bool = Field(True, description="per-domain perplexity on held-out data")
     perplexity_max_windows: PositiveInt = Field(
-        64, description="held-out windows per source for perplexity"
+        64, description="held-out windows per domain for perplexity (as a stage's validation)"
     )
 
     @field_validator("tasks")

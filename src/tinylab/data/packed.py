@@ -109,6 +109,23 @@ class PackedData:
             raise DataError(f"domain {domain!r} has no held-out documents")
         return num_bytes / num_tokens
 
+    def validation_windows(self, max_windows: int) -> dict[str, list[tuple[str, int]]]:
+        """The held-out windows that measure each domain, for training's validation and
+        `tinylab eval`'s perplexity alike (so both give one number for one model): up to
+        `max_windows` (source, index) pairs per domain, spread evenly over each source."""
+        refs: dict[str, list[tuple[str, int]]] = {}
+        for domain in self.domains:
+            names = sorted(s for s, d in self.sources.items() if d == domain)
+            per_source = -(-max_windows // len(names))
+            picked = [
+                (name, int(i))
+                for name in names
+                for i in _spread(self.num_windows(name, "val"), per_source)
+            ]
+            if picked:
+                refs[domain] = picked[:max_windows]
+        return refs
+
     @property
     def domains(self) -> list[str]:
         return sorted(set(self.sources.values()))
@@ -134,6 +151,13 @@ class PackedData:
             path = self.data_dir / SHARDS_DIR / name
             self._maps[name] = np.memmap(path, dtype=self.dtype, mode="r")
         return self._maps[name]
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """Up to k indices spread evenly over range(n)."""
+    if n <= k:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
 
 
 def bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:

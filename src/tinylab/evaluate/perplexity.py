@@ -1,11 +1,11 @@
 """Perplexity and bits per byte per domain on the held-out windows of a prepared data folder.
 
-The windows come from the same held-out split training validates on (`PackedData.window(source,
-i, "val")`, seq_len+1 tokens, predicting tokens 1..seq_len): the first `max_windows` of each
-source, while training spreads its validation windows over the split, so the two agree within
-sampling error rather than exactly. Bits per byte is training's formula too
-(`tinylab.data.packed.bits_per_byte`: nats/token / ln 2 / the domain's held-out bytes per
-token), which makes tokenizers comparable. The trade-off: packed windows cut documents at
+The windows are the ones training validates on (`PackedData.validation_windows`: up to
+`max_windows` per domain spread evenly over the held-out split, seq_len+1 tokens, predicting
+tokens 1..seq_len), so with the stage's `validation.max_windows` this is the same number as
+the stage's last validation (the report's held-out bits per byte). Bits per byte is training's
+formula too (`tinylab.data.packed.bits_per_byte`: nats/token / ln 2 / the domain's held-out
+bytes per token), which makes tokenizers comparable. The trade-off: packed windows cut documents at
 arbitrary points, so early tokens of a window see a short context (slightly pessimistic against
 a sliding-window evaluation), in exchange for reading the exact bytes the training run held out.
 
@@ -45,17 +45,10 @@ def domain_perplexity(
     model: PreTrainedModel, data: PackedData, *, max_windows: int = 64, batch_size: int = 8
 ) -> list[dict]:
     """One row per domain: bits per byte (headline), perplexity, nats/token, windows used."""
-    by_domain: dict[str, list[np.ndarray]] = {}
-    for source, domain in sorted(data.sources.items()):
-        count = min(max_windows, data.num_windows(source, "val"))
-        if count:
-            windows = np.stack([data.window(source, i, "val") for i in range(count)])
-            by_domain.setdefault(domain, []).append(
-                window_nll(model, windows, batch_size=batch_size)
-            )
     rows = []
-    for domain, parts in sorted(by_domain.items()):
-        nll = np.concatenate(parts)
+    for domain, refs in sorted(data.validation_windows(max_windows).items()):
+        windows = np.stack([data.window(source, i, "val") for source, i in refs])
+        nll = window_nll(model, windows, batch_size=batch_size)
         bytes_per_token = data.bytes_per_token(domain)
         mean = float(nll.mean())
         stderr = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else None

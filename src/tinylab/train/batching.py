@@ -122,19 +122,7 @@ class MixtureWindows:
         return self.sampler.realized(start, stop)
 
     def validation(self, max_windows: int) -> dict[str, list[tuple[str, int]]]:
-        """Up to `max_windows` held-out windows per domain, spread evenly over each source."""
-        refs: dict[str, list[tuple[str, int]]] = {}
-        for domain in self.data.domains:
-            names = sorted(s for s, d in self.data.sources.items() if d == domain)
-            per_source = -(-max_windows // len(names))
-            picked = [
-                (name, int(i))
-                for name in names
-                for i in _spread(self.data.num_windows(name, "val"), per_source)
-            ]
-            if picked:
-                refs[domain] = picked[:max_windows]
-        return refs
+        return self.data.validation_windows(max_windows)
 
     def val_window(self, source: str, index: int) -> np.ndarray:
         return self.data.window(source, index, "val")
@@ -214,10 +202,3 @@ def to_batch(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, t
     if device.type == "cuda":
         tokens = tokens.pin_memory().to(device, non_blocking=True)
     return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-
-
-def _spread(n: int, k: int) -> list[int]:
-    """Up to k indices spread evenly over range(n)."""
-    if n <= k:
-        return list(range(n))
-    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
