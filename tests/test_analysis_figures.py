@@ -106,3 +106,70 @@ def test_stage_contribution_sign_follows_better(tmp_path: Path) -> None:
     heat = fig.axes[0]
     labels = [t.get_text() for t in heat.texts]
     assert labels == ["1.00", "-1.00"]  # lower bpb is an improvement, lower acc is not
+
+
+def _legend_colors(ax) -> dict[str, tuple]:
+    legend = ax.get_legend()
+    handles = getattr(legend, "legend_handles", None) or legend.legendHandles
+    return {
+        text.get_text(): tuple(
+            handle.get_color() if hasattr(handle, "get_xdata") else handle.get_facecolor()
+        )[:3]
+        for text, handle in zip(legend.get_texts(), handles, strict=True)
+    }
+
+
+def test_a_variant_has_one_colour_in_every_figure(metrics) -> None:
+    import matplotlib.colors as mcolors
+
+    def rgb(color) -> tuple:
+        return tuple(round(c, 3) for c in mcolors.to_rgb(color))
+
+    lines = {k: rgb(v) for k, v in _legend_colors(figures.loss_curves(metrics).axes[0]).items()}
+    assert set(lines) == {"base", "mathcode", "chinese"}
+    ours = pd.DataFrame(
+        [{"model": f"ours: {s}", "task": "arc_easy", "score": 30.0, "chance": 25.0}
+         for s in ("base", "continual-chinese", "cooldown-mathcode")]
+    )  # fmt: skip
+    paper = paper_commonsense()
+    bars = _legend_colors(
+        figures.benchmarks_vs_paper(ours, paper[paper["task"] == "arc_easy"]).axes[0]
+    )
+    assert rgb(bars["ours: base"]) == lines["base"]
+    assert rgb(bars["ours: cooldown-mathcode"]) == lines["mathcode"]
+    assert rgb(bars["ours: continual-chinese"]) != lines["chinese"]  # a lighter shade of it
+    speed = figures.throughput(metrics).axes[0]
+    by_stage = dict(
+        zip([t.get_text() for t in speed.get_yticklabels()], speed.patches, strict=True)
+    )
+    assert rgb(by_stage["cooldown-mathcode"].get_facecolor()) == lines["mathcode"]
+
+
+def test_phase_shading_has_no_gaps_and_is_named_once(metrics, validation) -> None:
+    """A stage logs its first step after its parent's last: the shading still has no gap."""
+    later = {"base": 0, "continual": 50, "cooldown": 100}
+    metrics = metrics.assign(tokens=metrics["tokens"] + metrics["phase"].map(later))
+    validation = validation.assign(tokens=validation["tokens"] + validation["phase"].map(later))
+    for fig in (figures.loss_curves(metrics), figures.validation_bits_per_byte(validation)):
+        spans = sorted(
+            (p.get_x(), p.get_x() + p.get_width())
+            for p in fig.axes[0].patches
+            if p.get_zorder() == 0
+        )
+        assert [stop for _, stop in spans[:-1]] == [start for start, _ in spans[1:]]
+        assert not fig.axes[0].texts  # no labels inside the panels
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+            "base",
+            "continual",
+            "cooldown",
+        ]
+
+
+def test_stage_contributions_legend_names_stages() -> None:
+    deltas = pd.DataFrame(
+        [{"variant": "mathcode", "stage": p, "measure": "bpb", "delta": -1.0, "better": "lower"}
+         for p in ("continual", "cooldown")]
+    )  # fmt: skip
+    legend = figures.stage_contributions(deltas).axes[1].get_legend()
+    assert legend.get_title().get_text() == "stage"
+    assert [t.get_text() for t in legend.get_texts()] == ["continual-mathcode", "cooldown-mathcode"]

@@ -5,16 +5,20 @@ writes it as PNG and SVG with deterministic bytes (same data, same file), so fig
 diffed and cached; `draw(run, name)` makes one of the report's FIGURES into RUN/figures/.
 
 Stage names follow `<phase>[-<variant>]` (base, continual-mathcode, cooldown-chinese, ...): the
-phase gives the background bands, the variant the colour.
+phase gives the background bands, the variant the colour, the same in every figure of a run
+(`variant_palette`; a continual stage is a lighter shade of its variant than the cooldown; the
+paper's rows are grey).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.patches import Patch
 
 from tinylab.analysis.reference import AVERAGE, beside_ours, paper_commonsense, paper_reference
 from tinylab.analysis.runs import Run, benchmark_table, stage_deltas
@@ -38,21 +42,47 @@ def _style() -> None:
     sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
 
 
-def _phase_bands(ax: plt.Axes, metrics: pd.DataFrame, *, labels: bool = True) -> None:
-    """Shade each phase's token span, labelled (when `labels`) inside the top of the axes."""
-    spans = metrics.groupby("phase", sort=False)["tokens"].agg(["min", "max"])
-    for phase, (start, stop) in spans.iterrows():
+def _phase_bands(ax: plt.Axes, metrics: pd.DataFrame) -> None:
+    """Shade each phase from its first logged tokens to the next phase's (no gaps between)."""
+    spans = metrics.groupby("phase", sort=False)["tokens"].agg(["min", "max"]).sort_values("min")
+    stops = [*spans["min"].iloc[1:], spans["max"].iloc[-1]]
+    for (phase, start), stop in zip(spans["min"].items(), stops, strict=True):
         ax.axvspan(start, stop, color=PHASE_COLORS.get(phase, "#eeeeee"), zorder=0, lw=0)
-        if labels:
-            ax.text(
-                start, 0.98, f" {phase}", transform=ax.get_xaxis_transform(), va="top", fontsize=8
-            )
+
+
+def _phase_legend(fig: plt.Figure, metrics: pd.DataFrame) -> None:
+    """The phases' shading named once for the figure, below it (no labels inside the panels,
+    which overlap where a panel is narrow)."""
+    phases = list(dict.fromkeys(metrics.sort_values("tokens")["phase"]))
+    handles = [Patch(color=PHASE_COLORS.get(p, "#eeeeee"), label=p) for p in phases]
+    fig.legend(
+        handles=handles, title="phase (shading)", loc="lower center", ncols=len(handles),
+        bbox_to_anchor=(0.5, 0), frameon=False, fontsize=8, title_fontsize=8,
+    )  # fmt: skip
+
+
+def variant_palette(variants: Iterable[str]) -> dict[str, tuple]:
+    """One colour per variant, the same in every figure: base first (its colour kept where a
+    figure has no base, as in stage contributions), then alphabetical."""
+    names = ["base", *sorted(set(variants) - {"base"})]
+    return dict(zip(names, sns.color_palette("colorblind", len(names)), strict=True))
+
+
+def stage_palette(stages: Iterable[str]) -> dict[str, tuple]:
+    """A colour per stage: its variant's (variant_palette), lighter for a continual stage."""
+    stages = list(dict.fromkeys(stages))
+    variant = {stage: stage.partition("-")[2] or stage for stage in stages}
+    palette = variant_palette(variant.values())
+    return {
+        stage: sns.set_hls_values(palette[variant[stage]], l=0.72)
+        if stage.startswith("continual-")
+        else palette[variant[stage]]
+        for stage in stages
+    }
 
 
 def _palette(frame: pd.DataFrame) -> dict[str, tuple]:
-    """One colour per variant, the same in every figure: base first, then alphabetical."""
-    names = sorted(frame["variant"].unique(), key=lambda v: (v != "base", v))
-    return dict(zip(names, sns.color_palette("colorblind", len(names)), strict=True))
+    return variant_palette(frame["variant"])
 
 
 def _ema(losses: pd.Series, fraction: float) -> pd.Series:
@@ -75,14 +105,16 @@ def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.1) -> plt.Figure:
     frame["loss (EMA)"] = frame.groupby("stage")["loss"].transform(lambda s: _ema(s, ema))
     palette = _palette(frame)
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True, height_ratios=[3, 1, 1])
-    _phase_bands(axes[0], frame)
+    for ax in axes:
+        _phase_bands(ax, frame)
     _stage_lines(frame, "loss", axes[0], palette, alpha=0.25, lw=0.8, legend=False)
     _stage_lines(frame, "loss (EMA)", axes[0], palette)
     axes[0].set_ylabel("training loss (nats/token)")
     _stage_lines(frame, "lr", axes[1], palette, legend=False)
     _stage_lines(frame, "grad_norm", axes[2], palette, legend=False)
     axes[2].set_xlabel("tokens seen (all stages)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    _phase_legend(fig, frame)
     return fig
 
 
@@ -97,12 +129,13 @@ def validation_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
     )
     for ax, domain in zip(axes[0], domains, strict=True):
         part = validation[validation["domain"] == domain].sort_values("tokens")
-        _phase_bands(ax, part, labels=ax is axes[0][0])
+        _phase_bands(ax, part)
         _stage_lines(part, "bpb", ax, palette, marker="o", ms=3, legend=ax is axes[0][-1])
         ax.set_title(domain, pad=4)
         ax.set_ylabel("bits per byte" if ax is axes[0][0] else "")
         ax.set_xlabel("tokens seen")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _phase_legend(fig, validation)
     return fig
 
 
@@ -113,8 +146,8 @@ def stage_contributions(deltas: pd.DataFrame) -> plt.Figure:
     _style()
     frame = deltas.copy()
     frame["gain"] = frame["delta"].where(frame["better"] == "higher", -frame["delta"])
-    frame["column"] = frame["variant"] + ": " + frame["stage"]
-    table = frame.pivot_table(index="measure", columns="column", values="gain", sort=False)
+    frame["stage"] = frame["stage"] + "-" + frame["variant"]  # the stage's own name
+    table = frame.pivot_table(index="measure", columns="stage", values="gain", sort=False)
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(table) + 2.5), width_ratios=[1, 1.2])
     limit = max(float(table.abs().max().max()), 1e-9)
     sns.heatmap(
@@ -130,7 +163,8 @@ def stage_contributions(deltas: pd.DataFrame) -> plt.Figure:
     )
     axes[0].set_xlabel("")
     axes[0].set_ylabel("")
-    sns.barplot(frame, y="measure", x="gain", hue="column", ax=axes[1], orient="h")
+    sns.barplot(frame, y="measure", x="gain", hue="stage", ax=axes[1], orient="h",
+                palette=stage_palette(frame["stage"]), saturation=1)  # fmt: skip
     axes[1].axvline(0, color="black", lw=0.8)
     axes[1].set_xlabel("improvement caused by the stage")
     axes[1].set_ylabel("")
@@ -145,7 +179,8 @@ def benchmarks_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame) -> plt.Figure:
     frame = pd.concat([ours.assign(source="this run"), paper.assign(source="paper")])
     tasks = list(dict.fromkeys(frame["task"]))
     fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(tasks)), 4.2))
-    sns.barplot(frame, x="task", y="score", hue="model", order=tasks, ax=ax)
+    sns.barplot(frame, x="task", y="score", hue="model", order=tasks, ax=ax,
+                palette=_model_palette(ours["model"], paper["model"]), saturation=1)  # fmt: skip
     chance = frame.groupby("task")["chance"].first().reindex(tasks)
     for i, level in enumerate(chance):
         ax.hlines(level, i - 0.45, i + 0.45, colors="black", linestyles="--", lw=1)
@@ -156,6 +191,17 @@ def benchmarks_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame) -> plt.Figure:
     ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     return fig
+
+
+def _model_palette(ours: Iterable[str], paper: Iterable[str]) -> dict[str, tuple]:
+    """Our models ("ours: <stage>") in their stages' colours, the paper's in greys."""
+    ours, paper = list(dict.fromkeys(ours)), list(dict.fromkeys(paper))
+    stages = stage_palette(name.removeprefix("ours: ") for name in ours)
+    greys = sns.color_palette("Greys", len(paper) + 2)[2:]
+    return {
+        **{name: stages[name.removeprefix("ours: ")] for name in ours},
+        **dict(zip(paper, greys, strict=True)),
+    }
 
 
 def reference_rows(reference: pd.DataFrame, ours: pd.DataFrame) -> plt.Figure:
@@ -170,7 +216,12 @@ def reference_rows(reference: pd.DataFrame, ours: pd.DataFrame) -> plt.Figure:
     v10 = average[average["model"].str.startswith("TinyLlama v1.0")].sort_values("tokens")
     axes[0].plot(v10["tokens"], v10["score"], "o-", color="grey", label="TinyLlama v1.0 (paper)")
     others = average[~average["model"].isin(v10["model"])]
-    sns.scatterplot(others, x="tokens", y="score", hue="model", style="source", s=80, ax=axes[0])
+    palette = _model_palette(
+        frame.loc[frame["source"] == "this run", "model"],
+        frame.loc[frame["source"] == "paper", "model"],
+    )
+    sns.scatterplot(others, x="tokens", y="score", hue="model", style="source", s=80, ax=axes[0],
+                    palette=palette)  # fmt: skip
     axes[0].set_xlabel("tokens seen")
     axes[0].set_ylabel("commonsense average (%)")
     axes[0].legend(fontsize=7)
@@ -187,10 +238,12 @@ def throughput(metrics: pd.DataFrame) -> plt.Figure:
     _style()
     frame = metrics.groupby("stage", sort=False)[["tokens_per_s", "mfu"]].median().reset_index()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    sns.barplot(frame, y="stage", x="tokens_per_s", ax=axes[0], orient="h")
+    colors = {"hue": "stage", "palette": stage_palette(frame["stage"]), "legend": False,
+              "saturation": 1}  # fmt: skip
+    sns.barplot(frame, y="stage", x="tokens_per_s", ax=axes[0], orient="h", **colors)
     axes[0].set_xlabel("tokens/s (median over steps)")
     if frame["mfu"].notna().any():
-        sns.barplot(frame, y="stage", x="mfu", ax=axes[1], orient="h")
+        sns.barplot(frame, y="stage", x="mfu", ax=axes[1], orient="h", **colors)
         axes[1].set_xlabel("MFU (median over steps)")
     else:
         axes[1].text(0.5, 0.5, "MFU not defined on CPU", ha="center", va="center")
