@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session", autouse=True)
-def tinylab_cache() -> Path:
+def tinylab_cache() -> Iterator[Path]:
     """An empty $TINYLAB_CACHE for the whole session (never the user's ~/.cache/tinylab):
     tests that need demo corpora or eval suites build small real-format ones in it."""
     root = _session_home / "tinylab-cache"
