@@ -13,11 +13,14 @@ from tinylab.config.loader import Schema
 class TokenizerConfig(Schema):
     """Where the tokenizer comes from."""
 
-    kind: Literal["hub", "path", "train"] = Field(
-        description="hub: AutoTokenizer from a hub id; path: a local folder; train: byte-fallback "
-        "BPE trained on the stage corpora"
+    kind: Literal["hub", "path", "gguf", "train"] = Field(
+        description="hub: AutoTokenizer from a hub id; path: a local folder; gguf: a "
+        "sentencepiece vocabulary in a GGUF file (default Llama-2's, from the llama-cpp-python "
+        "sdist); train: byte-fallback BPE trained on the stage corpora"
     )
-    name_or_path: str | None = Field(None, description="hub id or folder (hub and path kinds)")
+    name_or_path: str | None = Field(
+        None, description="hub id or folder (hub and path kinds); GGUF file (gguf kind, optional)"
+    )
     vocab_size: PositiveInt | None = Field(None, description="vocabulary size (train kind)")
     train_bytes_per_source: PositiveInt = Field(
         4_000_000, description="text bytes per source (training split) the BPE is trained on"

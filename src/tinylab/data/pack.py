@@ -368,6 +368,8 @@ def make_tokenizer(
     if cfg.tokenizer.kind == "train":
         texts = _tokenizer_training_texts(cfg, progress=progress)
         toks.save_trained(toks.train_tokenizer(texts, vocab_size=cfg.tokenizer.vocab_size), folder)
+    elif cfg.tokenizer.kind == "gguf":
+        toks.save_gguf(cfg.tokenizer, folder)
     else:
         toks.fetch_pretrained(cfg.tokenizer, folder)
     write_json_atomic(folder / RECIPE_FILE, recipe)

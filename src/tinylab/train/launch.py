@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text, not a widget: the bar also reaches papermill logs
 
 from tinylab.config.loader import (
     PROJECT_ROOT,

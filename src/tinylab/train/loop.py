@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text, not a widget: the bar also reaches papermill logs
 
 from tinylab.config.loader import dump_config
 from tinylab.config.stage import OptimConfig, ParallelConfig, StageConfig
