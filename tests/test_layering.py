@@ -14,7 +14,7 @@ from tinylab.provenance import SourceTree, imports_in
 TREE = SourceTree()  # the import graph that code records use too
 FLOORS = [
     {"errors", "files", "layout", "provenance", "config", "notebook", "cache"},
-    {"model"},
+    {"model", "release"},
     {"data"},
     {"train"},
     {"evaluate"},

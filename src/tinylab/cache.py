@@ -86,6 +86,32 @@ def pypi_sdist(
     return target
 
 
+def pypi_wheel(
+    name: str, version: str, *, downloads: Path | None = None, progress: bool = True
+) -> Path:
+    """The wheel of name==version in the downloads folder, `pip download`ed once (for packages
+    that ship data only as a wheel, e.g. the release stand-in's GGUF)."""
+    downloads = downloads or downloads_dir()
+    found = sorted(downloads.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    if found:
+        return found[0]
+    requirement = f"{name}=={version}"
+    hint = (
+        "check the network or a PyPI mirror (PIP_INDEX_URL), or put the wheel into the cache by "
+        f"hand (`pip download --no-deps {requirement} -d {downloads}`) and run again"
+    )
+    _say(progress, f"downloading {requirement} (pip download) into {downloads}")
+    with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+        _run([*command, "--quiet", requirement, "-d", tmp], cwd=downloads, what="pip download",
+             hint=hint)  # fmt: skip
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise FetchError(f"`pip download {requirement}` left no wheel; {hint}")
+        os.replace(wheels[0], downloads / wheels[0].name)
+    return downloads / wheels[0].name
+
+
 def _legacy_pip(downloads: Path, progress: bool) -> list[str]:
     """`python -m pip`, or under pip >= 26 pip LEGACY_PIP run from its wheel (fetched once)."""
     if int(importlib.metadata.version("pip").split(".")[0]) < 26:

@@ -13,14 +13,18 @@ from tinylab.config.loader import Schema
 class TokenizerConfig(Schema):
     """Where the tokenizer comes from."""
 
-    kind: Literal["hub", "path", "gguf", "train"] = Field(
+    kind: Literal["hub", "path", "gguf", "train", "release"] = Field(
         description="hub: AutoTokenizer from a hub id; path: a local folder; gguf: a "
         "sentencepiece vocabulary in a GGUF file (default Llama-2's, from the llama-cpp-python "
-        "sdist); train: byte-fallback BPE trained on the stage corpora"
+        "sdist); train: byte-fallback BPE trained on the stage corpora; release: a released "
+        "checkpoint's (tinylab.release)"
     )
     name_or_path: str | None = Field(
-        None, description="hub id or folder (hub and path kinds); GGUF file (gguf kind, optional)"
+        None,
+        description="hub id or folder (hub and path kinds); GGUF file (gguf kind, optional); the "
+        "release (release kind)",
     )
+    revision: str | None = Field(None, description="hub revision of the release (release kind)")
     vocab_size: PositiveInt | None = Field(None, description="vocabulary size (train kind)")
     train_bytes_per_source: PositiveInt = Field(
         4_000_000, description="text bytes per source (training split) the BPE is trained on"
@@ -28,7 +32,7 @@ class TokenizerConfig(Schema):
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> TokenizerConfig:
-        if self.kind in ("hub", "path") and not self.name_or_path:
+        if self.kind in ("hub", "path", "release") and not self.name_or_path:
             raise ValueError(f"tokenizer kind {self.kind!r} needs name_or_path")
         if self.kind == "train" and self.vocab_size is None:
             raise ValueError("tokenizer kind 'train' needs vocab_size")

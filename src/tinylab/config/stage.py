@@ -65,9 +65,23 @@ class ScheduleConfig(Schema):
 
 
 class InitFrom(Schema):
-    """Which parent stage a stage starts from, and what it carries over."""
+    """Where a stage starts: a parent stage in the same run, or a released checkpoint (a hub
+    id at a revision, a local HF folder, or the offline stand-in; tinylab.release), and what it
+    carries over."""
 
-    stage: str = Field(description="name of the parent stage in the same run")
+    stage: str | None = Field(None, description="name of the parent stage in the same run")
+    release: str | None = Field(
+        None,
+        description="a released Llama instead of a parent stage: hub id (owner/name), local HF "
+        "folder, or smollm2-135m-instruct (the offline stand-in); its architecture and tokenizer "
+        "are the stage's",
+    )
+    revision: str | None = Field(None, description="hub revision (git ref) of `release`")
+    tokens: NonNegativeInt = Field(
+        0,
+        description="schedule position of `release`: tokens it has seen (e.g. 1.5e12 for "
+        "TinyLlama_v1.1's base), so the stage continues the cosine from there",
+    )
     carry: list[Literal["weights", "optimizer", "schedule"]] = Field(
         ["weights", "optimizer", "schedule"],
         description="weights; optimizer state; schedule position (step and tokens seen)",
@@ -79,6 +93,27 @@ class InitFrom(Schema):
         if "optimizer" in carry and "weights" not in carry:
             raise ValueError("carrying 'optimizer' state without 'weights' is meaningless")
         return carry
+
+    @model_validator(mode="before")
+    @classmethod
+    def _release_carries_no_optimizer(cls, value: Any) -> Any:
+        """A release has no AdamW state: its default carry is [weights, schedule]."""
+        if isinstance(value, dict) and value.get("release") is not None:
+            value = {"carry": ["weights", "schedule"], **value}
+        return value
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> InitFrom:
+        if (self.stage is None) == (self.release is None):
+            raise ValueError("give exactly one of stage (a parent stage) or release")
+        if self.release is None and (self.revision is not None or self.tokens):
+            raise ValueError("revision and tokens belong to a release, not a parent stage")
+        if self.release is not None and "optimizer" in self.carry:
+            raise ValueError(
+                f"release {self.release!r} has no optimizer state to carry; carry [weights, "
+                "schedule] or [weights]"
+            )
+        return self
 
 
 class CheckpointConfig(Schema):
@@ -220,7 +255,11 @@ class StageConfig(Schema):
     params_kind: ClassVar[str] = "stages"
 
     name: str = Field(description="stage name, unique within a pipeline")
-    model: ModelConfig = Field(description="a models preset name, a .yaml path, or inline")
+    model: ModelConfig | None = Field(
+        None,
+        description="a models preset name, a .yaml path, or inline; null only with "
+        "init_from.release (the architecture is the release's, tinylab.release.resolve_stage)",
+    )
     data: DataConfig = Field(description="a data params name, a .yaml path, or inline")
     mixture: dict[str, NonNegativeFloat] = Field(
         min_length=1, description="sampling weights by source name (normalised)"
@@ -233,7 +272,9 @@ class StageConfig(Schema):
     )
     optim: OptimConfig
     schedule: ScheduleConfig
-    init_from: InitFrom | None = Field(None, description="parent stage; null = from scratch")
+    init_from: InitFrom | None = Field(
+        None, description="parent stage or released checkpoint; null = from scratch"
+    )
     adapter: AdapterConfig | None = Field(
         None, description="null = train all weights; lora (or a mapping) = a LoRA adapter only"
     )
@@ -302,7 +343,9 @@ class StageConfig(Schema):
                 f"ramp.tokens ({self.ramp.tokens}) exceeds max_tokens ({self.max_tokens}): "
                 "the ramp must end within the stage"
             )
-        if self.data.seq_len > self.model.max_position_embeddings:
+        if self.model is None and (self.init_from is None or self.init_from.release is None):
+            raise ValueError("model is required (only a stage from a release takes its model)")
+        if self.model is not None and self.data.seq_len > self.model.max_position_embeddings:
             raise ValueError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_position_embeddings "
                 f"({self.model.max_position_embeddings})"

@@ -345,6 +345,8 @@ def tokenizer_recipe(cfg: DataConfig) -> dict[str, Any]:
     """What makes the tokenizer (its params; for a trained one also the sources and the split),
     with its digest: a tokenizer folder is reused when its recorded digest matches."""
     recipe: dict[str, Any] = {"tokenizer": cfg.tokenizer.model_dump(mode="json")}
+    if recipe["tokenizer"]["revision"] is None:  # as before releases: prepared tokenizers hold
+        del recipe["tokenizer"]["revision"]
     if cfg.tokenizer.kind == "train":
         recipe["sources"] = {n: source_signature(s, name=n) for n, s in cfg.sources.items()}
         recipe["split"] = [cfg.seed, cfg.validation_fraction]

@@ -39,6 +39,7 @@ from tokenizers import (
     trainers,
 )
 
+from tinylab import release
 from tinylab.cache import cache_root, pypi_sdist
 from tinylab.config.data import TokenizerConfig
 from tinylab.config.loader import project_path
@@ -197,11 +198,14 @@ def save_gguf(cfg: TokenizerConfig, folder: Path) -> Path:
 
 
 def fetch_pretrained(cfg: TokenizerConfig, folder: Path) -> Path:
-    """Copy a hub or local tokenizer into `folder` through AutoTokenizer (fast tokenizer only)."""
+    """Copy a hub, local or release tokenizer into `folder` through AutoTokenizer (fast only)."""
     from transformers import AutoTokenizer
 
+    source = cfg.name_or_path
+    if cfg.kind == "release":
+        source = release.local_folder(cfg.name_or_path, cfg.revision)
     try:
-        tok = AutoTokenizer.from_pretrained(cfg.name_or_path)
+        tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise DataError(
             f"tokenizer.name_or_path = {cfg.name_or_path!r}: cannot load it with "

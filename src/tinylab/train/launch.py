@@ -38,6 +38,7 @@ from tinylab.errors import UserError
 from tinylab.files import hold_lock
 from tinylab.layout import RunLayout, StageResult, last_metric
 from tinylab.model import with_resolved_attention
+from tinylab.release import resolve_stage
 from tinylab.train.batching import BatchPlan
 from tinylab.train.loop import live_postfix, run_stage
 from tinylab.train.parallel import check_parallel
@@ -59,7 +60,7 @@ def train_stage(
     through `launcher` (a torchrun command prefix spanning nodes). Relative paths are resolved
     against the project root, so notebooks/ and the root agree. `resume`, `discard`, `accept`:
     as for run_stage."""
-    stage = load_stage(stage_params, overrides)
+    stage = resolve_stage(load_stage(stage_params, overrides))
     run_dir = project_path(run_dir)
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc}: must be >= 1 (processes on this node)")

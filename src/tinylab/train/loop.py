@@ -46,6 +46,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm import tqdm  # text, not a widget: the bar also reaches papermill logs
 
+from tinylab import release
 from tinylab.config.loader import dump_config
 from tinylab.config.stage import OptimConfig, ParallelConfig, StageConfig
 from tinylab.data.packed import bits_per_byte
@@ -53,6 +54,7 @@ from tinylab.errors import UserError
 from tinylab.files import hold_lock, remove_orphans
 from tinylab.layout import RunLayout, StageLayout, StageResult, read_metrics
 from tinylab.model import build_model, flops_per_token, save_hf, with_resolved_attention
+from tinylab.release import local_folder, resolve_stage
 from tinylab.train import lora
 from tinylab.train.batching import BatchPlan, WindowSource, open_windows, to_batch
 from tinylab.train.checkpoint import (
@@ -78,6 +80,7 @@ from tinylab.train.parallel import (
 )
 from tinylab.train.schedule import lr_at
 from tinylab.train.start import (
+    ReleaseWeights,
     StartPlan,
     WeightsSource,
     adapter_record,
@@ -107,6 +110,7 @@ def run_stage(
     """Train one stage in `run_dir` (this process, or one rank of a torchrun job). `resume`
     False starts over, moving the old outputs aside until the first checkpoint (`discard`:
     deleting them at once); `accept`: params fields a resume may change on purpose."""
+    stage = resolve_stage(stage)
     stage = stage.model_copy(update={"model": with_resolved_attention(stage.model)})
     ctx = init_distributed(stage.parallel)
     try:
@@ -363,10 +367,18 @@ def build(
 
 
 def load_weights(model: nn.Module, weights: WeightsSource, ctx: Distributed) -> None:
-    """Load `weights` into a plain (unwrapped, unsharded) Llama: the first checkpoint's full
-    weights, then each adapter of the chain applied, loaded and merged in."""
-    first, *adapters = weights.chain
-    load_checkpoint(first.path, model=model, optimizer=None, ctx=ctx, restore_rng=False)
+    """Load `weights` into a plain (unwrapped, unsharded) Llama: a release's weights, or the
+    first checkpoint's full weights (the release under the chain, if any), then each adapter of
+    the chain applied, loaded and merged in."""
+    if isinstance(weights, ReleaseWeights):
+        release.load_weights(model, local_folder(weights.release, weights.revision))
+        return
+    if weights.root is not None:
+        load_weights(model, weights.root, ctx)
+        adapters = weights.chain
+    else:
+        first, *adapters = weights.chain
+        load_checkpoint(first.path, model=model, optimizer=None, ctx=ctx, restore_rng=False)
     for checkpoint in adapters:
         wrapped = lora.apply(model, recorded_adapter(checkpoint))
         load_checkpoint(

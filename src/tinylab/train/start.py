@@ -2,7 +2,9 @@
 
 A stage starts from scratch, resumes its own latest checkpoint, or starts from its parent
 stage's last checkpoint (`init_from`), carrying what `init_from.carry` names: the weights, the
-AdamW state, the schedule position (step and tokens since the first stage). An adapter stage
+AdamW state, the schedule position (step and tokens since the first stage). A stage may instead
+start from a released HF checkpoint (`init_from.release`, tinylab.release): its weights, and
+`init_from.tokens` as the schedule position; no optimizer state. An adapter stage
 (`adapter: lora`) trains on its parent's weights, fresh or resumed; a parent that trained an
 adapter hands on its merged weights, rebuilt from the chain of checkpoints under it (each
 adapter checkpoint names the one it trained on). `find_start` reads the folders once
@@ -41,15 +43,24 @@ from tinylab.train.checkpoint import (
 
 
 @dataclass(frozen=True)
+class ReleaseWeights:
+    """A released HF checkpoint (tinylab.release.local_folder(release, revision))."""
+
+    release: str
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
 class CheckpointWeights:
-    """Weights rebuilt from checkpoints: the first holds full weights, each next one an adapter
-    trained on the one before it, merged in turn."""
+    """Weights rebuilt from checkpoints: the first holds full weights (or, with `root`, the
+    release does), each next one an adapter trained on the one before it, merged in turn."""
 
     chain: tuple[Checkpoint, ...]
+    root: ReleaseWeights | None = None
 
 
-# Where a stage's starting weights come from; a released HF checkpoint will be one more kind.
-WeightsSource = CheckpointWeights
+# Where a stage's starting weights come from.
+WeightsSource = CheckpointWeights | ReleaseWeights
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,7 @@ class StartPlan:
     step: int = 0  # schedule position: optimizer steps since the first stage
     tokens: int = 0  # ... and tokens since the first stage
     parent: Checkpoint | None = None  # the parent checkpoint the stage starts (started) from
-    adapter_base: Checkpoint | None = None  # the checkpoint an adapter stage trains on
+    adapter_base: Checkpoint | ReleaseWeights | None = None  # what an adapter stage trains on
     skipped: tuple[tuple[Path, str], ...] = ()  # own checkpoints not whole, newer than resume_from
     changes: dict[str, list[Any]] | None = None  # accepted changes since resume_from: [old, new]
 
@@ -70,6 +81,10 @@ class StartPlan:
         """One line for the log."""
         if self.resume_from is not None:
             return f"resuming from {self.resume_from.path.name} (step {self.step})"
+        if isinstance(self.weights_from, ReleaseWeights):
+            release = self.weights_from
+            at = f"@{release.revision}" if release.revision else ""
+            return f"starting from release {release.release}{at} (tokens {self.tokens:,})"
         if self.parent is not None:
             return (
                 f"starting from parent {self.parent.stage}/{self.parent.path.name} "
@@ -87,6 +102,7 @@ class Found:
     parent_dir: Path | None = None  # where the parent's checkpoints are (for messages)
     bases: tuple[Checkpoint, ...] = ()  # under an adapter parent: its base, that one's base, ...
     missing_base: Path | None = None  # the base the last adapter checkpoint names, if gone
+    root: ReleaseWeights | None = None  # the release under the chain of adapters, if any
     skipped: tuple[tuple[Path, str], ...] = ()  # own checkpoints passed over: (path, why)
 
 
@@ -125,7 +141,7 @@ def read_checkpoints(
     those in `skip`), its parent's latest checkpoint, and the chain of checkpoints under an
     adapter parent."""
     own, skipped = _newest_whole(run, name, skip) if resume else (None, ())
-    if init_from is None:
+    if init_from is None or init_from.release is not None:
         return Found(own=own, skipped=skipped)
     parent = _latest(run, init_from.stage)
     if parent is not None and (why := damage(parent.path)) is not None:
@@ -137,6 +153,12 @@ def read_checkpoints(
     top = parent
     while top is not None and top.adapter is not None:
         base = top.adapter["base"]
+        if "release" in base:
+            root = ReleaseWeights(base["release"], base.get("revision"))
+            return Found(
+                own, parent, run.stage(init_from.stage).checkpoints, tuple(bases), None, skipped,
+                root,
+            )  # fmt: skip
         path = run.stage(base["stage"]).checkpoints / base["checkpoint"]
         if not path.is_dir():
             return Found(
@@ -184,6 +206,8 @@ def plan_start(
 ) -> StartPlan:
     """Decide where stage `name` starts from what `found` holds; pure (no I/O)."""
     own, parent = found.own, found.parent
+    if init_from is not None and init_from.release is not None:
+        return _plan_release(name, model=model, init_from=init_from, adapter=adapter, own=own)
     if own is not None:
         check_model(own, model)
         _check_same_kind(name, own, adapter)
@@ -234,6 +258,32 @@ def plan_start(
     )
 
 
+def _plan_release(
+    name: str,
+    *,
+    model: ModelConfig,
+    init_from: InitFrom,
+    adapter: AdapterConfig | None,
+    own: Checkpoint | None,
+) -> StartPlan:
+    """A stage from a release: its own checkpoint when resuming (an adapter stage reloads the
+    release under it), else the release's weights at `init_from.tokens`."""
+    release = ReleaseWeights(init_from.release, init_from.revision)
+    base = release if adapter is not None else None
+    if own is not None:
+        check_model(own, model)
+        _check_same_kind(name, own, adapter)
+        state = own.state
+        return StartPlan(resume_from=own, weights_from=base, step=state.step,
+                         tokens=state.tokens, adapter_base=base)  # fmt: skip
+    carry = init_from.carry
+    return StartPlan(
+        weights_from=release if "weights" in carry else None,
+        tokens=init_from.tokens if "schedule" in carry else 0,
+        adapter_base=base,
+    )
+
+
 def _check_same_kind(name: str, own: Checkpoint, adapter: AdapterConfig | None) -> None:
     """ConfigError when the own checkpoint holds an adapter and the params train full weights,
     or the other way round."""
@@ -257,7 +307,7 @@ def _weights(found: Found) -> CheckpointWeights:
             "the merged weights cannot be rebuilt without it (retrain that stage's parent chain "
             "in this run folder)"
         )
-    return CheckpointWeights((*reversed(found.bases), found.parent))
+    return CheckpointWeights((*reversed(found.bases), found.parent), found.root)
 
 
 def recorded_adapter(checkpoint: Checkpoint) -> AdapterConfig:
@@ -265,10 +315,11 @@ def recorded_adapter(checkpoint: Checkpoint) -> AdapterConfig:
     return AdapterConfig(**checkpoint.adapter["config"])
 
 
-def adapter_record(adapter: AdapterConfig, base: Checkpoint) -> dict[str, Any]:
-    """What an adapter stage's checkpoint meta records (`adapter`): the adapter and its base,
-    which `read_checkpoints` follows."""
-    return {
-        "config": adapter.model_dump(mode="json"),
-        "base": {"stage": base.stage, "checkpoint": base.path.name},
-    }
+def adapter_record(adapter: AdapterConfig, base: Checkpoint | ReleaseWeights) -> dict[str, Any]:
+    """What an adapter stage's checkpoint meta records (`adapter`): the adapter and its base (a
+    checkpoint, or a release), which `read_checkpoints` follows."""
+    if isinstance(base, ReleaseWeights):
+        where = {"release": base.release, "revision": base.revision}
+    else:
+        where = {"stage": base.stage, "checkpoint": base.path.name}
+    return {"config": adapter.model_dump(mode="json"), "base": where}
