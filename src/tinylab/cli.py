@@ -178,10 +178,24 @@ def run_command(
             "transformers, lm-eval versions); they are marked stale in the manifest.",
         ),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan (steps, token budgets, schedule positions, the paper row beside "
+            "each evaluation); run nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Run a pipeline's notebooks with Papermill into outputs/runs/<run-id>/, skipping steps that
     finished with the same notebook, params and library code."""
     from tinylab.pipeline import run_pipeline
+
+    if dry_run:
+        from tinylab.analysis.plan import pipeline_plan
+
+        typer.echo(pipeline_plan(pipeline).to_string(index=False))
+        return
 
     done = run_pipeline(
         pipeline,
@@ -195,11 +209,26 @@ def run_command(
 
 @app.command("eval")
 def eval_command(
-    hf_dir: Annotated[Path, typer.Argument(help="Exported HF model folder (stages/<stage>/hf).")],
-    params: Annotated[Path, typer.Option("--params", help="Eval params (params/eval/).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for <name>.json and samples.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="An HF model folder (stages/<stage>/hf, or a downloaded release), a hub id "
+            "(owner/name), or smollm2-135m-instruct (the offline stand-in)."
+        ),
+    ],
+    params: Annotated[Path, typer.Option("--params", help="Eval params (params/eval/).")] = Path(
+        "params/eval/paper.yaml"
+    ),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for <name>.json and samples; default outputs/eval."),
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="Hub revision of a hub id (default main).")
+    ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Checkpoint name; default: the stage folder's name.")
+        str | None,
+        typer.Option(help="Checkpoint name; default: the stage folder's or the release's name."),
     ] = None,
     data_dir: Annotated[
         Path | None,
@@ -207,21 +236,38 @@ def eval_command(
     ] = None,
     overrides: SetOption = None,
 ) -> None:
-    """Evaluate a checkpoint (benchmarks, HumanEval, perplexity); reuses results on disk."""
+    """Evaluate a checkpoint or a released model (benchmarks, HumanEval, perplexity) with the
+    paper's suite by default; for a release the paper reports, its row beside ours. Reuses
+    results on disk."""
+    from tinylab.analysis.reference import RELEASE_ROWS, beside_ours
     from tinylab.evaluate import evaluate_checkpoint, scores_table
+    from tinylab.release import is_release_ref, local_folder
 
     eval_cfg = load_config(params, EvalConfig, overrides=overrides or [])
-    hf_dir = hf_dir.resolve()
-    if not (hf_dir / "config.json").is_file():
-        raise UserError(f"{hf_dir}: not an HF model folder (no config.json)")
+    if is_release_ref(model):
+        hf_dir, default_name = local_folder(model, revision), model.replace("/", "__")
+    else:
+        hf_dir = Path(model).resolve()
+        if not (hf_dir / "config.json").is_file():
+            raise UserError(f"{hf_dir}: not an HF model folder (no config.json)")
+        default_name = hf_dir.parent.name
     run = RunLayout.of_hf_dir(hf_dir)
     if data_dir is None and run is not None and run.data_index.is_file():
         data_dir = run.data
+    name = name or default_name
     results = evaluate_checkpoint(
-        hf_dir, eval_cfg, out, name=name or hf_dir.parent.name, data_dir=data_dir
+        hf_dir, eval_cfg, out or Path("outputs/eval"), name=name, data_dir=data_dir
     )
     table = scores_table(results)
     typer.echo(table.drop(columns=["kind"]).to_string(index=False, float_format="%.4f"))
+    row = RELEASE_ROWS.get((model, revision or "main"))
+    if row is not None:
+        typer.echo(f"\nbeside the paper's row {row!r} (docs/PAPER.md, 'Reported results'), %:")
+        beside = beside_ours(table.assign(stage=name), {name: row}).drop(columns="stage")
+        typer.echo(beside.to_string(index=False, float_format="%.2f"))
+    elif is_release_ref(model):
+        known = ", ".join(f"{m}@{r}" for m, r in RELEASE_ROWS)
+        typer.echo(f"\nthe paper reports no row for {model}@{revision or 'main'} (rows: {known})")
 
 
 @app.command("report")

@@ -140,14 +140,15 @@ def _intermediate(tokens: float) -> str:
     return f"TinyLlama v1.0 ({size})"
 
 
-def beside_ours(evals: pd.DataFrame) -> pd.DataFrame:
+def beside_ours(evals: pd.DataFrame, references: dict[str, str] = STAGE_REFERENCE) -> pd.DataFrame:
     """Our score of every task the paper reports for the checkpoint a stage reproduces
-    (STAGE_REFERENCE), beside the paper's: stage, paper model, task, paper (%), ours (%),
-    difference (ours - paper, points) and our stderr (points). The commonsense average is ours
+    (`references`: stage -> paper model; STAGE_REFERENCE, or a release's RELEASE_ROWS row),
+    beside the paper's: stage, paper model, task, paper (%), ours (%), difference (ours - paper,
+    points) and our stderr (points). The commonsense average is ours
     only when all seven tasks were scored (its stderr from theirs, as independent)."""
     reference = paper_reference()
     rows = []
-    for stage, model in STAGE_REFERENCE.items():
+    for stage, model in references.items():
         ours = evals[evals["stage"] == stage].set_index("task")
         if ours.empty:
             continue
@@ -163,3 +164,15 @@ def beside_ours(evals: pd.DataFrame) -> pd.DataFrame:
                 rows.append([stage, model, paper.task, paper.score, value, value - paper.score,
                              stderr])  # fmt: skip
     return pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
+
+
+# The released checkpoints behind the rows above, by (hub id, revision): the rows `tinylab eval`
+# puts beside a released model's scores. The hub ids are those of the model cards (docs/PAPER.md,
+# opening paragraph); the revision is assumed to be the one the cards' numbers came from (main).
+RELEASE_ROWS = {
+    ("EleutherAI/pythia-1b", "main"): "Pythia-1.0B",
+    ("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "main"): "TinyLlama v1.0 (3T)",
+    ("TinyLlama/TinyLlama_v1.1", "main"): "TinyLlama v1.1",
+    ("TinyLlama/TinyLlama_v1.1_math_code", "main"): "TinyLlama v1.1 Math&Code",
+    ("TinyLlama/TinyLlama_v1.1_chinese", "main"): "TinyLlama v1.1 Chinese",
+}

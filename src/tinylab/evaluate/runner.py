@@ -32,6 +32,7 @@ from tinylab.evaluate.results import ResultStore, model_identity
 from tinylab.evaluate.sandbox import INTERPRETER, sandbox_mode
 from tinylab.layout import RunLayout
 from tinylab.model import load_hf
+from tinylab.release import local_folder
 
 
 class _Model:
@@ -156,13 +157,16 @@ def evaluate_stage(
     stage: str,
     *,
     overrides: list[str] | tuple[str, ...] = (),
+    release: str | None = None,
+    revision: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Evaluate a run's stage export (`<run>/stages/<stage>/hf`) into `<run>/eval/<stage>.json`,
-    with perplexity on `<run>/data` when it exists. Relative paths are relative to the repo."""
+    """Evaluate a run's stage export (`<run>/stages/<stage>/hf`), or a released model under the
+    name `stage` (`release`, `revision`: tinylab.release), into `<run>/eval/<stage>.json`, with
+    perplexity on `<run>/data` when it exists. Relative paths are relative to the repo."""
     run = RunLayout(project_path(run_dir))
     cfg = load_config(project_path(eval_params), EvalConfig, overrides=list(overrides))
-    hf_dir = run.stage(stage).hf
+    hf_dir = run.stage(stage).hf if release is None else local_folder(release, revision)
     if not (hf_dir / "config.json").is_file():
         raise EvalError(f"{hf_dir}: no exported model; train stage {stage!r} of this run first")
     return evaluate_checkpoint(
