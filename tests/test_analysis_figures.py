@@ -106,6 +106,8 @@ def test_stage_contribution_sign_follows_better(tmp_path: Path) -> None:
     heat = fig.axes[0]
     labels = [t.get_text() for t in heat.texts]
     assert labels == ["1.00", "-1.00"]  # lower bpb is an improvement, lower acc is not
+    with_stderr = figures.stage_contributions(deltas.assign(stderr=[float("nan"), 0.5]))
+    assert [t.get_text() for t in with_stderr.axes[0].texts] == ["1.00", "-1.00\n±0.50"]
 
 
 def _legend_colors(ax) -> dict[str, tuple]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,8 @@ def test_stage_deltas_follow_the_lineage(run_dir: Path) -> None:
     deltas = stage_deltas(load_run(run_dir)).set_index(["stage", "measure"])
     assert deltas.loc[("continual", "code bpb"), "delta"] == pytest.approx(-0.5)
     assert deltas.loc[("cooldown", "arc_easy"), "delta"] == pytest.approx(0.05)
+    assert deltas.loc[("cooldown", "arc_easy"), "stderr"] == pytest.approx(0.01 * 2**0.5)
+    assert math.isnan(deltas.loc[("continual", "code bpb"), "stderr"])  # validation: no stderr
     assert deltas.loc[("continual", "boolq"), "delta"] == pytest.approx(0.0)
     assert set(deltas["variant"]) == {"code"}
     # held-out bits per byte counts once (from validation), with lower = better

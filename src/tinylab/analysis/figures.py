@@ -12,6 +12,7 @@ paper's rows are grey).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -141,19 +142,25 @@ def validation_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
 
 def stage_contributions(deltas: pd.DataFrame) -> plt.Figure:
     """The change each stage causes in every score and domain loss, per variant: a heatmap of
-    signed deltas and bars of the same. Needs columns variant, stage, measure, delta, better
-    ('higher' or 'lower')."""
+    signed deltas (with ± their stderr where the deltas have a `stderr` column) and bars of the
+    same. Needs columns variant, stage, measure, delta, better ('higher' or 'lower')."""
     _style()
     frame = deltas.copy()
     frame["gain"] = frame["delta"].where(frame["better"] == "higher", -frame["delta"])
     frame["stage"] = frame["stage"] + "-" + frame["variant"]  # the stage's own name
     table = frame.pivot_table(index="measure", columns="stage", values="gain", sort=False)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(table) + 2.5), width_ratios=[1, 1.2])
+    frame["label"] = [
+        f"{g:.2f}" + (f"\n±{e:.2f}" if pd.notna(e) else "")
+        for g, e in zip(frame["gain"], frame.get("stderr", [math.nan] * len(frame)), strict=True)
+    ]
+    labels = frame.pivot(index="measure", columns="stage", values="label")
+    labels = labels.reindex(index=table.index, columns=table.columns)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.6 * len(table) + 2.5), width_ratios=[1, 1.2])
     limit = max(float(table.abs().max().max()), 1e-9)
     sns.heatmap(
         table,
-        annot=True,
-        fmt=".2f",
+        annot=labels.to_numpy(),
+        fmt="",
         cmap="RdBu",
         vmin=-limit,
         vmax=limit,

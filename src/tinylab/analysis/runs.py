@@ -12,6 +12,7 @@ error, never a silent zero. Paths and records come from `tinylab.layout`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,22 +146,26 @@ def final_scores(run: Run) -> pd.DataFrame:
     """One value per (stage, measure): each task's headline score (higher is better) and each
     domain's last validation bits per byte (lower is better)."""
     rows = [  # held-out bits per byte comes from training's validation below, not twice
-        {"stage": r.stage, "measure": r.task, "value": r.value, "better": "higher"}
+        {"stage": r.stage, "measure": r.task, "value": r.value, "stderr": r.stderr,
+         "better": "higher"}
         for r in run.evals.itertuples()
         if r.metric != "bits_per_byte"
-    ]
+    ]  # fmt: skip
     rows += [
-        {"stage": r.stage, "measure": f"{r.domain} bpb", "value": r.bpb, "better": "lower"}
+        {"stage": r.stage, "measure": f"{r.domain} bpb", "value": r.bpb, "stderr": None,
+         "better": "lower"}
         for r in final_validation(run).itertuples()
-    ]
-    return pd.DataFrame(rows, columns=["stage", "measure", "value", "better"])
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["stage", "measure", "value", "stderr", "better"])
 
 
 def stage_deltas(run: Run) -> pd.DataFrame:
     """What each stage changed, per variant: value after the stage minus value after its parent,
-    for every measure both have. Columns variant, stage (phase), measure, delta, better."""
+    for every measure both have, with the stderr of that difference (the two scores' stderrs in
+    quadrature; NaN where a score has none). Columns variant, stage (phase), measure, delta,
+    stderr, better. A stage only evaluated (a released base) counts too."""
     scores = final_scores(run).set_index(["stage", "measure"])
-    stages = sorted({*run.metrics["stage"]})
+    stages = sorted({*run.metrics["stage"], *run.evals["stage"]})
     rows = []
     for variant in variants(stages):
         chain = lineage(stages, variant)
@@ -172,16 +177,19 @@ def stage_deltas(run: Run) -> pd.DataFrame:
                     scores.loc[(child, measure), "value"] - scores.loc[(parent, measure), "value"]
                 )
                 better = scores.loc[(child, measure), "better"]
+                errors = [scores.loc[(s, measure), "stderr"] for s in (child, parent)]
+                stderr = math.hypot(*map(float, errors)) if all(pd.notna(errors)) else math.nan
                 rows.append(
                     {
                         "variant": variant,
                         "stage": child.partition("-")[0],
                         "measure": measure,
                         "delta": float(delta),
+                        "stderr": stderr,
                         "better": better,
                     }
                 )
-    return pd.DataFrame(rows, columns=["variant", "stage", "measure", "delta", "better"])
+    return pd.DataFrame(rows, columns=["variant", "stage", "measure", "delta", "stderr", "better"])
 
 
 def benchmark_table(run: Run) -> pd.DataFrame:
