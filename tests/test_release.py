@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from _train_fixtures import curve, new_run, run_module, train_records, write_corpora
+from _train_fixtures import MODEL, curve, new_run, run_module, train_records, write_corpora
 
 from tinylab.analysis.plan import pipeline_plan
 from tinylab.analysis.reference import RELEASE_ROWS, beside_paper
@@ -98,6 +98,22 @@ def test_plan_from_a_release_starts_at_its_tokens_and_resumes_its_own() -> None:
     no_schedule = stage(init_from={"carry": ["weights"]}).init_from
     plan = plan_start("x", model=None, init_from=no_schedule, adapter=None, found=Found())
     assert plan.tokens == 0
+
+
+def test_recipe_of_a_stage_start_is_as_before_releases() -> None:
+    """A checkpoint saved before releases existed resumes: its recorded recipe names no release."""
+    from tinylab.train.checkpoint import training_recipe
+
+    start = {"stage": "base", "release": None, "tokens": 0}
+    child = StageConfig.model_validate(deep_merge(STAGE, {"init_from": start}) | {"model": MODEL})
+    recipe = training_recipe(child, None)
+    assert recipe["init_from"] == {"stage": "base", "carry": ["weights", "optimizer", "schedule"]}
+    assert "release" in training_recipe(resolve_stage_free(), None)["init_from"]
+
+
+def resolve_stage_free() -> StageConfig:
+    """The release stage with a model given (no stand-in needed)."""
+    return StageConfig.model_validate(deep_merge(STAGE, {"model": MODEL}))
 
 
 # -- bad inputs: one message each ------------------------------------------------------------
@@ -217,7 +233,9 @@ def test_stand_in_stage_resumes_bitwise_after_sigkill(tmp_path, standin_data, on
     config = tmp_path / "stage.yaml"
     config.write_text(dump_config(cfg))
     reference = new_run(tmp_path, standin_data, "reference")
-    run_stage(cfg, reference, progress=False)
+    unsaved = cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={
+        "every_steps": None, "at_end": False})})  # fmt: skip
+    run_stage(unsaved, reference, progress=False)  # the same steps, no 1.6 GB saves
     killed = new_run(tmp_path, standin_data, "killed")
     proc = run_module(config, killed, fault="kill-after-step:3")  # checkpoint at step 2
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -296,3 +314,40 @@ def test_ours_beside_the_paper_row() -> None:
     assert table.loc["hellaswag", "ours - paper"] == pytest.approx(-1.47)
     assert table.loc["hellaswag", "stderr"] == pytest.approx(0.5)
     assert pd.isna(table.loc["piqa", "ours"])  # not evaluated: no difference made up
+
+
+def test_tinylab_eval_of_an_unreachable_hub_id_is_one_line(monkeypatch, tmp_path) -> None:
+    from huggingface_hub import constants
+    from typer.testing import CliRunner
+
+    from tinylab.cli import app
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", "tinylab-test/no-such-model", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "'tinylab-test/no-such-model' (revision main)" in result.output
+    assert "local folder" in result.output and not out.exists()
+
+
+def test_stage_contributions_from_an_evaluated_release() -> None:
+    """The release is evaluated, not trained here: its benchmark deltas come from its eval, its
+    held-out bpb from the child's validation at the child's start (the release's weights)."""
+    from tinylab.analysis.runs import Run, stage_deltas
+
+    val = [("continual-zh", "chinese", 0, 3.0), ("continual-zh", "chinese", 64, 2.75)]
+    evals = [("base", 0.50, 0.08), ("continual-zh", 0.60, 0.06)]
+    run = Run(
+        run_dir=Path("."), manifest={}, stages={},
+        metrics=pd.DataFrame({"stage": ["continual-zh"]}),
+        validation=pd.DataFrame(val, columns=["stage", "domain", "tokens", "bpb"]),
+        evals=pd.DataFrame(
+            [{"stage": s, "task": "zh_sentiment", "metric": "acc", "value": v, "stderr": e}
+             for s, v, e in evals]
+        ),
+    )  # fmt: skip
+    deltas = stage_deltas(run).set_index("measure")
+    assert deltas.loc["zh_sentiment", "delta"] == pytest.approx(0.10)
+    assert deltas.loc["zh_sentiment", "stderr"] == pytest.approx(0.10)  # hypot(0.08, 0.06)
+    assert deltas.loc["chinese bpb", "delta"] == pytest.approx(-0.25)
+    assert set(deltas["variant"]) == {"zh"} and set(deltas["stage"]) == {"continual"}

@@ -163,30 +163,35 @@ def stage_deltas(run: Run) -> pd.DataFrame:
     """What each stage changed, per variant: value after the stage minus value after its parent,
     for every measure both have, with the stderr of that difference (the two scores' stderrs in
     quadrature; NaN where a score has none). Columns variant, stage (phase), measure, delta,
-    stderr, better. A stage only evaluated (a released base) counts too."""
+    stderr, better. A parent only evaluated, not trained here (a released base), counts too: its
+    held-out bits per byte is its child's validation at the child's start (the same weights)."""
     scores = final_scores(run).set_index(["stage", "measure"])
-    stages = sorted({*run.metrics["stage"], *run.evals["stage"]})
+    trained = {*run.metrics["stage"]}
+    first = run.validation.sort_values("tokens").groupby(["stage", "domain"]).head(1)
+    starts = {(r.stage, f"{r.domain} bpb"): r.bpb for r in first.itertuples()}
+    stages = sorted(trained | {*run.evals["stage"]})
     rows = []
     for variant in variants(stages):
         chain = lineage(stages, variant)
         for parent, child in zip(chain, chain[1:], strict=False):
             for measure in scores.loc[child].index:
-                if (parent, measure) not in scores.index:
+                if (parent, measure) in scores.index:
+                    before = scores.loc[(parent, measure), ["value", "stderr"]].tolist()
+                elif parent not in trained and (child, measure) in starts:
+                    before = [starts[(child, measure)], math.nan]
+                else:
                     continue
-                delta = (
-                    scores.loc[(child, measure), "value"] - scores.loc[(parent, measure), "value"]
-                )
-                better = scores.loc[(child, measure), "better"]
-                errors = [scores.loc[(s, measure), "stderr"] for s in (child, parent)]
+                after = scores.loc[(child, measure), ["value", "stderr"]].tolist()
+                errors = [after[1], before[1]]
                 stderr = math.hypot(*map(float, errors)) if all(pd.notna(errors)) else math.nan
                 rows.append(
                     {
                         "variant": variant,
                         "stage": child.partition("-")[0],
                         "measure": measure,
-                        "delta": float(delta),
+                        "delta": float(after[0] - before[0]),
                         "stderr": stderr,
-                        "better": better,
+                        "better": scores.loc[(child, measure), "better"],
                     }
                 )
     return pd.DataFrame(rows, columns=["variant", "stage", "measure", "delta", "stderr", "better"])

@@ -214,6 +214,10 @@ def training_recipe(stage: StageConfig, parent: Checkpoint | None) -> dict[str, 
     recipe["model"].pop("attention", None)  # a kernel choice, not a different model
     if recipe.get("adapter") is None:  # full training: the recipe of checkpoints before adapters
         recipe.pop("adapter", None)
+    init = recipe.get("init_from")
+    if init is not None and init["release"] is None:  # from a stage: as before releases existed
+        for key in ("release", "revision", "tokens"):
+            init.pop(key)
     if parent is not None:
         recipe["parent"] = {
             "checkpoint": parent.path.name,
