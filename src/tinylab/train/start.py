@@ -102,8 +102,8 @@ class Found:
     parent_dir: Path | None = None  # where the parent's checkpoints are (for messages)
     bases: tuple[Checkpoint, ...] = ()  # under an adapter parent: its base, that one's base, ...
     missing_base: Path | None = None  # the base the last adapter checkpoint names, if gone
-    root: ReleaseWeights | None = None  # the release under the chain of adapters, if any
     skipped: tuple[tuple[Path, str], ...] = ()  # own checkpoints passed over: (path, why)
+    root: ReleaseWeights | None = None  # the release under the chain of adapters, if any
 
 
 def find_start(
