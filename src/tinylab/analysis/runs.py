@@ -126,8 +126,9 @@ def load_evals(eval_dir: Path) -> pd.DataFrame:
 
 
 def lineage(stages: list[str], variant: str) -> list[str]:
-    """The stages a variant passes through, in order, among those present."""
-    wanted = ["base", f"continual-{variant}", f"cooldown-{variant}"]
+    """The stages a variant passes through, in order, among those present; a run that starts
+    from a released model scored as `release` (not the paper's base) starts there."""
+    wanted = ["release", "base", f"continual-{variant}", f"cooldown-{variant}"]
     return [name for name in wanted if name in stages]
 
 
