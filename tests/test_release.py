@@ -112,6 +112,16 @@ def test_recipe_of_a_stage_start_is_as_before_releases() -> None:
     assert "release" in training_recipe(resolve_stage_free(), None)["init_from"]
 
 
+def test_tokenizer_recipe_names_a_revision_only_for_a_release() -> None:
+    """A data folder prepared before releases existed keeps its tokenizer (same digest)."""
+    from tinylab.data.pack import tokenizer_recipe
+
+    hub = deep_merge(DATA, {"tokenizer": {"kind": "hub", "name_or_path": "o/m"}})
+    assert "revision" not in tokenizer_recipe(DataConfig.model_validate(hub))["tokenizer"]
+    pinned = deep_merge(DATA, {"tokenizer": {"revision": "v1"}})
+    assert tokenizer_recipe(DataConfig.model_validate(pinned))["tokenizer"]["revision"] == "v1"
+
+
 def resolve_stage_free() -> StageConfig:
     """The release stage with a model given (no stand-in needed)."""
     return StageConfig.model_validate(deep_merge(STAGE, {"model": MODEL}))
