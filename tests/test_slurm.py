@@ -361,7 +361,7 @@ def _wait_checkpoint(run_dir: Path, at_least: int, timeout_s: float = 90) -> Non
 
 def _outputs(run_dir: Path) -> dict[str, str]:
     """What the steps wrote (run-specific bookkeeping excluded)."""
-    skip = {"manifest.json", ".manifest.lock", "count.starts"}
+    skip = {"manifest.json", ".manifest.lock", ".run.lock", "count.starts"}
     return {
         str(p.relative_to(run_dir)): p.read_text()
         for p in sorted(run_dir.rglob("*"))
