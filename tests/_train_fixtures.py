@@ -94,10 +94,10 @@ def write_corpora(root: Path) -> None:
     (root / "corpus" / "code" / "a.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def prepare_data(root: Path) -> Path:
-    """Prepared data of the tiny corpora under `root`/data."""
+def prepare_data(root: Path, data_params: dict | None = None) -> Path:
+    """Prepared data of the tiny corpora under `root`/data (data params: DATA unless given)."""
     write_corpora(root)
-    data = deep_merge(DATA, {})
+    data = deep_merge(DATA if data_params is None else data_params, {})
     for source in data["sources"].values():
         source["paths"] = [str(root / p) for p in source["paths"]]
     prepare(DataConfig.model_validate(data), root / "data", progress=False)

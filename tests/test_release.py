@@ -14,14 +14,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from _train_fixtures import MODEL, curve, new_run, run_module, train_records, write_corpora
+from _train_fixtures import MODEL, curve, new_run, prepare_data, run_module, train_records
 
 from tinylab.analysis.plan import pipeline_plan
 from tinylab.analysis.reference import RELEASE_ROWS, beside_ours
 from tinylab.config.data import DataConfig
 from tinylab.config.loader import deep_merge, dump_config
 from tinylab.config.stage import InitFrom, StageConfig
-from tinylab.data import prepare
 from tinylab.release import (
     STAND_IN,
     ReleaseError,
@@ -190,13 +189,7 @@ def test_a_local_folder_gives_its_architecture_tied_or_not(tmp_path) -> None:
 @pytest.fixture(scope="module")
 def standin_data(tmp_path_factory) -> Path:
     """The tiny corpora tokenized with the stand-in's tokenizer."""
-    root = tmp_path_factory.mktemp("release-data")
-    write_corpora(root)
-    data = deep_merge(DATA, {})
-    for source in data["sources"].values():
-        source["paths"] = [str(root / p) for p in source["paths"]]
-    prepare(DataConfig.model_validate(data), root / "data", progress=False)
-    return root / "data"
+    return prepare_data(tmp_path_factory.mktemp("release-data"), DATA)
 
 
 def first_val(run: Path, name: str) -> float:
