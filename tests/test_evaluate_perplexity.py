@@ -12,6 +12,7 @@ import pytest
 import torch
 from _evaluate_fixtures import TINY_MODEL
 
+from tinylab.analysis.effects import window_bpb
 from tinylab.config.data import DataConfig
 from tinylab.config.eval import EvalConfig
 from tinylab.data.packed import bits_per_byte
@@ -80,7 +81,7 @@ def test_window_nll_equals_the_models_own_loss() -> None:
 
 def test_bits_per_byte_per_domain(data) -> None:
     model = build_model(TINY_MODEL, seed=0).eval()
-    rows = {r["task"]: r for r in domain_perplexity(model, data, max_windows=4)}
+    rows = {r["task"]: r for r, _ in domain_perplexity(model, data, max_windows=4)}
     assert set(rows) == {"perplexity/code", "perplexity/english"}
     english = rows["perplexity/english"]
     refs = data.validation_windows(4)["english"]  # training's validation windows
@@ -100,11 +101,36 @@ def test_bits_per_byte_per_domain(data) -> None:
 def test_evaluate_checkpoint_adds_perplexity_rows_and_reuses_them(data, tmp_path: Path) -> None:
     hf_dir = save_hf(build_model(TINY_MODEL, seed=0), tmp_path / "hf")
     cfg = EvalConfig(perplexity_max_windows=2, device="cpu")
-    first = evaluate_checkpoint(hf_dir, cfg, tmp_path / "ev", name="b", data_dir=data.data_dir)
+    first = evaluate_checkpoint(hf_dir, cfg, tmp_path / "eval", name="b", data_dir=data.data_dir)
     assert [r["task"] for r in first["results"]] == ["perplexity/code", "perplexity/english"]
     assert all(r["kind"] == "perplexity" and r["n"] == 2 for r in first["results"])
-    again = evaluate_checkpoint(hf_dir, cfg, tmp_path / "ev", name="b", data_dir=data.data_dir)
+    again = evaluate_checkpoint(hf_dir, cfg, tmp_path / "eval", name="b", data_dir=data.data_dir)
     assert again == first
+    # the windows behind each row are stored beside it, one samples line per window
+    windows = window_bpb(tmp_path, "b", "code")  # tmp_path/eval: a run folder's eval/
+    assert windows.index.tolist() == [f"{s}/{i}" for s, i in data.validation_windows(2)["code"]]
+    assert windows.mean() == pytest.approx(first["results"][0]["value"], rel=1e-6)
+
+
+def test_per_window_records_add_up_to_the_domains_bits_per_byte(data) -> None:
+    """The per-window values a bootstrap resamples reproduce the reported aggregate: the mean of
+    the windows' bpb and sum(nats) / sum(bytes) / ln 2 are the domain's bpb, each window's id
+    is its (source, index) and its nats the window's mean loss times seq_len (equal to float32
+    rounding: the reported mean is taken over the float32 losses, as before)."""
+    model = build_model(TINY_MODEL, seed=0).eval()
+    for row, windows in domain_perplexity(model, data, max_windows=4):
+        domain = row["task"].partition("/")[2]
+        refs = data.validation_windows(4)[domain]
+        assert [w["window"] for w in windows] == [f"{s}/{i}" for s, i in refs]
+        assert len(windows) == row["n"] == 4
+        assert all(w["tokens"] == data.seq_len for w in windows)
+        nll = window_nll(model, np.stack([data.window(s, i, "val") for s, i in refs]))
+        assert [w["nats"] for w in windows] == pytest.approx(nll * data.seq_len, rel=1e-6)
+        assert np.mean([w["bits_per_byte"] for w in windows]) == pytest.approx(
+            row["value"], rel=1e-6
+        )
+        ratio = sum(w["nats"] for w in windows) / sum(w["bytes"] for w in windows) / math.log(2)
+        assert ratio == pytest.approx(row["value"], rel=1e-6)
 
 
 def test_perplexity_and_training_validation_read_the_same_windows(data) -> None:
@@ -114,7 +140,7 @@ def test_perplexity_and_training_validation_read_the_same_windows(data) -> None:
     assert last > 1
     assert data.validation_windows(2)["english"] == [("prose", 0), ("prose", last)]
     model = build_model(TINY_MODEL, seed=0).eval()
-    row = {r["task"]: r for r in domain_perplexity(model, data, max_windows=2)}
+    row = {r["task"]: r for r, _ in domain_perplexity(model, data, max_windows=2)}
     windows = np.stack([data.window("prose", i, "val") for i in (0, last)])
     expected = bits_per_byte(
         float(window_nll(model, windows).mean()), data.bytes_per_token("english")

@@ -308,7 +308,7 @@ def _run_perplexity(cfg: EvalConfig, store: ResultStore, model: _Model, data_dir
         model.model(), data, max_windows=cfg.perplexity_max_windows, batch_size=cfg.batch_size
     )
     elapsed = time.perf_counter() - start
-    for row in rows:
+    for row, windows in rows:
         row.update(
             kind="perplexity",
             protocol="tinylab",
@@ -319,6 +319,6 @@ def _run_perplexity(cfg: EvalConfig, store: ResultStore, model: _Model, data_dir
             seconds=elapsed,
             settings=settings,
         )
-        store.put(row)
+        store.put(row, windows)
     store.write()
-    return [row["task"] for row in rows]
+    return [row["task"] for row, _ in rows]
