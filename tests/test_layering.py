@@ -2,7 +2,7 @@
 inside functions included): a module imports only from its own floor or the floors below,
 
     bottom (errors, files, layout, provenance, config, notebook, cache) < model < data < train
-    < evaluate < analysis < pipeline < cluster < cli
+    < evaluate < analysis < pipeline (and sweep) < cluster < cli
 
 so nothing below imports pipeline or cli, and analysis reads runs through tinylab.layout, never
 through the trainer."""
@@ -19,7 +19,7 @@ FLOORS = [
     {"train"},
     {"evaluate"},
     {"analysis"},
-    {"pipeline"},
+    {"pipeline", "sweep"},
     {"cluster"},
     {"cli"},
 ]

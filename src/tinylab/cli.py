@@ -186,11 +186,28 @@ def run_command(
             "each evaluation); run nothing.",
         ),
     ] = False,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sweep",
+            help="STEP.key=v1,v2,...: one run per value under outputs/runs/<run-id or "
+            "pipeline-sweep>/<point>/ (repeatable: the grid is the product), steps that are the "
+            "same at several points run once and shared, then a comparison report; with "
+            "--dry-run, the points and what each shares.",
+        ),
+    ] = None,
 ) -> None:
     """Run a pipeline's notebooks with Papermill into outputs/runs/<run-id>/, skipping steps that
     finished with the same notebook, params and library code."""
     from tinylab.pipeline import run_pipeline
 
+    if sweep:
+        from tinylab.sweep import plan_sweep, run_sweep
+
+        planned = plan_sweep(pipeline, sweep, run_id=run_id, overrides=overrides or [])
+        typer.echo(planned.describe() if dry_run else run_sweep(
+            planned, from_step=from_step, keep_stale=keep_stale).summary())  # fmt: skip
+        return
     if dry_run:
         from tinylab.analysis.plan import pipeline_plan
 

@@ -28,10 +28,11 @@ import fcntl
 import json
 import logging
 import re
+import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,6 +118,10 @@ class PipelineRun:
         return f"run {self.manifest['run_id']} in {self.wall_s:.0f} s: {done}{skipped}"
 
 
+# carries out one step's decision in a run folder, recording it in the manifest
+StepAction = Callable[[PlannedStep, Decision, Path, dict[str, Any]], None]
+
+
 def run_pipeline(
     pipeline_path: Path | str,
     *,
@@ -127,10 +132,13 @@ def run_pipeline(
     runs_dir: Path = RUNS_DIR,
     notebooks_dir: Path = NOTEBOOKS_DIR,
     source_dir: Path = SOURCE_DIR,
+    apply: StepAction | None = None,
 ) -> PipelineRun:
-    """Run (or resume) a pipeline under the run folder's lock. Raises StepFailed on the first
-    failing step, after recording it in the manifest; files.LockHeld (naming the holder) while
-    another run holds the folder's RUN/.run.lock, which a killed run's successor takes over."""
+    """Run (or resume) a pipeline under the run folder's lock; `apply` carries out each step's
+    decision (default apply_decision; a sweep's shares steps between runs). Raises StepFailed on
+    the first failing step, after recording it in the manifest; files.LockHeld (naming the
+    holder) while another run holds the folder's RUN/.run.lock, which a killed run's successor
+    takes over."""
     started = time.perf_counter()
     pipeline_path = Path(pipeline_path)
     pipeline = load_config(pipeline_path, PipelineConfig)
@@ -146,13 +154,19 @@ def run_pipeline(
         forced = _steps_from(pipeline, from_step) if from_step else set()
         decisions = decide_steps(plan, manifest, forced=forced, keep_stale=keep_stale)
         for name, planned in plan.items():
-            decision = decisions[name]
-            if decision.action == "run":
-                execute_step(planned, run_dir, manifest, reason=decision.reason)
-            else:
-                _log(f"[{name}] skipped: {decision.reason}")
-                _mark_stale(run_dir, manifest, name, decision)
+            (apply or apply_decision)(planned, decisions[name], run_dir, manifest)
     return PipelineRun(manifest, decisions, wall_s=time.perf_counter() - started)
+
+
+def apply_decision(
+    planned: PlannedStep, decision: Decision, run_dir: Path, manifest: dict[str, Any]
+) -> None:
+    """Run the step when the decision says so; else say why not and record its staleness."""
+    if decision.action == "run":
+        execute_step(planned, run_dir, manifest, reason=decision.reason)
+    else:
+        _log(f"[{planned.step.name}] skipped: {decision.reason}")
+        _mark_stale(run_dir, manifest, planned.step.name, decision)
 
 
 def decide_steps(
@@ -321,6 +335,9 @@ def execute_step(
 
     name = planned.step.name
     output = RunLayout(run_dir).notebooks / f"{name}.ipynb"
+    # outputs taken from another run (a sweep's links): this run writes its own, never into that
+    shared = manifest["steps"].get(name, {}).get("shared_from", {})
+    remove_outputs(run_dir, shared.get("paths", []))
     record = {
         "status": "running",
         "notebook": str(output.relative_to(run_dir)),
@@ -333,7 +350,7 @@ def execute_step(
         "code": planned.code,
         "started": _now(),
     }
-    _save_step(run_dir, manifest, name, record)
+    save_step(run_dir, manifest, name, record)
     _log(f"[{name}] running {planned.notebook.name}" + (f" ({reason})" if reason else ""))
     start = time.perf_counter()
     try:
@@ -342,7 +359,7 @@ def execute_step(
     except PapermillExecutionError as err:
         record.update(status="failed", seconds=round(time.perf_counter() - start, 2))
         record["error"] = f"{err.ename}: {err.evalue}"
-        _save_step(run_dir, manifest, name, record)
+        save_step(run_dir, manifest, name, record)
         raise StepFailed(
             f"step {name!r} failed in cell {err.exec_count} of {planned.notebook.name}:\n"
             f"{err.ename}: {err.evalue}\nexecuted notebook: {output}"
@@ -350,7 +367,7 @@ def execute_step(
     except BaseException as err:  # a dead kernel, Ctrl-C, an I/O error: record, then stop
         record.update(status="failed", seconds=round(time.perf_counter() - start, 2))
         record["error"] = f"{type(err).__name__}: {err}"
-        _save_step(run_dir, manifest, name, record)
+        save_step(run_dir, manifest, name, record)
         if not isinstance(err, Exception):
             raise
         raise StepFailed(f"step {name!r} stopped: {record['error']}") from err
@@ -359,8 +376,18 @@ def execute_step(
 
         notebook_to_html(output, run_dir / planned.step.html)
     record.update(status="done", seconds=round(time.perf_counter() - start, 2), finished=_now())
-    _save_step(run_dir, manifest, name, record)
+    save_step(run_dir, manifest, name, record)
     _log(f"[{name}] done in {record['seconds']:.1f} s")
+
+
+def remove_outputs(run_dir: Path, paths: list[str]) -> None:
+    """Remove files and folders of the run (paths relative to it), those that are there."""
+    for relative in paths:
+        path = run_dir / relative
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _mark_stale(run_dir: Path, manifest: dict[str, Any], name: str, decision: Decision) -> None:
@@ -373,10 +400,11 @@ def _mark_stale(run_dir: Path, manifest: dict[str, Any], name: str, decision: De
         record.pop("stale", None)
     else:
         record["stale"] = stale
-    _save_step(run_dir, manifest, name, record)
+    save_step(run_dir, manifest, name, record)
 
 
-def _save_step(run_dir: Path, manifest: dict[str, Any], name: str, record: dict[str, Any]) -> None:
+def save_step(run_dir: Path, manifest: dict[str, Any], name: str, record: dict[str, Any]) -> None:
+    """Record a step in `manifest` and, merged under the manifest lock, in RUN/manifest.json."""
     manifest["steps"][name] = dict(record)
     manifest["updated"] = _now()
     with manifest_lock(run_dir):  # merge into what is on disk: other steps may run elsewhere
