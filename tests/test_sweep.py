@@ -100,7 +100,7 @@ def test_a_shared_step_runs_once_and_the_swept_ones_at_every_point(swept: dict) 
     summary = swept["done"].summary()
     assert (
         "lr-1e-2: ran continual-mathcode, eval-continual-mathcode, report; "
-        "shared prepare, base, eval-base"
+        "took from lr-3e-3: prepare, base, eval-base"
     ) in summary
     assert "shared (run once): prepare, base, eval-base" in summary
 

@@ -15,6 +15,8 @@ one that runs; `--from STEP` forces a step and everything after it. With `--keep
 whose only change is its code keeps its results and is marked stale in the manifest, with a
 one-line reason naming the files and versions that changed. One `tinylab run` per run folder at a
 time (files.hold_lock on RUN/.run.lock; a second one exits with a message naming the holder).
+A sweep (tinylab.sweep) runs a pipeline once per point of a grid through `run_pipeline`'s step
+action, taking a step that another point ran instead of running it (its record's `shared_from`).
 
     tinylab run params/pipelines/demo.yaml
     tinylab run params/pipelines/demo.yaml --from base --set base.optim.lr=1e-3

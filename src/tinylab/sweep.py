@@ -169,9 +169,12 @@ class SweepRun:
             linked = self.plan.linked.get(point.name, [])
             ran = [n for n, d in run.decisions.items() if d.action == "run" and n not in linked]
             skipped = len(run.decisions) - len(ran) - len(linked)
+            took: dict[str, list[str]] = {}
+            for step in linked:
+                took.setdefault(self.plan.owner(point, step).name, []).append(step)
             lines.append(
                 f"  {point.name}: ran {', '.join(ran) or 'nothing'}"
-                + (f"; shared {', '.join(linked)}" if linked else "")
+                + "".join(f"; took from {owner}: {', '.join(s)}" for owner, s in took.items())
                 + (f"; {skipped} skipped" if skipped else "")
             )
         shared = self.plan.shared_steps()
