@@ -470,6 +470,28 @@ def _(w: World, tmp: Path) -> list[str]:
     return ["report", str(tmp)]
 
 
+@case("cli: compare one run", "give at least 2 run folders")
+def _(w: World, tmp: Path) -> list[str]:
+    return ["compare", str(w.run), "--out", str(tmp / "compare")]
+
+
+@case("cli: compare with a folder that is no run", "not a run folder; expected a run folder")
+def _(w: World, tmp: Path) -> list[str]:
+    return ["compare", str(w.run), str(tmp), "--out", str(tmp / "compare")]
+
+
+@case("cli: compare a run with itself", "given twice")
+def _(w: World, tmp: Path) -> list[str]:
+    return ["compare", str(w.run), str(w.run), "--out", str(tmp / "compare")]
+
+
+@case("cli: compare runs with no stage in common", "no stage in common", "other: renamed")
+def _(w: World, tmp: Path) -> list[str]:
+    other = w.copy_run(tmp).rename(tmp / "other")
+    (other / "stages" / "base").rename(other / "stages" / "renamed")
+    return ["compare", str(w.run), str(other), "--out", str(tmp / "compare")]
+
+
 @case("cli: status of a folder that is no run", "status-of: no manifest.json", "run folder")
 def _(w: World, tmp: Path) -> list[str]:
     (tmp / "status-of").mkdir()

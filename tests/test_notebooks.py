@@ -1,7 +1,8 @@
 """Every notebook is thin and pipeline-ready: a tagged parameters cell that papermill reads whole,
 run_dir and overrides among the parameters, and no outputs committed. Notebook 01 runs under
-Papermill on tiny corpora here; 02 to 05 run in tests/test_train_notebook.py,
-test_evaluate_notebook.py, test_analysis_publish.py and test_analysis_probe.py."""
+Papermill on tiny corpora here; 02 to 06 run in tests/test_train_notebook.py,
+test_evaluate_notebook.py, test_analysis_publish.py, test_analysis_probe.py and
+test_analysis_compare.py."""
 
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ def test_committed_without_outputs(path: Path) -> None:
             assert not cell.outputs and cell.execution_count is None
 
 
-def test_the_five_notebooks_exist() -> None:
+def test_the_six_notebooks_exist() -> None:
     names = [p.stem for p in NOTEBOOKS]
-    assert names == ["01_prepare_data", "02_train_stage", "03_evaluate", "04_report", "05_explore"]
+    assert names == ["01_prepare_data", "02_train_stage", "03_evaluate", "04_report", "05_explore",
+                     "06_compare"]  # fmt: skip
 
 
 @pytest.mark.slow

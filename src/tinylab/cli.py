@@ -298,6 +298,24 @@ def report_command(
     typer.echo(f"wrote {render_report(run_dir)}")
 
 
+@app.command("compare")
+def compare_command(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Two or more run folders; the first is the baseline.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Report folder; default outputs/compare/<run>-vs-<run>."),
+    ] = None,
+) -> None:
+    """Execute notebooks/06_compare.ipynb on several runs and write OUT/compare.html: curves
+    overlaid, final scores with differences from the first run, the params that differ, wall
+    time and tokens/s."""
+    from tinylab.analysis.compare import default_out_dir, write_comparison
+
+    typer.echo(f"wrote {write_comparison(runs, out or default_out_dir(runs))}")
+
+
 @app.command("deviations")
 def deviations_command(
     target: Annotated[

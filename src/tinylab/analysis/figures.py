@@ -296,3 +296,68 @@ def draw(run: Run, name: str) -> Path:
     if name not in FIGURES:
         raise ValueError(f"figure {name!r}: allowed: {', '.join(FIGURES)}")
     return save_figure(FIGURES[name](run), RunLayout(run.run_dir).figures / name)[0]
+
+
+def run_palette(runs: Iterable[str]) -> dict[str, tuple]:
+    """One colour per compared run, in the order given (the first is the baseline)."""
+    runs = list(dict.fromkeys(runs))
+    return dict(zip(runs, sns.color_palette("colorblind", len(runs)), strict=True))
+
+
+def _run_lines(frame: pd.DataFrame, y: str, ax: plt.Axes, palette: dict, **style) -> None:
+    """One line per (run, stage) against tokens, coloured by run, dashed by variant."""
+    lines = frame.assign(line=frame["run"] + "/" + frame["stage"])
+    dashes = sorted(set(frame["variant"]), key=lambda variant: (variant != "base", variant))
+    sns.lineplot(lines, x="tokens", y=y, hue="run", palette=palette, units="line",
+                 style="variant", style_order=dashes, estimator=None, ax=ax, **style)  # fmt: skip
+
+
+def runs_loss_curves(metrics: pd.DataFrame, *, ema: float = 0.1) -> plt.Figure:
+    """Training loss (raw and EMA, as in `loss_curves`) and learning rate of several runs
+    against tokens, one colour per run (column run; the first run is the baseline, whose phases
+    give the bands; one dash per variant). Needs columns run, tokens, loss, lr, stage, phase,
+    variant."""
+    _style()
+    frame = metrics.sort_values(["run", "stage", "tokens"]).copy()
+    frame["loss (EMA)"] = frame.groupby(["run", "stage"])["loss"].transform(lambda s: _ema(s, ema))
+    palette = run_palette(metrics["run"])
+    first = frame[frame["run"] == next(iter(palette))]
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, height_ratios=[3, 1])
+    for ax in axes:
+        _phase_bands(ax, first)
+    _run_lines(frame, "loss", axes[0], palette, alpha=0.2, lw=0.8, legend=False)
+    _run_lines(frame, "loss (EMA)", axes[0], palette)
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    axes[0].set_ylabel("training loss (nats/token)")
+    _run_lines(frame, "lr", axes[1], palette, legend=False)
+    axes[1].set_ylabel("learning rate")
+    axes[1].set_xlabel("tokens seen (all stages)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    _phase_legend(fig, first)
+    return fig
+
+
+def runs_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
+    """Held-out bits per byte of every domain through the stages of several runs, one panel per
+    domain, one colour per run, one dash per variant (the first run's phases give the bands).
+    Needs columns run, tokens, domain, bpb, stage, phase, variant."""
+    _style()
+    domains = sorted(validation["domain"].unique())
+    palette = run_palette(validation["run"])
+    first = validation[validation["run"] == next(iter(palette))]
+    fig, axes = plt.subplots(
+        1, len(domains), figsize=(3.2 * len(domains), 3.6), sharex=True, squeeze=False
+    )
+    for ax, domain in zip(axes[0], domains, strict=True):
+        part = validation[validation["domain"] == domain].sort_values("tokens")
+        if domain in set(first["domain"]):
+            _phase_bands(ax, first[first["domain"] == domain])
+        _run_lines(part, "bpb", ax, palette, marker="o", ms=3, legend=ax is axes[0][-1])
+        if ax is axes[0][-1]:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+        ax.set_title(domain, pad=4)
+        ax.set_ylabel("bits per byte" if ax is axes[0][0] else "")
+        ax.set_xlabel("tokens seen")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    _phase_legend(fig, first)
+    return fig
