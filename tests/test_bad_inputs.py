@@ -465,6 +465,32 @@ def _(w: World, tmp: Path) -> list[str]:
     return ["run", str(path), "--from", "nope", "--run-id", str(tmp / "run")]
 
 
+@case("cli: a counterfactual of a stage not in the pipeline (plan)", "cf.yaml: counterfactual.of "
+      "= 'nope'", "no stage 'nope' in pipeline p", "its stages: base, cf")  # fmt: skip
+def _(w: World, tmp: Path) -> list[str]:
+    params = w.copy_params(tmp)
+    cf = write(params / "stages" / "cf.yaml", "extends: base.yaml\nname: cf\n"
+               "counterfactual: {of: nope, changes: nothing}\n")  # fmt: skip
+    steps = "".join(
+        f"  - {{name: {name}, notebook: 02_train_stage, params: {{stage_params: {path}}}}}\n"
+        for name, path in (("base", params / "stages" / "base.yaml"), ("cf", cf))
+    )
+    path = write(params / "pipelines" / "p.yaml", f"name: p\nsteps:\n{steps}")
+    return ["run", str(path), "--dry-run"]
+
+
+@case(
+    "cli: run a counterfactual without its original",
+    "continual-mathcode-noramp.yaml: counterfactual.of = 'continual-mathcode'",
+    "no stage 'continual-mathcode' in pipeline p",
+)
+def _(w: World, tmp: Path) -> list[str]:
+    step = "{name: noramp, notebook: 02_train_stage, params: {stage_params: %s}}"
+    pipeline = "name: p\nsteps:\n  - " + step % "params/stages/demo/continual-mathcode-noramp.yaml"
+    path = write(tmp / "params" / "pipelines" / "p.yaml", pipeline + "\n")
+    return ["run", str(path), "--run-id", str(tmp / "run")]
+
+
 @case("cli: report on a folder that is no run", "not a run folder")
 def _(w: World, tmp: Path) -> list[str]:
     return ["report", str(tmp)]

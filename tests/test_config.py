@@ -17,7 +17,7 @@ from tinylab.config.loader import (
     parse_yaml,
 )
 from tinylab.config.model import ModelConfig
-from tinylab.config.stage import StageConfig
+from tinylab.config.stage import StageConfig, check_counterfactuals
 
 ALL_PARAMS = sorted(PARAMS_DIR.rglob("*.yaml"))
 
@@ -324,3 +324,79 @@ def test_the_v1_1_batch_is_about_1_8m_and_divides_over_the_usual_gpu_counts() ->
     base = load_params(PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml")
     assert base.schedule.warmup_tokens == 2000 * base.global_batch_tokens
     assert base.global_batch_tokens % (8 * 2048 * 16) == 0  # 16 GPUs at micro-batch 8
+
+
+# -- counterfactual stages (issue 22) -------------------------------------------------------
+
+
+def _pipeline_stages(pipeline: str) -> dict[str, StageConfig]:
+    """A pipeline's stages by params file."""
+    steps = load_params(PARAMS_DIR / "pipelines" / f"{pipeline}.yaml").steps
+    files = [s.params["stage_params"] for s in steps if "stage_params" in s.params]
+    return {path: load_params(PARAMS_DIR.parent / path) for path in files}
+
+
+@pytest.mark.parametrize("pipeline", ["demo", "tinyllama-v1.1"])
+def test_each_counterfactual_differs_from_its_original_only_by_its_declared_change(
+    pipeline: str,
+) -> None:
+    stages = {s.name: s for s in _pipeline_stages(pipeline).values()}
+    check_counterfactuals(_pipeline_stages(pipeline), pipeline=pipeline)
+    pairs = {n: s.counterfactual.of for n, s in stages.items() if s.counterfactual}
+    assert pairs == {
+        "continual-mathcode-noramp": "continual-mathcode",
+        "cooldown-mathcode-lrdecay": "cooldown-mathcode",
+    }
+    ours, theirs = (
+        {name: stages[name].model_dump() for name in names} for names in (pairs, pairs.values())
+    )
+    diff = {
+        name: {k for k in ours[name] if ours[name][k] != theirs[of].get(k)}
+        for name, of in pairs.items()
+    }
+    assert diff["continual-mathcode-noramp"] == {"name", "ramp", "counterfactual"}
+    lr = diff["cooldown-mathcode-lrdecay"]
+    assert {"global_batch_tokens", "schedule"} <= lr <= {
+        "name", "global_batch_tokens", "schedule", "validation", "checkpoint", "counterfactual"
+    }  # fmt: skip
+    cooled, batched = stages["cooldown-mathcode-lrdecay"], stages["cooldown-mathcode"]
+    assert cooled.schedule.model_copy(update={"cooldown": None}) == batched.schedule
+    assert batched.global_batch_tokens == 4 * cooled.global_batch_tokens  # docs/PAPER.md, 4x
+    # validation at the same tokens in both
+    for key in ("validation", "checkpoint"):
+        every = [getattr(s, key).every_steps * s.global_batch_tokens for s in (cooled, batched)]
+        assert every[0] == every[1] or key == "checkpoint" and pipeline == "demo"
+
+
+def test_a_stage_without_the_new_fields_dumps_as_before() -> None:
+    """schedule.cooldown and counterfactual are left out when null, so the resolved params (and
+    the fingerprints and checkpoint recipes made of them) of every other stage stay the same."""
+    base = load_params(PARAMS_DIR / "stages" / "demo" / "base.yaml")
+    dumped = parse_yaml(dump_config(base))
+    assert "counterfactual" not in dumped and "cooldown" not in dumped["schedule"]
+    cooled = load_params(PARAMS_DIR / "stages" / "demo" / "cooldown-mathcode-lrdecay.yaml")
+    again = StageConfig.model_validate(parse_yaml(dump_config(cooled)))
+    assert again == cooled and again.schedule.cooldown == "linear"
+
+
+def test_a_stage_cannot_be_its_own_counterfactual(params: Path) -> None:
+    path = params / "stages" / "self.yaml"
+    path.write_text("extends: base.yaml\nname: x\ncounterfactual: {of: x, changes: nothing}\n")
+    with pytest.raises(ConfigError, match="counterfactual.of = 'x': a stage cannot be its own"):
+        load_params(path)
+
+
+def test_a_counterfactual_starts_and_trains_as_its_original(params: Path) -> None:
+    child = load_params(params / "stages" / "child.yaml")
+    twin = {"of": "child", "changes": "another start"}
+
+    def check(**changes: object) -> None:
+        stage = {**child.model_dump(), "name": "twin", "counterfactual": twin, **changes}
+        stages = {"child.yaml": child, "twin.yaml": StageConfig.model_validate(stage)}
+        check_counterfactuals(stages, pipeline="p")
+
+    with pytest.raises(ConfigError, match=r"^twin.yaml: init_from = None, but 'child' "):
+        check(init_from=None)
+    with pytest.raises(ConfigError, match=r"max_tokens = 1024, but 'child' .* has 65536: a "):
+        check(max_tokens=1024)
+    check(optim={"lr": 2e-3, "min_lr": 1e-4})  # any other change is the counterfactual's own

@@ -10,7 +10,7 @@ import pytest
 
 from tinylab.config.data import RampConfig
 from tinylab.config.kinds import load_params
-from tinylab.config.loader import ConfigError
+from tinylab.config.loader import PARAMS_DIR, ConfigError
 from tinylab.config.stage import StageConfig
 from tinylab.data import DataError, MixtureSampler
 from tinylab.data.mixture import CHUNK, permute, permute_one
@@ -141,3 +141,24 @@ def test_for_stage_uses_the_stage_mixture_and_a_per_stage_seed(params) -> None:
     assert s.names == ["prose"] and s.seq_len == stage.data.seq_len
     other = stage.model_copy(update={"name": "other"})
     assert MixtureSampler.for_stage(other, {"prose": 10}).seed != s.seed
+
+
+def test_an_immediate_switch_reads_the_target_mixture_from_its_first_window() -> None:
+    """The ramp's counterfactual: the same stage without `ramp` (params/stages/demo/
+    continual-mathcode-noramp.yaml) samples the target at once, with its original's seed, so the
+    two pick the same sources wherever their weights agree: after the ramp's 128 windows."""
+    demo = PARAMS_DIR / "stages" / "demo"
+    ramped = load_params(demo / "continual-mathcode.yaml")
+    switched = load_params(demo / "continual-mathcode-noramp.yaml")
+    sizes = {"english": 5000, "code": 700, "math": 500, "chinese": 500}
+    a, b = (MixtureSampler.for_stage(s, sizes) for s in (ramped, switched))
+    target = [0.15, 0.75, 0.10]  # code, english, math
+    assert a.names == b.names == ["code", "english", "math"] and a.seed == b.seed
+    assert b.weights_at([0, 16384, 98303]).tolist() == [target] * 3
+    assert a.weights_at(0).tolist() == [[0.0, 1.0, 0.0]]
+    assert a.weights_at(32768) == pytest.approx(np.array([target]))  # the ramp's end
+    first_step = b.realized(0, 64)
+    assert first_step["code"] + first_step["math"] > 0.1 and a.realized(0, 8)["english"] == 1.0
+    ramp_windows = 32768 // 256
+    assert (a.take(ramp_windows, 384)[0] == b.take(ramp_windows, 384)[0]).all()
+    assert (a.take(0, ramp_windows)[0] != b.take(0, ramp_windows)[0]).any()

@@ -101,6 +101,32 @@ def test_the_paper_defaults_are_adamw_0_9_0_95_eps_1e_8_wd_0_1_clip_1() -> None:
     )
 
 
+def test_an_lr_cooldown_stage_takes_the_lr_to_min_lr_on_its_last_step(
+    tmp_path, prepared, capsys
+) -> None:
+    """schedule.cooldown (the counterfactual of a 4x-batch cooldown): from the cosine's LR at the
+    stage's start down to min_lr, linearly, on the tokens the stage trains; resumes alike."""
+    run = new_run(tmp_path, prepared)
+    run_stage(stage_config(max_tokens=4096), run, progress=False)  # 4 steps: LR well above min
+    cooled = stage_config(
+        name="cooldown", max_tokens=4096, init_from={"stage": "base"},
+        schedule={"cooldown": "linear"}, checkpoint={"every_steps": 2},
+    )  # fmt: skip
+    run_stage(cooled, run, progress=False)
+    lrs = [r["lr"] for r in train_records(run, "cooldown")]
+    start = lr_at(4096, cooled.optim, cooled.schedule)
+    assert lrs == pytest.approx([start - k / 4 * (start - 1e-3) for k in (1, 2, 3, 4)])
+    assert lrs[-1] == 1e-3 and train_records(run, "cooldown")[-1]["stage_tokens"] == 4096
+    (run / "stages" / "cooldown" / "result.json").unlink()  # resume from the step-2 checkpoint
+    for name in ("step-00000008", "latest"):
+        (run / "stages" / "cooldown" / "checkpoints" / name).rename(tmp_path / name)
+    (run / "stages" / "cooldown" / "checkpoints" / "latest").write_text("step-00000006\n")
+    capsys.readouterr()
+    run_stage(cooled, run, progress=False)
+    assert "resuming from step-00000006" in capsys.readouterr().out
+    assert [r["lr"] for r in train_records(run, "cooldown")] == lrs
+
+
 def test_child_stage_continues_weights_optimizer_and_schedule(tmp_path, prepared) -> None:
     run = new_run(tmp_path, prepared)
     run_stage(stage_config(), run, progress=False)

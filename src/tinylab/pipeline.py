@@ -50,6 +50,7 @@ from tinylab.config.loader import (
     parse_overrides,
 )
 from tinylab.config.pipeline import PipelineConfig, PipelineStep
+from tinylab.config.stage import StageConfig, check_counterfactuals
 from tinylab.files import (
     hold_lock,
     json_digest,
@@ -225,10 +226,11 @@ def plan_steps(
     source_dir: Path = SOURCE_DIR,
 ) -> dict[str, PlannedStep]:
     """Resolve every step: its notebook, papermill parameters, params files, code record and
-    fingerprint. `source_dir` holds the tinylab package whose code is recorded."""
+    fingerprint; check the stages' counterfactuals against each other. `source_dir` holds the
+    tinylab package whose code is recorded."""
     per_step = split_overrides(overrides, [s.name for s in pipeline.steps])
     tree = SourceTree(source_dir)
-    plan = {}
+    plan, stages = {}, {}
     for step in pipeline.steps:
         notebook = notebooks_dir / (
             step.notebook if step.notebook.endswith(".ipynb") else f"{step.notebook}.ipynb"
@@ -244,6 +246,8 @@ def plan_steps(
             if _is_params_file(value):
                 config = load_params(PROJECT_ROOT / value, overrides=step_overrides)
                 planned.resolved[key] = dump_config(config)
+                if isinstance(config, StageConfig):
+                    stages[str(value)] = config
         modules = notebook_imports(notebook)
         if step.html:  # rendered to HTML by this process: part of what makes the step's output
             modules.add("tinylab.analysis.publish")
@@ -251,6 +255,7 @@ def plan_steps(
         planned.inputs = _inputs_digest(planned)
         planned.fingerprint = json_digest({"inputs": planned.inputs, "code": planned.code})[:16]
         plan[step.name] = planned
+    check_counterfactuals(stages, pipeline=pipeline.name)
     return plan
 
 

@@ -13,11 +13,12 @@ from pydantic import (
     PositiveInt,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from tinylab.config.data import DataConfig, RampConfig
-from tinylab.config.loader import Schema
+from tinylab.config.loader import ConfigError, Schema
 from tinylab.config.model import ModelConfig
 
 
@@ -54,6 +55,12 @@ class ScheduleConfig(Schema):
     decay_tokens: PositiveInt = Field(
         description="token count at which the cosine reaches min_lr (end of the whole pipeline)"
     )
+    cooldown: Literal["linear", "cosine"] | None = Field(
+        None,
+        description="a learning-rate cooldown within this stage: from the schedule's LR at the "
+        "stage's start down to min_lr at its last token, linear or a half cosine in the stage's "
+        "tokens (tinylab.train.schedule.stage_lr); null = the warmup and cosine alone",
+    )
 
     @field_validator("decay_tokens")
     @classmethod
@@ -62,6 +69,12 @@ class ScheduleConfig(Schema):
         if warmup is not None and decay <= warmup:
             raise ValueError(f"must exceed warmup_tokens ({warmup})")
         return decay
+
+    @model_serializer(mode="wrap")
+    def _no_null_cooldown(self, handler: Any) -> Any:
+        """Leave out a null cooldown: a stage without one dumps (and fingerprints) as before the
+        field existed."""
+        return _without_nulls(handler(self), "cooldown")
 
 
 class InitFrom(Schema):
@@ -249,6 +262,16 @@ class AdapterConfig(Schema):
         return names
 
 
+class Counterfactual(Schema):
+    """The stage that this one is the counterfactual of: the same stage but for one change, so a
+    report can pair the two (tinylab.analysis.variants). Both start from the same parent, train
+    the same tokens and read the same data order (tinylab.data.mixture.stage_seed); the pipeline
+    checks that the stage named exists (check_counterfactuals)."""
+
+    of: str = Field(min_length=1, description="the stage changed, in the same pipeline")
+    changes: str = Field(min_length=1, description="what differs, in a few words")
+
+
 class StageConfig(Schema):
     """One training stage: model, data mixture, budget, batch, schedule and parent."""
 
@@ -285,6 +308,9 @@ class StageConfig(Schema):
     log_every_steps: PositiveInt = Field(1, description="metrics line every N steps")
     export_hf: bool = Field(True, description="write an HF folder (hf/) when the stage ends")
     tensorboard: bool = Field(False, description="also write TensorBoard events (if installed)")
+    counterfactual: Counterfactual | None = Field(
+        None, description="the stage this one is the counterfactual of; null = none"
+    )
 
     @field_validator("mixture")
     @classmethod
@@ -352,6 +378,17 @@ class StageConfig(Schema):
             )
         return self
 
+    @model_validator(mode="after")
+    def _counterfactual_of_another(self) -> StageConfig:
+        if self.counterfactual is not None and self.counterfactual.of == self.name:
+            raise ValueError(f"counterfactual.of = {self.name!r}: a stage cannot be its own")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _no_null_counterfactual(self, handler: Any) -> Any:
+        """Leave out a null counterfactual (as ScheduleConfig's cooldown)."""
+        return _without_nulls(handler(self), "counterfactual")
+
     @property
     def micro_steps_per_step(self) -> int:
         """Micro-batches per optimizer step over all devices (divide by world size per device)."""
@@ -367,3 +404,38 @@ def _check_weights(weights: dict[str, float], data: DataConfig | None) -> None:
             )
     if weights and sum(weights.values()) <= 0:
         raise ValueError("weights must not all be zero")
+
+
+def _without_nulls(dumped: Any, *names: str) -> Any:
+    """A dump without the named keys where they are null (a dict; else as it is)."""
+    if isinstance(dumped, dict):
+        return {k: v for k, v in dumped.items() if not (k in names and v is None)}
+    return dumped
+
+
+def check_counterfactuals(stages: dict[str, StageConfig], *, pipeline: str) -> None:
+    """Each counterfactual among a pipeline's stages (by params file) names a stage of the same
+    pipeline and starts and trains as it does (same init_from, same max_tokens); else one
+    ConfigError naming the file, the key and the value."""
+    by_name = {stage.name: stage for stage in stages.values()}
+    for path, stage in stages.items():
+        if stage.counterfactual is None:
+            continue
+        of = stage.counterfactual.of
+        original = by_name.get(of)
+        if original is None:
+            raise ConfigError(
+                f"{path}: counterfactual.of = {of!r}: no stage {of!r} in pipeline {pipeline}; "
+                f"its stages: {', '.join(by_name)}"
+            )
+        for key in ("init_from", "max_tokens"):
+            if getattr(stage, key) != getattr(original, key):
+                raise ConfigError(
+                    f"{path}: {key} = {_show(getattr(stage, key))}, but {of!r} (counterfactual.of) "
+                    f"has {_show(getattr(original, key))}: a counterfactual starts where its "
+                    "original starts and trains the same tokens"
+                )
+
+
+def _show(value: Any) -> str:
+    return repr(value.model_dump() if isinstance(value, Schema) else value)

@@ -228,8 +228,11 @@ class MixtureSampler:
 
 
 def stage_seed(stage: StageConfig) -> int:
-    """A stage's mixture seed: its seed XOR the CRC-32 of its name."""
-    return stage.seed ^ zlib.crc32(stage.name.encode("utf-8"))
+    """A stage's mixture seed: its seed XOR the CRC-32 of its name, or of its original's name
+    for a counterfactual (config.stage.Counterfactual), so the two read the same windows in the
+    same order wherever their mixtures agree and differ only by the change declared."""
+    name = stage.name if stage.counterfactual is None else stage.counterfactual.of
+    return stage.seed ^ zlib.crc32(name.encode("utf-8"))
 
 
 def _normalised(weights: Mapping[str, float], names: list[str], *, what: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from tinylab.train.batching import BatchPlan, MixtureWindows, RandomWindows, ope
 from tinylab.train.checkpoint import TrainState, latest_checkpoint, list_checkpoints
 from tinylab.train.launch import train_stage
 from tinylab.train.loop import NonFiniteLossError, run_stage
-from tinylab.train.schedule import lr_at
+from tinylab.train.schedule import lr_at, stage_lr
 
 __all__ = [
     "BatchPlan",
@@ -23,5 +23,6 @@ __all__ = [
     "lr_at",
     "open_windows",
     "run_stage",
+    "stage_lr",
     "train_stage",
 ]

@@ -78,7 +78,7 @@ from tinylab.train.parallel import (
     shutdown,
     sync_gradients,
 )
-from tinylab.train.schedule import lr_at
+from tinylab.train.schedule import stage_lr
 from tinylab.train.start import (
     ReleaseWeights,
     StartPlan,
@@ -180,7 +180,9 @@ def fit(
         if _fault("nan-at-step", state.step + 1):
             loss = loss * float("nan")
         ensure_finite(loss, grad_norm, stage=stage, state=state, layout=layout, ctx=ctx)
-        lr = lr_at(state.tokens + plan.step_tokens, stage.optim, stage.schedule)
+        lr = stage_lr(
+            state.tokens + plan.step_tokens, stage, stage_start=state.tokens - state.stage_tokens
+        )
         optimizer_step(optimizer, lr)
         state = advance(state, plan)
         _fault("kill-after-step", state.step)
