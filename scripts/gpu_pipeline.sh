@@ -28,7 +28,7 @@ fi
 if [[ " $parts " == *" bench "* ]]; then
     rm -f "$out/bench.jsonl"
     # within a time limit for the whole script (DEADLINE_S), the bench gets what is left
-    timeout "$(( ${DEADLINE_S:-100000} - SECONDS - 10 ))" python3 bench/throughput.py --variants default --steps 25 --skip 8 --accum 2 \
+    timeout "$(( ${DEADLINE_S:-100000} - SECONDS - 10 ))" python3 bench/throughput.py --variants default --steps 20 --skip 8 --accum 2 \
         --json "$out/bench.jsonl" 2>&1 | tee "$out/bench.log" | tail -8
 fi
 if [[ " $parts " == *" tests "* ]]; then
