@@ -13,6 +13,7 @@ parent where two folders share a name).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ import pandas as pd
 import yaml
 
 from tinylab.analysis import figures
+from tinylab.analysis.effects import EffectsError, Interval, item_scores, paired_effect, window_bpb
 from tinylab.analysis.publish import notebook_to_html
-from tinylab.analysis.runs import Run, final_scores, load_run
+from tinylab.analysis.runs import Run, final_scores, final_validation, load_run
 from tinylab.config.loader import project_path
 from tinylab.errors import UserError
 from tinylab.layout import RunLayout
@@ -33,6 +35,7 @@ from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook
 COMPARE_NOTEBOOK = NOTEBOOKS_DIR / "06_compare.ipynb"
 RUN_FOLDER = "a run folder (stages/<stage>/metrics.jsonl, e.g. outputs/runs/demo)"
 ABSENT = "(absent)"
+BPB = " bpb"  # runs.final_scores names a domain's held-out bits per byte "<domain> bpb"
 
 
 class CompareError(UserError):
@@ -102,7 +105,10 @@ def overlaid(comparison: Comparison, frame: str) -> pd.DataFrame:
 def differences(comparison: Comparison) -> pd.DataFrame:
     """Every run's final scores (`runs.final_scores`: each task's headline score, each domain's
     last held-out bits per byte) beside the baseline's, for each (stage, measure) both have.
-    Columns stage, measure, better, run, baseline, value, difference (value - baseline)."""
+    Columns stage, measure, better, run, baseline, value, difference (value - baseline), low and
+    high (its 95% interval, `difference_interval`; NaN without per-item data), items and
+    within_noise (whether the interval holds 0; None without per-item data)."""
+    base_run = comparison.runs[comparison.baseline]
     scores = {label: final_scores(run) for label, run in comparison.runs.items()}
     base = scores[comparison.baseline][["stage", "measure", "better", "value"]]
     rows = []
@@ -111,20 +117,72 @@ def differences(comparison: Comparison) -> pd.DataFrame:
             continue
         merged = base.merge(frame[["stage", "measure", "value"]], on=["stage", "measure"],
                             suffixes=("_base", ""))  # fmt: skip
-        rows.append(
-            merged.rename(columns={"value_base": "baseline"}).assign(
-                run=label, difference=merged["value"] - merged["value_base"]
-            )
-        )
-    columns = ["stage", "measure", "better", "run", "baseline", "value", "difference"]
+        merged = merged.rename(columns={"value_base": "baseline"})
+        merged = merged.assign(run=label, difference=merged["value"] - merged["baseline"])
+        intervals = [
+            difference_interval(
+                base_run, comparison.runs[label], row.stage, row.measure, row.difference
+            )  # fmt: skip
+            for row in merged.itertuples()
+        ]
+        rows.append(merged.assign(
+            low=[i.low if i else math.nan for i in intervals],
+            high=[i.high if i else math.nan for i in intervals],
+            items=[i.n if i else 0 for i in intervals],
+            within_noise=[None if i is None else not i.excludes_zero for i in intervals],
+        ))  # fmt: skip
+    columns = ["stage", "measure", "better", "run", "baseline", "value", "difference", "low",
+               "high", "items", "within_noise"]  # fmt: skip
     return pd.concat(rows, ignore_index=True)[columns]
+
+
+def difference_interval(
+    before: Run, after: Run, stage: str, measure: str, difference: float
+) -> Interval | None:
+    """The 95% paired-bootstrap interval (tinylab.analysis.effects) of a measure's difference
+    between two runs at one stage, centred on the difference shown: over the task's items, or
+    over the domain's held-out windows scored by `tinylab eval` (only when as many as validation
+    measured in both runs: the same windows). None without per-item data in both runs, or when
+    their items differ."""
+    domain = measure.removesuffix(BPB)
+    try:
+        if measure.endswith(BPB):
+            items = [window_bpb(run.run_dir, stage, domain) for run in (before, after)]
+            if any(
+                len(s) != _windows(run, stage, domain)
+                for s, run in zip(items, (before, after), strict=True)
+            ):
+                return None
+        else:
+            items = [item_scores(run.run_dir, stage, measure) for run in (before, after)]
+        interval = paired_effect(*items)
+    except EffectsError:
+        return None
+    if math.isclose(difference, interval.estimate, rel_tol=1e-9, abs_tol=1e-12):
+        return interval  # the same number by another route: keep the bounds as drawn
+    shift = difference - interval.estimate
+    return Interval(difference, interval.low + shift, interval.high + shift, interval.n)
+
+
+def _windows(run: Run, stage: str, domain: str) -> int | None:
+    """How many windows the stage's last validation of `domain` measured."""
+    last = final_validation(run)
+    rows = last[(last["stage"] == stage) & (last["domain"] == domain)]
+    return int(rows["windows"].iloc[0]) if len(rows) else None
+
+
+def _verdict(within_noise: bool | None) -> str:
+    if within_noise is None:
+        return "no per-item data"
+    return "within noise" if within_noise else "beyond noise"
 
 
 def _difference_table(comparison: Comparison, *, bits_per_byte: bool) -> pd.DataFrame:
     """Scores indexed by (stage, measure), stages in the runs' order, with one column per run
-    and one difference column per run after the baseline."""
+    and, per run after the baseline, its difference, the difference's 95% interval and whether
+    that interval holds 0 ("within noise")."""
     frame = differences(comparison)
-    frame = frame[frame["measure"].str.endswith(" bpb") == bits_per_byte]
+    frame = frame[frame["measure"].str.endswith(BPB) == bits_per_byte]
     if frame.empty:
         return pd.DataFrame()
     index = ["stage", "measure"]
@@ -132,8 +190,14 @@ def _difference_table(comparison: Comparison, *, bits_per_byte: bool) -> pd.Data
     table.columns = [comparison.baseline]
     for label, part in frame.groupby("run", sort=False):
         part = part.set_index(index)
+        name = f"{label} - {comparison.baseline}"
         table[label] = part["value"]
-        table[f"{label} - {comparison.baseline}"] = part["difference"]
+        table[name] = part["difference"]
+        table[f"{name}: 95% interval"] = [
+            f"[{low:+.3g}, {high:+.3g}]" if pd.notna(low) else ""
+            for low, high in zip(part["low"], part["high"], strict=True)
+        ]
+        table[f"{name}: verdict"] = part["within_noise"].map(_verdict)
     order = {stage: i for i, stage in enumerate(_ordered_stages(comparison))}
     stages = table.index.get_level_values("stage").map(order)
     measures = table.index.get_level_values("measure")
@@ -154,7 +218,7 @@ def bits_per_byte_table(comparison: Comparison) -> pd.DataFrame:
     table = _difference_table(comparison, bits_per_byte=True)
     if table.empty:
         return table
-    table.index = table.index.set_levels(table.index.levels[1].str.removesuffix(" bpb"), level=1)
+    table.index = table.index.set_levels(table.index.levels[1].str.removesuffix(BPB), level=1)
     return table.rename_axis(["stage", "domain"])
 
 
@@ -232,14 +296,23 @@ def _ordered_stages(comparison: Comparison) -> list[str]:
 
 
 def runs_table(comparison: Comparison) -> pd.DataFrame:
-    """Each run: its folder, pipeline, git commit and stages."""
+    """Each run: its folder, pipeline, git commit and stages; for points of a sweep (`tinylab run
+    --sweep`) also the swept values and the steps taken from another point (columns that no run
+    fills are left out)."""
     rows = []
     for label, run in comparison.runs.items():
-        git = run.manifest.get("git", {})
+        steps = run.manifest.get("steps", {}).items()
+        values = run.manifest.get("sweep", {}).get("values", {}).items()
         rows.append({"run": label, "folder": str(run.run_dir),
-                     "pipeline": run.manifest.get("pipeline"), "git commit": git.get("sha"),
-                     "stages": ", ".join(_stages(run))})  # fmt: skip
-    return pd.DataFrame(rows)
+                     "pipeline": run.manifest.get("pipeline"),
+                     "git commit": run.manifest.get("git", {}).get("sha"),
+                     "stages": ", ".join(_stages(run)),
+                     "sweep values": ", ".join(f"{key}={value}" for key, value in values),
+                     "steps shared from": ", ".join(f"{step}: {record['shared_from']['run']}"
+                                                    for step, record in steps
+                                                    if "shared_from" in record)})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    return frame.loc[:, frame.astype(bool).any()]
 
 
 # --------------------------------------------------------------------------------------------
