@@ -13,12 +13,13 @@ import contextlib
 import io
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from tinylab import cli
+from tinylab import cli, sweep
 from tinylab.pipeline import read_manifest, run_pipeline
 from tinylab.sweep import SweepPlan, plan_sweep, run_sweep, split_values
 
@@ -28,6 +29,7 @@ target = Path(run_dir) / out
 target.parent.mkdir(parents=True, exist_ok=True)
 with target.open("a") as f:
     f.write(f"{name} {overrides}\\n")
+(target.parent / ".lock").write_text(name)  # a run's own bookkeeping: never shared
 with open(log, "a") as f:
     f.write(f"{name} {Path(run_dir).name}\\n")
 """
@@ -81,14 +83,22 @@ def _executions(project: dict[str, Path]) -> list[str]:
     return project["log"].read_text().splitlines() if project["log"].is_file() else []
 
 
+def _compared(runs: list[Path], out_dir: Path) -> Path:
+    """Stands in for analysis.compare.write_comparison (the stub's runs trained nothing)."""
+    (out_dir / "compare.html").write_text("\n".join(str(run) for run in runs))
+    return out_dir / "compare.html"
+
+
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The stub swept over two learning rates of its continual stage (eight notebook runs)."""
     project = _project(tmp_path_factory.mktemp("sweep"))
-    done = run_sweep(_plan(project, LR))
-    folder = project["runs"] / "p-sweep"
-    return {**project, "done": done, "one": folder / "lr-3e-3", "two": folder / "lr-1e-2",
-            "executions": _executions(project)}  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep, "write_comparison", _compared)
+        done = run_sweep(_plan(project, LR))
+        folder = project["runs"] / "p-sweep"
+        yield {**project, "done": done, "one": folder / "lr-3e-3", "two": folder / "lr-1e-2",
+               "executions": _executions(project)}  # fmt: skip
 
 
 def test_a_shared_step_runs_once_and_the_swept_ones_at_every_point(swept: dict) -> None:
@@ -103,6 +113,9 @@ def test_a_shared_step_runs_once_and_the_swept_ones_at_every_point(swept: dict) 
         "took from lr-3e-3: prepare, base, eval-base"
     ) in summary
     assert "shared (run once): prepare, base, eval-base" in summary
+    comparison = swept["one"].parent / "compare.html"
+    assert summary.endswith(f"comparison: {comparison}")
+    assert comparison.read_text().splitlines() == [str(swept["one"]), str(swept["two"])]
 
 
 def test_each_point_is_a_whole_run_folder_of_its_own(swept: dict) -> None:
@@ -112,6 +125,8 @@ def test_each_point_is_a_whole_run_folder_of_its_own(swept: dict) -> None:
             assert (swept[point] / "notebooks" / f"{name}.ipynb").is_file()
     two = swept["two"]
     assert not any(p.is_symlink() for p in two.rglob("*"))  # hard links in folders of its own
+    assert not (two / "stages" / "base" / ".lock").exists()
+    assert (two / "stages" / "continual-mathcode" / ".lock").is_file()
     shared = two / "stages" / "base" / "metrics.jsonl"
     assert shared.samefile(swept["one"] / "stages" / "base" / "metrics.jsonl")
     assert (two / "stages" / "continual-mathcode" / "metrics.jsonl").read_text() == (

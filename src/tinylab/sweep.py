@@ -16,7 +16,8 @@ notebook) into its own folder and records `shared_from` (that point, its fingerp
 paths) in its manifest; the first one records `shared_with`. Only those kinds of steps are
 shared; any other (the report) runs at every point. Running a shared step again at a point
 (`--from`, a changed input) first removes the links (pipeline.remove_outputs), so no point ever
-writes into another's folder. The sweep ends with the comparison report of its points.
+writes into another's folder. The sweep ends with the comparison report of its points,
+SWEEP/compare.html.
 
     tinylab run params/pipelines/demo.yaml --sweep continual-mathcode.optim.lr=3e-3,1e-2
     tinylab run params/pipelines/demo.yaml --sweep continual-mathcode.optim.lr=3e-3,1e-2 --dry-run
@@ -36,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from tinylab.analysis.compare import write_comparison
 from tinylab.config.kinds import kind_of, load_params
 from tinylab.config.loader import PROJECT_ROOT, ConfigError, load_config, parse_yaml
 from tinylab.config.pipeline import PipelineConfig
@@ -394,7 +396,7 @@ def run_sweep(
 ) -> SweepRun:
     """Run (or resume) every point in turn, sharing steps; record in each point's manifest its
     `sweep` (folder, point, values, points) and on each shared step `shared_with`; then write
-    the comparison report of the points."""
+    the comparison report of the points (analysis.compare) into the sweep folder."""
     started = time.perf_counter()
     runs = []
     try:
@@ -408,7 +410,9 @@ def run_sweep(
             ))  # fmt: skip
     finally:
         record_sharing(plan)
-    return SweepRun(plan, runs, None, wall_s=time.perf_counter() - started)
+    points = [point.run_dir for point in plan.points]
+    comparison = write_comparison(points, plan.folder) if len(points) > 1 else None
+    return SweepRun(plan, runs, comparison, wall_s=time.perf_counter() - started)
 
 
 def record_sharing(plan: SweepPlan) -> None:
