@@ -224,6 +224,25 @@ def run_command(
     typer.echo(done.summary())
 
 
+@app.command("plan")
+def plan_command(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline params file (params/pipelines/).")],
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs training each stage together.")],
+    gpu: Annotated[str, typer.Option("--gpu", help="GPU kind: a file under params/hardware/.")],
+    tokens_per_s: Annotated[
+        float | None,
+        typer.Option(
+            "--tokens-per-s-per-gpu", help="Training tokens/s per GPU instead of the kind's rows."
+        ),
+    ] = None,
+) -> None:
+    """Cost of a pipeline before it runs: per stage tokens, steps, micro-batch and accumulation,
+    GPU-hours, wall time, whether it fits the card, checkpoint disk and evaluation hours."""
+    from tinylab.analysis.cost import cost_plan, format_cost_plan
+
+    typer.echo(format_cost_plan(cost_plan(pipeline, gpus=gpus, gpu=gpu, tokens_per_s=tokens_per_s)))
+
+
 @app.command("eval")
 def eval_command(
     model: Annotated[

@@ -11,6 +11,7 @@ from pathlib import Path
 from tinylab.config.cluster import ClusterConfig
 from tinylab.config.data import DataConfig
 from tinylab.config.eval import EvalConfig
+from tinylab.config.hardware import HardwareConfig
 from tinylab.config.loader import ConfigError, Overrides, Schema, load_config
 from tinylab.config.model import ModelConfig
 from tinylab.config.paper import PaperFacts
@@ -27,6 +28,7 @@ SCHEMAS: dict[str, type[Schema]] = {
         EvalConfig,
         ClusterConfig,
         PaperFacts,
+        HardwareConfig,
     )
 }
 
