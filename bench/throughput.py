@@ -98,13 +98,13 @@ def _tl(name: str, *sets: str, micro: int = 8, nproc: int = 1) -> Variant:
     return Variant(name, "tinylab", tuple(sets), micro, nproc)
 
 
-def _paper_default(nproc: int = 1) -> Variant:
-    """The base stage as committed: its own `parallel` settings and micro-batch."""
+def _paper_default(nproc: int = 1, name: str = "default", *more: str) -> Variant:
+    """The base stage as committed: its own `parallel` settings and micro-batch, then `more`."""
     stage = load_config(BASE_STAGE, StageConfig)
     chosen = stage.parallel.model_dump(mode="json", exclude_unset=True)
     sets = [f"parallel.{key}={json.dumps(value)}" for key, value in chosen.items()]
-    name = "default" if nproc == 1 else f"default@{nproc}"
-    return _tl(name, *sets, micro=stage.micro_batch_size, nproc=nproc)
+    name = name if nproc == 1 else f"{name}@{nproc}"
+    return _tl(name, *sets, *more, micro=stage.micro_batch_size, nproc=nproc)
 
 
 COMPILE, COMPILE_MODEL = "parallel.compile=layers", "parallel.compile=model"
@@ -114,9 +114,20 @@ SELECTIVE = "parallel.activation_checkpointing=selective"
 NO_RESHARD = "parallel.reshard_after_forward=false"
 FSDP_BF16 = "parallel.single_process=fsdp"
 AUTOTUNE = "TORCHINDUCTOR_MAX_AUTOTUNE=1"
+FP8 = "parallel.precision=fp8"
+FP8_VARIANTS = {  # the default with float8 matmuls (torchao): recipe and layers kept in bf16
+    "fp8": (),
+    "fp8-rowwise": ("parallel.fp8.recipe=rowwise",),
+    "fp8-rowwise-gw-hp": ("parallel.fp8.recipe=rowwise_with_gw_hp",),
+    "fp8-allgather": ("parallel.fp8.all_gather=true",),
+    "fp8-lm-head": ("parallel.fp8.keep_bf16=[]",),
+    "fp8-keep-kv": ("parallel.fp8.keep_bf16=[lm_head,k_proj,v_proj]",),
+    "fp8-keep-down": ("parallel.fp8.keep_bf16=[lm_head,down_proj]",),
+}
 VARIANTS = {v.name: v for v in [
     Variant("hf-compile", "hf", compile=True),
     *[_paper_default(n) for n in (1, 2, 4)],
+    *[_paper_default(1, f"default+{name}", FP8, *sets) for name, sets in FP8_VARIANTS.items()],
     Variant("hf-eager", "hf", compile=False),
     Variant("hf-compile+micro16", "hf", micro=16),
     _tl("plain"),

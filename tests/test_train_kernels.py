@@ -14,7 +14,7 @@ from tinylab.config.loader import PARAMS_DIR, ConfigError
 from tinylab.config.stage import ParallelConfig
 from tinylab.train import RandomWindows, run_stage, train_stage
 from tinylab.train.loop import live_postfix
-from tinylab.train.parallel import Distributed, compute_context
+from tinylab.train.parallel import Distributed, compute_context, float8_eligible
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,3 +149,54 @@ def test_the_live_readout_shows_loss_lr_tokens_per_device_and_mfu() -> None:
         "mfu": "43.2%",
     }
     assert "mfu" not in live_postfix({**record, "mfu": None}, world_size=1)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("parallel.precision=fp4", "'fp32', 'bf16' or 'fp8'"),
+        ("parallel.fp8.recipe=blockwise", "'tensorwise', 'rowwise' or 'rowwise_with_gw_hp'"),
+        ("parallel.fp8.keep_bf16=[lm_head]", "fp8: options are set but precision is bf16"),
+    ],
+)
+def test_bad_fp8_options_name_the_key_and_what_is_allowed(override, message) -> None:
+    base = PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml"
+    extra = (
+        []
+        if override.startswith("parallel.precision") or "keep_bf16" in override
+        else ["parallel.precision=fp8"]
+    )
+    with pytest.raises(ConfigError) as err:
+        load_params(base, overrides=[*extra, override])
+    assert message in str(err.value)
+
+
+def test_fp8_all_gather_needs_the_tensorwise_recipe() -> None:
+    with pytest.raises(ValueError, match="all_gather: true needs recipe: tensorwise"):
+        ParallelConfig(precision="fp8", fp8={"recipe": "rowwise", "all_gather": True})
+    assert ParallelConfig(precision="fp8", fp8={"all_gather": True}).fp8.all_gather
+
+
+def test_fp8_defaults_and_bf16_dumps_without_an_fp8_block() -> None:
+    """fp8 fills in its defaults; a bf16 stage dumps (and so fingerprints) as before fp8 existed."""
+    fp8 = ParallelConfig(precision="fp8").fp8
+    assert (fp8.recipe, fp8.keep_bf16, fp8.all_gather) == ("tensorwise", ["lm_head"], False)
+    assert "fp8" not in ParallelConfig().model_dump()
+    assert ParallelConfig(precision="fp8").model_dump()["fp8"]["recipe"] == "tensorwise"
+
+
+def test_float8_takes_every_linear_but_the_kept_ones_and_odd_shapes() -> None:
+    fp8 = ParallelConfig(precision="fp8", fp8={"keep_bf16": ["lm_head", "k_proj"]}).fp8
+    linear = torch.nn.Linear(64, 128)
+    assert float8_eligible(linear, "model.layers.0.mlp.up_proj", fp8)
+    assert not float8_eligible(linear, "lm_head", fp8)
+    assert not float8_eligible(linear, "model.layers.3.self_attn.k_proj", fp8)
+    assert float8_eligible(linear, "model.layers.3.self_attn.kk_proj", fp8)  # suffix by name
+    assert not float8_eligible(torch.nn.Linear(64, 100), "model.layers.0.mlp.up_proj", fp8)
+    assert not float8_eligible(torch.nn.Embedding(16, 64), "model.embed_tokens", fp8)
+
+
+def test_fp8_on_cpu_is_refused_with_what_it_needs(tmp_path, prepared) -> None:
+    stage = stage_config(parallel={"precision": "fp8"})
+    with pytest.raises(ConfigError, match=r"fp8' needs a CUDA GPU of compute capability 8\.9"):
+        run_stage(stage, new_run(tmp_path, prepared), progress=False)

@@ -155,10 +155,47 @@ LigerOp = Literal["rms_norm", "rope", "swiglu", "loss"]
 LIGER_OPS: tuple[str, ...] = get_args(LigerOp)
 
 
+class Float8Config(Schema):
+    """torchao float8 training of the decoder's Linear layers (`parallel.precision: fp8`)."""
+
+    recipe: Literal["tensorwise", "rowwise", "rowwise_with_gw_hp"] = Field(
+        "tensorwise",
+        description="torchao's scaling recipe: tensorwise (one scale per tensor, cuBLAS), "
+        "rowwise (one per row, CUTLASS), rowwise_with_gw_hp (rowwise, weight gradient in bf16)",
+    )
+    keep_bf16: list[str] = Field(
+        ["lm_head"],
+        description="Linear layers left in bf16, by name or name suffix (lm_head, k_proj, ...); "
+        "the rest of the model's Linear layers compute their matmuls in float8",
+    )
+    all_gather: bool = Field(
+        False,
+        description="FSDP2 all-gathers the float8 layers' weights in float8 (tensorwise only): "
+        "half the bytes of bf16 on several GPUs; one GPU gathers nothing",
+    )
+
+    @model_validator(mode="after")
+    def _all_gather_needs_tensorwise(self) -> Float8Config:
+        if self.all_gather and self.recipe != "tensorwise":
+            raise ValueError(
+                f"all_gather: true needs recipe: tensorwise (torchao gathers float8 weights "
+                f"with one scale per tensor), not {self.recipe}"
+            )
+        return self
+
+
 class ParallelConfig(Schema):
     """FSDP2 and kernel options."""
 
-    precision: Literal["fp32", "bf16"] = Field("bf16", description="compute precision")
+    precision: Literal["fp32", "bf16", "fp8"] = Field(
+        "bf16",
+        description="compute precision: fp32, bf16, or fp8 = bf16 with the decoder's Linear "
+        "matmuls in float8 (torchao float8 training, parallel.fp8; a CUDA GPU of compute "
+        "capability 8.9 or later: H100, H200, L40S, RTX 4090)",
+    )
+    fp8: Float8Config | None = Field(
+        None, description="precision: fp8's options; null = their defaults (only with fp8)"
+    )
     replicate_nodes: PositiveInt = Field(
         1, description="HSDP replica groups (usually the node count); 1 = plain FSDP"
     )
@@ -195,6 +232,22 @@ class ParallelConfig(Schema):
         description="peak FLOP/s per device for MFU; null = 989e12 on H100/H200 in bf16, "
         "else MFU is not reported",
     )
+
+    @model_validator(mode="after")
+    def _fp8_options_with_fp8(self) -> ParallelConfig:
+        if self.precision == "fp8" and self.fp8 is None:
+            self.fp8 = Float8Config()
+        elif self.precision != "fp8" and self.fp8 is not None:
+            raise ValueError(
+                f"fp8: options are set but precision is {self.precision}; set precision: fp8 "
+                "or remove the fp8 block"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _no_null_fp8(self, handler: Any) -> Any:
+        """Leave out a null fp8 block: a stage in bf16 dumps (and fingerprints) as before."""
+        return _without_nulls(handler(self), "fp8")
 
     @field_validator("compile", mode="before")
     @classmethod

@@ -71,6 +71,7 @@ from tinylab.train.checkpoint import (
 from tinylab.train.metrics import MetricsLog, mfu, peak_flops, peak_memory_bytes
 from tinylab.train.parallel import (
     Distributed,
+    after_optimizer_step,
     compute_context,
     grad_norm_and_clip,
     init_distributed,
@@ -184,6 +185,7 @@ def fit(
             state.tokens + plan.step_tokens, stage, stage_start=state.tokens - state.stage_tokens
         )
         optimizer_step(optimizer, lr)
+        after_optimizer_step(model, stage.parallel)
         state = advance(state, plan)
         _fault("kill-after-step", state.step)
         seconds = time.perf_counter() - tick

@@ -63,10 +63,11 @@ class MetricsLog:
 
 
 def peak_flops(parallel: ParallelConfig, device: torch.device) -> float | None:
-    """Peak FLOP/s per device for MFU: the configured value, else H100/H200 bf16, else None."""
+    """Peak FLOP/s per device for MFU: the configured value, else H100/H200 bf16 (also for fp8,
+    so that MFU compares like for like with bf16 runs), else None."""
     if parallel.peak_flops is not None:
         return parallel.peak_flops
-    if device.type == "cuda" and parallel.precision == "bf16":
+    if device.type == "cuda" and parallel.precision != "fp32":
         name = torch.cuda.get_device_name(device)
         if "H100" in name or "H200" in name:
             return H100_BF16_PEAK

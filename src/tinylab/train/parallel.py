@@ -14,7 +14,10 @@ Options applied per decoder layer before sharding: activation checkpointing (ful
 selective: every other layer), torch.compile (`compile: model` compiles the whole unsharded
 model instead, fusing across layers and into the loss; under FSDP2 it is a ConfigError), and
 the Liger-Kernel ops `parallel.liger` lists (fused RMSNorm, RoPE, SwiGLU, linear cross-entropy)
-when the package is installed; lm_head stays in the root FSDP unit. A peft wrapper (LoRA) is
+when the package is installed; lm_head stays in the root FSDP unit. `precision: fp8` swaps the
+Linear layers (all but `parallel.fp8.keep_bf16`'s, lm_head by default) for torchao's Float8Linear
+before compile and sharding: float8 matmuls with dynamic scales, bf16 elsewhere, fp32 master
+weights; with `fp8.all_gather` FSDP2 gathers those weights in float8. A peft wrapper (LoRA) is
 looked through: its Llama is what is sharded.
 `compute_context` wraps each forward (and so the backward it records) in bf16
 autocast for the unsharded model and in the SDPA backend that `parallel.sdpa_backend` picks.
@@ -25,6 +28,8 @@ autocast for the unsharded model and in the SDPA backend that `parallel.sdpa_bac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import importlib.util
 import os
 import warnings
@@ -41,7 +46,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from tinylab.config.loader import ConfigError
-from tinylab.config.stage import ParallelConfig
+from tinylab.config.stage import Float8Config, ParallelConfig
 
 
 @dataclass
@@ -148,6 +153,8 @@ def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) ->
     model = model if unwrap is None else unwrap()
     if parallel.liger:
         apply_liger(model, ctx.device, parallel.liger)
+    if parallel.precision == "fp8":
+        apply_float8(model, parallel.fp8, ctx.device)
     layers = list(model.model.layers)
     for i, layer in enumerate(layers):
         if parallel.activation_checkpointing == "full" or (
@@ -161,7 +168,7 @@ def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) ->
             model.compile()
         return model
     policy = MixedPrecisionPolicy(
-        param_dtype=torch.bfloat16 if parallel.precision == "bf16" else None,
+        param_dtype=None if parallel.precision == "fp32" else torch.bfloat16,
         reduce_dtype=torch.float32,
     )
     for layer in layers:
@@ -175,6 +182,49 @@ def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) ->
         model, mesh=ctx.mesh, reshard_after_forward=parallel.reshard_after_forward, mp_policy=policy
     )
     return model
+
+
+def apply_float8(model: nn.Module, fp8: Float8Config, device: torch.device) -> None:
+    """Swap the model's Linear layers, except `fp8.keep_bf16`'s, for torchao's Float8Linear
+    (float8 matmuls with dynamic scales in forward and backward; weights stay as they are)."""
+    major_minor = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    if major_minor is None or major_minor < (8, 9):
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        raise ConfigError(
+            f"parallel.precision = 'fp8' needs a CUDA GPU of compute capability 8.9 or later "
+            f"(H100, H200, L40S, RTX 4090); this run is on {where}: use precision: bf16"
+        )
+    if importlib.util.find_spec("torchao") is None:
+        raise ConfigError(
+            "parallel.precision = 'fp8' needs torchao (pip install 'tinylab[gpu]'); "
+            "use precision: bf16 without it"
+        )
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    config = Float8LinearConfig.from_recipe_name(fp8.recipe)
+    if fp8.all_gather:
+        config = dataclasses.replace(config, enable_fsdp_float8_all_gather=True)
+    convert_to_float8_training(
+        model, config=config, module_filter_fn=functools.partial(float8_eligible, fp8=fp8)
+    )
+
+
+def float8_eligible(module: nn.Module, name: str, fp8: Float8Config) -> bool:
+    """A Linear layer computes in float8 unless `fp8.keep_bf16` names it (by name or suffix) or
+    its dimensions are not multiples of 16 (what float8 matmuls need)."""
+    if not isinstance(module, nn.Linear):
+        return False
+    kept = any(name == k or name.endswith("." + k) for k in fp8.keep_bf16)
+    return module.in_features % 16 == 0 and module.out_features % 16 == 0 and not kept
+
+
+def after_optimizer_step(model: nn.Module, parallel: ParallelConfig) -> None:
+    """With float8 all-gather, compute the next step's weight scales for all layers at once (one
+    all-reduce) instead of one per layer during the forward."""
+    if parallel.precision == "fp8" and parallel.fp8.all_gather:
+        from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
+
+        precompute_float8_dynamic_scale_for_fsdp(model)
 
 
 def sync_gradients(model: nn.Module, enabled: bool) -> None:
@@ -233,7 +283,7 @@ def compute_context(parallel: ParallelConfig, ctx: Distributed) -> Iterator[None
     with contextlib.ExitStack() as stack:
         if parallel.sdpa_backend != "auto":
             stack.enter_context(sdpa_kernel(SDPA_BACKENDS[parallel.sdpa_backend]))
-        if parallel.precision == "bf16" and ctx.mesh is None:
+        if parallel.precision != "fp32" and ctx.mesh is None:
             stack.enter_context(torch.autocast(ctx.device.type, dtype=torch.bfloat16))
         yield
 
