@@ -55,3 +55,102 @@ def write_run(run_dir: Path) -> Path:
     for name, spec in STAGES.items():
         write_stage(run_dir, name, *spec)
     return run_dir
+
+
+LINEAGE = {"base": (0, 0), "continual-code": (100, 1), "cooldown-code": (150, 2)}  # start, rank
+
+
+def write_lineage_stage(run_dir: Path, name: str, start: int, rank: int) -> None:
+    """One stage of LINEAGE: three train steps, a validation of two domains, two scored tasks
+    and the code domain's perplexity, with the per-item samples behind them (`_samples`)."""
+    run = RunLayout(run_dir)
+    stage = run.stage(name)
+    stage.root.mkdir(parents=True)
+    lines = []
+    for step in range(1, 4):
+        tokens = start + 10 * step
+        lines.append(
+            {
+                "kind": "train",
+                "step": step,
+                "stage_step": step,
+                "tokens": tokens,
+                "loss": 5.0 - rank - step / 10,
+                "lr": 1e-3,
+                "grad_norm": 1.0,
+                "tokens_per_s": 1000.0,
+                "mfu": None,
+                "peak_mem_bytes": 1,
+                "mixture": {},
+            }
+        )
+    lines.append(
+        {
+            "kind": "val",
+            "step": 3,
+            "tokens": start + 30,
+            "domains": {
+                "english": {"loss": 3.0, "bpb": 2.0 - 0.1 * rank, "windows": 4},
+                "code": {"loss": 3.0, "bpb": 3.0 - 0.5 * rank, "windows": 4},
+            },
+        }
+    )
+    stage.metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    results = [
+        {
+            "task": "arc_easy",
+            "metric": "acc_norm",
+            "value": 0.25 + 0.05 * rank,
+            "stderr": 0.01,
+            "n": 100,
+            "chance": 0.25,
+        },
+        {"task": "boolq", "metric": "acc", "value": 0.5, "stderr": 0.01, "n": 100, "chance": 0.5},
+        {
+            "task": "perplexity/code",
+            "metric": "bits_per_byte",
+            "value": 3.0 - 0.5 * rank,
+            "stderr": None,
+            "n": 8,
+            "chance": None,
+        },
+    ]
+    run.eval.mkdir(exist_ok=True)
+    run.eval_json(name).write_text(json.dumps({"checkpoint": name, "results": results}))
+    run.eval_samples(name).write_text("".join(json.dumps(r) + "\n" for r in _samples(rank)))
+
+
+def _samples(rank: int) -> list[dict]:
+    """Per-item records behind the scores: arc_easy's first 25 + 5 * rank items correct (each
+    stage gets 5 more right: a real gain), boolq's even items right at even ranks and its odd
+    ones at odd ranks (no change on average, large item-to-item swings: noise), and four code
+    windows near the code bpb (the validation's four)."""
+    arc = [
+        {
+            "task": "arc_easy",
+            "subtask": "arc_easy",
+            "doc_id": i,
+            "acc_norm": float(i < 25 + 5 * rank),
+        }
+        for i in range(100)
+    ]
+    boolq = [
+        {"task": "boolq", "subtask": "boolq", "doc_id": i, "acc": float(i % 2 == rank % 2)}
+        for i in range(100)
+    ]
+    windows = [
+        {
+            "task": "perplexity/code",
+            "window": f"code/{i}",
+            "bits_per_byte": 3.0 - 0.5 * rank + 0.01 * (i - 1.5),
+        }
+        for i in range(4)
+    ]
+    return arc + boolq + windows  # fmt: skip
+
+
+def write_lineage_run(run_dir: Path) -> Path:
+    """base -> continual-code -> cooldown-code, each stage better than its parent by `rank`."""
+    for name, (start, rank) in LINEAGE.items():
+        write_lineage_stage(run_dir, name, start, rank)
+    return run_dir

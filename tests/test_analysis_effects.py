@@ -15,8 +15,10 @@ from tinylab.analysis.effects import (
     EffectsError,
     Interval,
     item_scores,
+    measure_effect,
     paired_bootstrap,
     paired_effect,
+    verdict,
     window_bpb,
 )
 from tinylab.layout import RunLayout
@@ -52,6 +54,22 @@ def test_two_items_resample_to_an_exact_distribution() -> None:
     interval = paired_bootstrap([0.0, 0.0], [0.0, 1.0], resamples=20_000)
     assert (interval.estimate, interval.low, interval.high) == (0.5, 0.0, 1.0)
     assert not interval.excludes_zero
+
+
+def test_zero_on_a_bound_is_within_noise() -> None:
+    """One item of 20 gained, none lost: a third of the resamples miss it, so the lower bound is
+    exactly 0, and 0 in the (closed) interval is within noise."""
+    interval = paired_bootstrap(np.zeros(20), np.eye(20)[0])
+    assert interval.low == 0.0 and interval.high > 0
+    assert not interval.excludes_zero
+
+
+def test_an_interval_moves_to_another_estimate_of_the_same_difference() -> None:
+    interval = Interval(0.10, 0.05, 0.20, 30)
+    moved = interval.centred_on(0.12)
+    assert (moved.estimate, moved.n) == (0.12, 30)
+    assert (moved.low, moved.high) == pytest.approx((0.07, 0.22))
+    assert interval.centred_on(0.10 + 1e-15) is interval  # the same number: bounds untouched
 
 
 def test_many_items_match_the_normal_approximation() -> None:
@@ -203,3 +221,23 @@ def test_window_bpb_reads_the_perplexity_windows(tmp_path: Path) -> None:
     assert window_bpb(run, "base", "code").to_dict() == {"code/0": 2.0, "code/1": 3.0}
     with pytest.raises(EffectsError, match="no per-window bits per byte of domain 'math'"):
         window_bpb(run, "base", "math")
+
+
+def test_measure_effect_compares_stages_and_runs(tmp_path: Path) -> None:
+    """One function for a stage's contribution (one run, parent -> child) and a run-to-run
+    difference (two runs, one stage): a task by its items, `<domain> bpb` by its windows."""
+    first, second = RunLayout(tmp_path / "a"), RunLayout(tmp_path / "b")
+    rows = [{"task": "boolq", "metric": "acc"}, {"task": "perplexity/code"}]
+    for run, stage, right, bpb in ((first, "base", 10, 3.0), (first, "next", 20, 2.5),
+                                   (second, "next", 30, 2.0)):  # fmt: skip
+        samples = [{"task": "boolq", "subtask": "boolq", "doc_id": i, "acc": float(i < right)}
+                   for i in range(40)]  # fmt: skip
+        samples += [{"task": "perplexity/code", "window": f"code/{i}", "bits_per_byte": bpb + i}
+                    for i in range(3)]  # fmt: skip
+        write_eval(run, stage, rows, samples)
+    stage = measure_effect("boolq", (first.root, "base"), (first.root, "next"))
+    assert stage.estimate == pytest.approx(0.25) and stage.excludes_zero
+    runs = measure_effect("code bpb", (first, "next"), (second, "next"))
+    assert (runs.estimate, runs.low, runs.high) == pytest.approx((-0.5, -0.5, -0.5))
+    assert verdict(not runs.excludes_zero) == "beyond noise"
+    assert verdict(True) == "within noise" and verdict(None) == "no per-item data"

@@ -175,3 +175,25 @@ def test_stage_contributions_legend_names_stages() -> None:
     legend = figures.stage_contributions(deltas).axes[1].get_legend()
     assert legend.get_title().get_text() == "stage"
     assert [t.get_text() for t in legend.get_texts()] == ["continual-mathcode", "cooldown-mathcode"]
+
+
+def test_stage_contributions_show_intervals_and_grey_out_noise() -> None:
+    """With intervals (runs.stage_deltas), a cell shows the gain and its 95% interval in gain
+    sign (bounds swapped where lower is better); a change within noise is a grey cell of its
+    own mesh and a pale bar."""
+    deltas = pd.DataFrame(
+        [
+            {"variant": "v", "stage": "s", "measure": "bpb", "delta": -1.0, "low": -1.2,
+             "high": -0.8, "within_noise": False, "better": "lower"},
+            {"variant": "v", "stage": "s", "measure": "acc", "delta": 0.01, "low": -0.05,
+             "high": 0.07, "within_noise": True, "better": "higher"},
+        ]
+    )  # fmt: skip
+    fig = figures.stage_contributions(deltas)
+    heat, bars = fig.axes[0], fig.axes[1]
+    assert [t.get_text() for t in heat.texts] == ["1.00\n[0.80, 1.20]", "0.01\n[-0.05, 0.07]"]
+    colored, grey = heat.collections[:2]
+    assert list(colored.get_array().mask.ravel()) == [False, True]
+    assert list(grey.get_array().mask.ravel()) == [True, False]
+    assert "within noise" in heat.get_title()
+    assert [p.get_alpha() for p in bars.patches] == [1.0, 0.35]

@@ -47,6 +47,10 @@ def test_the_report_notebook_renders_a_run(tmp_path: Path) -> None:
     assert "Beside the paper&#39;s numbers" in html or "Beside the paper's numbers" in html
     assert "not in the paper" in html and "schedule.decay_tokens" in html  # LoRA row, assumptions
     assert "from tinylab" not in html  # code hidden
+    # it opens with what the run found, in sentences made from its numbers, before all else
+    assert html.index("What this run found") < html.index("Provenance")
+    found = "<strong>continual-code</strong>: code bits per byte fell by 1.000 (better; no per-item"
+    assert found in html  # the fixture's evaluations have no samples to resample
     figures = {"loss", "bits_per_byte", "stage_contributions", "benchmarks", "throughput"}
     figures.add("reference")
     assert {p.stem for p in run.figures.glob("*.png")} == figures

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
+from _analysis_fixtures import LINEAGE, write_lineage_run
 
 from tinylab.analysis.runs import (
     benchmark_table,
@@ -20,79 +20,18 @@ from tinylab.analysis.runs import (
 from tinylab.config.loader import ConfigError
 from tinylab.layout import RunLayout
 
-STAGES = {"base": (0, 0), "continual-code": (100, 1), "cooldown-code": (150, 2)}  # start, rank
-
-
-def _write_stage(run_dir: Path, name: str, start: int, rank: int) -> None:
-    run = RunLayout(run_dir)
-    stage = run.stage(name)
-    stage.root.mkdir(parents=True)
-    lines = []
-    for step in range(1, 4):
-        tokens = start + 10 * step
-        lines.append(
-            {
-                "kind": "train",
-                "step": step,
-                "stage_step": step,
-                "tokens": tokens,
-                "loss": 5.0 - rank - step / 10,
-                "lr": 1e-3,
-                "grad_norm": 1.0,
-                "tokens_per_s": 1000.0,
-                "mfu": None,
-                "peak_mem_bytes": 1,
-                "mixture": {},
-            }
-        )
-    lines.append(
-        {
-            "kind": "val",
-            "step": 3,
-            "tokens": start + 30,
-            "domains": {
-                "english": {"loss": 3.0, "bpb": 2.0 - 0.1 * rank, "windows": 4},
-                "code": {"loss": 3.0, "bpb": 3.0 - 0.5 * rank, "windows": 4},
-            },
-        }
-    )
-    stage.metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    results = [
-        {
-            "task": "arc_easy",
-            "metric": "acc_norm",
-            "value": 0.25 + 0.05 * rank,
-            "stderr": 0.01,
-            "n": 100,
-            "chance": 0.25,
-        },
-        {"task": "boolq", "metric": "acc", "value": 0.5, "stderr": 0.01, "n": 100, "chance": 0.5},
-        {
-            "task": "perplexity/code",
-            "metric": "bits_per_byte",
-            "value": 3.0 - 0.5 * rank,
-            "stderr": None,
-            "n": 8,
-            "chance": None,
-        },
-    ]
-    run.eval.mkdir(exist_ok=True)
-    run.eval_json(name).write_text(json.dumps({"checkpoint": name, "results": results}))
-
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    for name, (start, rank) in STAGES.items():
-        _write_stage(tmp_path, name, start, rank)
-    return tmp_path
+    return write_lineage_run(tmp_path)
 
 
 def test_load_run_concatenates_stages(run_dir: Path) -> None:
     run = load_run(run_dir)
-    assert sorted(run.metrics["stage"].unique()) == sorted(STAGES)
+    assert sorted(run.metrics["stage"].unique()) == sorted(LINEAGE)
     assert set(run.metrics["phase"]) == {"base", "continual", "cooldown"}
-    assert len(run.validation) == 2 * len(STAGES)
-    assert len(run.evals) == 3 * len(STAGES)
+    assert len(run.validation) == 2 * len(LINEAGE)
+    assert len(run.evals) == 3 * len(LINEAGE)
 
 
 def test_stage_deltas_follow_the_lineage(run_dir: Path) -> None:
@@ -105,6 +44,32 @@ def test_stage_deltas_follow_the_lineage(run_dir: Path) -> None:
     assert set(deltas["variant"]) == {"code"}
     # held-out bits per byte counts once (from validation), with lower = better
     assert "perplexity/code" not in deltas.index.get_level_values("measure")
+
+
+def test_stage_deltas_carry_their_intervals(run_dir: Path) -> None:
+    """Each delta's 95% interval from the per-item samples (scores) and per-window bpb (eval's
+    perplexity on the validation's windows), and whether it is within noise."""
+    deltas = stage_deltas(load_run(run_dir)).set_index(["stage", "measure"])
+    arc = deltas.loc[("continual", "arc_easy")]
+    assert 0 < arc["low"] < arc["delta"] < arc["high"] and arc["items"] == 100
+    assert arc["within_noise"] is False  # 5 items of 100 gained, none lost
+    boolq = deltas.loc[("continual", "boolq")]
+    assert boolq["low"] < -0.1 and boolq["high"] > 0.1 and boolq["within_noise"] is True
+    code = deltas.loc[("continual", "code bpb")]
+    assert (code["low"], code["high"]) == pytest.approx((-0.5, -0.5))  # every window -0.5
+    assert code["items"] == 4 and code["within_noise"] is False
+    english = deltas.loc[("continual", "english bpb")]  # no per-window data: no interval
+    assert math.isnan(english["low"]) and english["within_noise"] is None
+
+
+def test_a_delta_gets_no_interval_from_other_windows_than_validations(run_dir: Path) -> None:
+    run = RunLayout(run_dir)
+    for name in LINEAGE:
+        lines = run.eval_samples(name).read_text().splitlines()
+        run.eval_samples(name).write_text("\n".join(lines[:-1]) + "\n")  # 3 windows, not 4
+    deltas = stage_deltas(load_run(run_dir)).set_index(["stage", "measure"])
+    assert deltas.loc[("continual", "code bpb"), "within_noise"] is None
+    assert deltas.loc[("continual", "arc_easy"), "within_noise"] is False
 
 
 def test_benchmark_table_is_in_percent(run_dir: Path) -> None:
@@ -141,5 +106,5 @@ def test_stage_frames_label_phase_and_variant(run_dir: Path) -> None:
 
 def test_final_validation_is_each_stages_last(run_dir: Path) -> None:
     last = final_validation(load_run(run_dir))
-    assert len(last) == 2 * len(STAGES)
-    assert set(last["tokens"]) == {start + 30 for start, _ in STAGES.values()}
+    assert len(last) == 2 * len(LINEAGE)
+    assert set(last["tokens"]) == {start + 30 for start, _ in LINEAGE.values()}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _analysis_fixtures import STAGES, write_run
+from _analysis_fixtures import STAGES, write_lineage_run, write_run
 
 from tinylab.analysis import tables
 from tinylab.analysis.runs import load_run
@@ -69,3 +69,13 @@ def test_provenance_and_steps_come_from_the_manifest(run) -> None:
 
 def test_a_run_without_data_has_an_empty_data_table(run) -> None:
     assert tables.data_table(run).empty
+
+
+def test_contributions_say_in_words_whether_a_change_is_within_noise(tmp_path: Path) -> None:
+    table = tables.contributions_table(load_run(write_lineage_run(tmp_path)))
+    table = table[table["stage"] == "continual"].set_index("measure")
+    assert table.loc["arc_easy", "verdict"] == "beyond noise"  # 5 of 100 items gained
+    assert table.loc["boolq", "verdict"] == "within noise"  # items swing, the mean does not
+    assert table.loc["english bpb", "verdict"] == "no per-item data"
+    assert table.loc["arc_easy", "95% low"] < table.loc["arc_easy", "change"]
+    assert table.loc["code bpb", "items"] == 4

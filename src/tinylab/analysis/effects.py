@@ -37,7 +37,9 @@ from tinylab.layout import RunLayout
 RESAMPLES = 10_000  # a bound moves ~0.75% of the width from seed to seed (256 windows)
 LEVEL = 0.95
 _CHUNK_DRAWS = 1 << 22  # resampled indices drawn at once (32 MiB of int64): bounds memory
+_TOLERANCE = 1e-12  # a bound this close to 0 is 0 (rounding of a mean of 0/1 scores)
 _MULTINOMIAL_VALUES = 16  # up to this many distinct differences, resample counts of each
+BPB_SUFFIX = " bpb"  # the report's name of a domain's held-out bits per byte: "code bpb"
 _ITEM_KEYS = ("acc", "acc_norm", "exact_match", "em", "f1", "correct")  # means over items
 
 
@@ -59,11 +61,29 @@ class Interval:
     @property
     def excludes_zero(self) -> bool:
         """Whether the difference is distinguishable from zero (0 lies outside the interval);
-        False means "within noise"."""
-        return bool(self.low > 0 or self.high < 0)
+        False means "within noise", also when 0 is a bound (few items: a discrete distribution
+        often puts a bound exactly at 0)."""
+        return bool(self.low > _TOLERANCE or self.high < -_TOLERANCE)
+
+    def centred_on(self, estimate: float) -> Interval:
+        """The same interval moved to another estimate of the same difference (the headline
+        delta of a report, when it is computed apart from these items: a mean of subtask means,
+        a validation pass in another dtype): its bounds keep their distances from the estimate."""
+        if np.isclose(estimate, self.estimate, rtol=1e-9, atol=_TOLERANCE):
+            return self  # the same number by another route: keep the bounds bit for bit
+        shift = estimate - self.estimate
+        return Interval(estimate, self.low + shift, self.high + shift, self.n, self.level)
 
     def __str__(self) -> str:
         return f"{self.estimate:+.3g} [{self.low:+.3g}, {self.high:+.3g}]"
+
+
+def verdict(within_noise: bool | None) -> str:
+    """The report's words for an interval: "within noise" when it holds 0, "beyond noise" when
+    it does not, "no per-item data" when there was nothing to resample (None)."""
+    if within_noise is None:
+        return "no per-item data"
+    return "within noise" if within_noise else "beyond noise"
 
 
 def paired_bootstrap(
@@ -176,6 +196,32 @@ def window_bpb(run: RunLayout | Path | str, stage: str, domain: str) -> pd.Serie
         name=f"{stage}:{domain} bpb",
     )
     return series
+
+
+def measure_items(run: RunLayout | Path | str, stage: str, measure: str) -> pd.Series:
+    """The per-item values behind one of the report's measures (tinylab.analysis.runs'
+    final_scores): `<domain> bpb` is the domain's windows (`window_bpb`), any other a task's
+    items (`item_scores`)."""
+    if measure.endswith(BPB_SUFFIX):
+        return window_bpb(run, stage, measure.removesuffix(BPB_SUFFIX))
+    return item_scores(run, stage, measure)
+
+
+def measure_effect(
+    measure: str,
+    before: tuple[RunLayout | Path | str, str],
+    after: tuple[RunLayout | Path | str, str],
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """The interval of a measure's change from (run, stage) `before` to (run, stage) `after`:
+    a stage's contribution (one run, parent and child) or a run-to-run difference (two runs,
+    one stage name)."""
+    return paired_effect(
+        measure_items(*before, measure), measure_items(*after, measure),
+        resamples=resamples, seed=seed,
+    )  # fmt: skip
 
 
 def _task_row(run: RunLayout, stage: str, task: str) -> dict:

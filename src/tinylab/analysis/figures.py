@@ -26,6 +26,7 @@ from tinylab.analysis.runs import Run, benchmark_table, stage_deltas
 from tinylab.layout import RunLayout
 
 PHASE_COLORS = {"base": "#f2f2f2", "continual": "#e3eef9", "cooldown": "#fbeee0"}
+NOISE_COLOR = "#d9d9d9"  # a stage contribution within noise
 
 
 def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
@@ -142,41 +143,80 @@ def validation_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
 
 def stage_contributions(deltas: pd.DataFrame) -> plt.Figure:
     """The change each stage causes in every score and domain loss, per variant: a heatmap of
-    signed deltas (with ± their stderr where the deltas have a `stderr` column) and bars of the
-    same. Needs columns variant, stage, measure, delta, better ('higher' or 'lower')."""
+    signed deltas and bars of the same, signed so that + is better. Needs columns variant,
+    stage, measure, delta, better ('higher' or 'lower'); with `low`/`high`/`within_noise`
+    (runs.stage_deltas) each cell shows its 95% interval and bars carry it as error bars, and a
+    change within noise is a grey cell and a pale bar; else a `stderr` column is shown as ±."""
     _style()
-    frame = deltas.copy()
-    frame["gain"] = frame["delta"].where(frame["better"] == "higher", -frame["delta"])
-    frame["stage"] = frame["stage"] + "-" + frame["variant"]  # the stage's own name
+    frame = _gains(deltas)
     table = frame.pivot_table(index="measure", columns="stage", values="gain", sort=False)
-    frame["label"] = [
-        f"{g:.2f}" + (f"\n±{e:.2f}" if pd.notna(e) else "")
-        for g, e in zip(frame["gain"], frame.get("stderr", [math.nan] * len(frame)), strict=True)
-    ]
+    frame["label"] = [_cell_label(r) for r in frame.itertuples()]
     labels = frame.pivot(index="measure", columns="stage", values="label")
     labels = labels.reindex(index=table.index, columns=table.columns)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.6 * len(table) + 2.5), width_ratios=[1, 1.2])
+    noise = frame.pivot(index="measure", columns="stage", values="noise")
+    noise = noise.reindex(index=table.index, columns=table.columns).fillna(False).astype(bool)
+    heat_width = 1.3 * len(table.columns) + 3  # room for a cell's "[-0.15, 0.15]"
+    fig, axes = plt.subplots(1, 2, figsize=(heat_width + 7, 0.7 * len(table) + 2.5),
+                             width_ratios=[heat_width, 7])  # fmt: skip
     limit = max(float(table.abs().max().max()), 1e-9)
-    sns.heatmap(
-        table,
-        annot=labels.to_numpy(),
-        fmt="",
-        cmap="RdBu",
-        vmin=-limit,
-        vmax=limit,
-        center=0,
-        cbar_kws={"label": "improvement (sign: better is +)"},
-        ax=axes[0],
-    )
+    cells = {"annot": labels.to_numpy(), "fmt": "", "annot_kws": {"fontsize": 8}, "ax": axes[0]}
+    sns.heatmap(table, mask=noise.to_numpy(), cmap="RdBu", vmin=-limit, vmax=limit, center=0,
+                cbar_kws={"label": "improvement (sign: better is +)"}, **cells)  # fmt: skip
+    if noise.to_numpy().any():
+        sns.heatmap(table, mask=~noise.to_numpy(), cmap=[NOISE_COLOR], cbar=False, **cells)
+        axes[0].set_title("grey: within noise (the 95% interval holds 0)", fontsize=9)
     axes[0].set_xlabel("")
     axes[0].set_ylabel("")
-    sns.barplot(frame, y="measure", x="gain", hue="stage", ax=axes[1], orient="h",
-                palette=stage_palette(frame["stage"]), saturation=1)  # fmt: skip
-    axes[1].axvline(0, color="black", lw=0.8)
-    axes[1].set_xlabel("improvement caused by the stage")
-    axes[1].set_ylabel("")
+    _contribution_bars(frame, axes[1])
     fig.tight_layout()
     return fig
+
+
+def _gains(deltas: pd.DataFrame) -> pd.DataFrame:
+    """Deltas signed so that + is better (interval bounds swapped where lower is better), the
+    stage's own name in `stage`, and `noise`: whether the change is within noise."""
+    frame = deltas.copy()
+    flip = frame["better"] != "higher"
+    frame["gain"] = frame["delta"].where(~flip, -frame["delta"])
+    for column in ("low", "high", "stderr", "within_noise"):
+        if column not in frame:
+            frame[column] = math.nan if column != "within_noise" else None
+    frame["gain_low"] = frame["low"].where(~flip, -frame["high"])
+    frame["gain_high"] = frame["high"].where(~flip, -frame["low"])
+    frame["noise"] = frame["within_noise"].map(lambda v: v is True)
+    frame["stage"] = frame["stage"] + "-" + frame["variant"]
+    return frame
+
+
+def _cell_label(row) -> str:
+    if pd.notna(row.gain_low):
+        return f"{row.gain:.2f}\n[{row.gain_low:.2f}, {row.gain_high:.2f}]"
+    return f"{row.gain:.2f}" + (f"\n±{row.stderr:.2f}" if pd.notna(row.stderr) else "")
+
+
+def _contribution_bars(frame: pd.DataFrame, ax: plt.Axes) -> None:
+    """Horizontal bars of the gains, one per stage within each measure, with the 95% interval
+    as an error bar; a bar within noise is pale."""
+    measures = list(dict.fromkeys(frame["measure"]))
+    stages = list(dict.fromkeys(frame["stage"]))
+    palette = stage_palette(stages)
+    height = 0.8 / len(stages)
+    for k, stage in enumerate(stages):
+        rows = frame[frame["stage"] == stage]
+        y = [measures.index(m) - 0.4 + height * (k + 0.5) for m in rows["measure"]]
+        errors = [
+            rows["gain"] - rows["gain_low"],
+            rows["gain_high"] - rows["gain"],
+        ]
+        ax.barh(y, rows["gain"], height=height, color=palette[stage], label=stage,
+                xerr=errors, error_kw={"lw": 0.8, "capsize": 2})  # fmt: skip
+        for patch, noisy in zip(ax.patches[-len(rows) :], rows["noise"], strict=True):
+            patch.set_alpha(0.35 if noisy else 1.0)
+    ax.set_yticks(range(len(measures)), measures)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("improvement caused by the stage (bars: 95% interval; pale: within noise)")
+    ax.legend(title="stage", loc="best", fontsize=8)
 
 
 def benchmarks_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame) -> plt.Figure:

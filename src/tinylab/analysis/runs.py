@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tinylab.analysis.effects import BPB_SUFFIX, EffectsError, Interval, measure_effect
 from tinylab.config.loader import ConfigError, project_path
 from tinylab.config.stage import StageConfig
 from tinylab.evaluate.results import load_results
@@ -153,23 +154,28 @@ def final_scores(run: Run) -> pd.DataFrame:
         if r.metric != "bits_per_byte"
     ]  # fmt: skip
     rows += [
-        {"stage": r.stage, "measure": f"{r.domain} bpb", "value": r.bpb, "stderr": None,
+        {"stage": r.stage, "measure": f"{r.domain}{BPB_SUFFIX}", "value": r.bpb, "stderr": None,
          "better": "lower"}
         for r in final_validation(run).itertuples()
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=["stage", "measure", "value", "stderr", "better"])
 
 
+DELTA_COLUMNS = ["variant", "stage", "measure", "delta", "stderr", "low", "high", "items",
+                 "within_noise", "better"]  # fmt: skip
+
+
 def stage_deltas(run: Run) -> pd.DataFrame:
     """What each stage changed, per variant: value after the stage minus value after its parent,
     for every measure both have, with the stderr of that difference (the two scores' stderrs in
-    quadrature; NaN where a score has none). Columns variant, stage (phase), measure, delta,
-    stderr, better. A parent only evaluated, not trained here (a released base), counts too: its
-    held-out bits per byte is its child's validation at the child's start (the same weights)."""
+    quadrature; NaN where a score has none) and its 95% interval (`delta_interval`). Columns
+    variant, stage (phase), measure, delta, stderr, low, high, items, within_noise, better. A
+    parent only evaluated, not trained here (a released base), counts too: its held-out bits per
+    byte is its child's validation at the child's start (the same weights)."""
     scores = final_scores(run).set_index(["stage", "measure"])
     trained = {*run.metrics["stage"]}
     first = run.validation.sort_values("tokens").groupby(["stage", "domain"]).head(1)
-    starts = {(r.stage, f"{r.domain} bpb"): r.bpb for r in first.itertuples()}
+    starts = {(r.stage, f"{r.domain}{BPB_SUFFIX}"): r.bpb for r in first.itertuples()}
     stages = sorted(trained | {*run.evals["stage"]})
     rows = []
     for variant in variants(stages):
@@ -185,17 +191,48 @@ def stage_deltas(run: Run) -> pd.DataFrame:
                 after = scores.loc[(child, measure), ["value", "stderr"]].tolist()
                 errors = [after[1], before[1]]
                 stderr = math.hypot(*map(float, errors)) if all(pd.notna(errors)) else math.nan
+                delta = float(after[0] - before[0])
+                interval = delta_interval(run, parent, child, measure, delta)
                 rows.append(
                     {
                         "variant": variant,
                         "stage": child.partition("-")[0],
                         "measure": measure,
-                        "delta": float(after[0] - before[0]),
+                        "delta": delta,
                         "stderr": stderr,
+                        "low": interval.low if interval else math.nan,
+                        "high": interval.high if interval else math.nan,
+                        "items": interval.n if interval else 0,
+                        "within_noise": None if interval is None else not interval.excludes_zero,
                         "better": scores.loc[(child, measure), "better"],
                     }
                 )
-    return pd.DataFrame(rows, columns=["variant", "stage", "measure", "delta", "stderr", "better"])
+    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
+
+
+def delta_interval(
+    run: Run, parent: str, child: str, measure: str, delta: float
+) -> Interval | None:
+    """The 95% paired-bootstrap interval of a stage's delta (tinylab.analysis.effects: over the
+    task's items, or the domain's held-out windows scored by `tinylab eval`), centred on the
+    delta shown; None when the run has no per-item data for both stages, or when the evaluated
+    windows are not the ones validation measured (another count: another sample)."""
+    try:
+        interval = measure_effect(measure, (run.run_dir, parent), (run.run_dir, child))
+    except EffectsError:
+        return None
+    if measure.endswith(BPB_SUFFIX) and interval.n != _validation_windows(run, child, measure):
+        return None
+    return interval.centred_on(delta)
+
+
+def _validation_windows(run: Run, stage: str, measure: str) -> int | None:
+    """The number of windows of the stage's last validation of the measure's domain."""
+    if "windows" not in run.validation:
+        return None
+    last = final_validation(run)
+    rows = last[(last["stage"] == stage) & (last["domain"] == measure.removesuffix(BPB_SUFFIX))]
+    return int(rows["windows"].iloc[0]) if len(rows) else None
 
 
 def benchmark_table(run: Run) -> pd.DataFrame:

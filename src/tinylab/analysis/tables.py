@@ -1,4 +1,5 @@
-"""The report's tables of a run: provenance, pipeline steps, data, benchmark scores per stage.
+"""The report's tables of a run: provenance, pipeline steps, data, benchmark scores per stage,
+stage contributions with their intervals.
 
 Each takes the `Run` that `load_run` returns and gives a DataFrame for display; figures are in
 tinylab.analysis.figures, deviations from the paper in tinylab.analysis.deviations.
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tinylab.analysis.runs import Run
+from tinylab.analysis.effects import verdict
+from tinylab.analysis.runs import Run, stage_deltas
 
 
 def benchmark_scores(run: Run) -> pd.DataFrame:
@@ -25,6 +27,26 @@ def benchmark_scores(run: Run) -> pd.DataFrame:
     table = frame.pivot_table(index=labels, columns="stage", values="value", sort=False)
     table.insert(0, "chance", frame.groupby(labels, sort=False)["chance"].first())
     return table.reset_index()
+
+
+def contributions_table(run: Run) -> pd.DataFrame:
+    """What each stage changed (`runs.stage_deltas`), one row per variant, stage and measure:
+    the change, its 95% interval and a verdict: "within noise" when the interval holds 0,
+    "beyond noise" when it does not, "no per-item data" when the run has none to resample."""
+    deltas = stage_deltas(run)
+    return pd.DataFrame(
+        {
+            "variant": deltas["variant"],
+            "stage": deltas["stage"],
+            "measure": deltas["measure"],
+            "change": deltas["delta"],
+            "95% low": deltas["low"],
+            "95% high": deltas["high"],
+            "items": deltas["items"],
+            "verdict": deltas["within_noise"].map(verdict),
+            "better": deltas["better"],
+        }
+    )
 
 
 def data_table(run: Run) -> pd.DataFrame:
