@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 
 import pytest
-from _analysis_fixtures import LINEAGE, write_lineage_run
+from _analysis_fixtures import LINEAGE, write_lineage_run, write_lineage_stage
+from _train_fixtures import stage_config
 
 from tinylab.analysis.runs import (
     benchmark_table,
@@ -17,7 +18,7 @@ from tinylab.analysis.runs import (
     stage_frames,
     variants,
 )
-from tinylab.config.loader import ConfigError
+from tinylab.config.loader import ConfigError, dump_config
 from tinylab.layout import RunLayout
 
 
@@ -108,3 +109,18 @@ def test_final_validation_is_each_stages_last(run_dir: Path) -> None:
     last = final_validation(load_run(run_dir))
     assert len(last) == 2 * len(LINEAGE)
     assert set(last["tokens"]) == {start + 30 for start, _ in LINEAGE.values()}
+
+
+def test_a_counterfactual_stage_is_compared_with_its_real_parent(run_dir: Path) -> None:
+    """cooldown-code-lrdecay starts from continual-code (init_from in its resolved.yaml), which
+    its name does not say: its contribution is against continual-code, not base."""
+    write_lineage_stage(run_dir, "cooldown-code-lrdecay", 150, 3)
+    init_from = {"stage": "continual-code", "carry": ["weights"]}
+    config = stage_config(name="cooldown-code-lrdecay", init_from=init_from)
+    RunLayout(run_dir).stage("cooldown-code-lrdecay").resolved.write_text(dump_config(config))
+    deltas = stage_deltas(load_run(run_dir)).set_index(["variant", "measure"])
+    assert deltas.loc[("code-lrdecay", "arc_easy"), "delta"] == pytest.approx(0.10)  # 0.40 - 0.30
+    assert deltas.loc[("code-lrdecay", "code bpb"), "delta"] == pytest.approx(-1.0)  # 1.0 - 2.0
+    assert deltas.loc[("code-lrdecay", "code bpb"), "low"] == pytest.approx(-1.0)
+    assert set(deltas.loc["code-lrdecay", "stage"]) == {"cooldown"}
+    assert deltas.loc[("code", "arc_easy"), "delta"].tolist() == pytest.approx([0.05, 0.05])

@@ -169,9 +169,10 @@ def stage_deltas(run: Run) -> pd.DataFrame:
     """What each stage changed, per variant: value after the stage minus value after its parent,
     for every measure both have, with the stderr of that difference (the two scores' stderrs in
     quadrature; NaN where a score has none) and its 95% interval (`delta_interval`). Columns
-    variant, stage (phase), measure, delta, stderr, low, high, items, within_noise, better. A
-    parent only evaluated, not trained here (a released base), counts too: its held-out bits per
-    byte is its child's validation at the child's start (the same weights)."""
+    variant, stage (phase), measure, delta, stderr, low, high, items, within_noise, better. The
+    parent is the stage's real one (`parent_stage`). A parent only evaluated, not trained here
+    (a released base), counts too: its held-out bits per byte is its child's validation at the
+    child's start (the same weights)."""
     scores = final_scores(run).set_index(["stage", "measure"])
     trained = {*run.metrics["stage"]}
     first = run.validation.sort_values("tokens").groupby(["stage", "domain"]).head(1)
@@ -180,7 +181,8 @@ def stage_deltas(run: Run) -> pd.DataFrame:
     rows = []
     for variant in variants(stages):
         chain = lineage(stages, variant)
-        for parent, child in zip(chain, chain[1:], strict=False):
+        for previous, child in zip(chain, chain[1:], strict=False):
+            parent = parent_stage(run, child, previous)
             for measure in scores.loc[child].index:
                 if (parent, measure) in scores.index:
                     before = scores.loc[(parent, measure), ["value", "stderr"]].tolist()
@@ -192,7 +194,7 @@ def stage_deltas(run: Run) -> pd.DataFrame:
                 errors = [after[1], before[1]]
                 stderr = math.hypot(*map(float, errors)) if all(pd.notna(errors)) else math.nan
                 delta = float(after[0] - before[0])
-                interval = delta_interval(run, parent, child, measure, delta)
+                interval = delta_interval(measure, (run, parent), (run, child), delta)
                 rows.append(
                     {
                         "variant": variant,
@@ -210,18 +212,30 @@ def stage_deltas(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DELTA_COLUMNS)
 
 
+def parent_stage(run: Run, stage: str, fallback: str) -> str:
+    """The stage `stage` started from: its resolved `init_from.stage` (a counterfactual such as
+    cooldown-mathcode-lrdecay starts from continual-mathcode, which its name does not say), else
+    `fallback` (its predecessor in the name lineage: a release, or a run without resolved.yaml)."""
+    config = run.stages.get(stage)
+    if config is not None and config.init_from is not None and config.init_from.stage:
+        return config.init_from.stage
+    return fallback
+
+
 def delta_interval(
-    run: Run, parent: str, child: str, measure: str, delta: float
+    measure: str, before: tuple[Run, str], after: tuple[Run, str], delta: float
 ) -> Interval | None:
-    """The 95% paired-bootstrap interval of a stage's delta (tinylab.analysis.effects: over the
-    task's items, or the domain's held-out windows scored by `tinylab eval`), centred on the
-    delta shown; None when the run has no per-item data for both stages, or when the evaluated
-    windows are not the ones validation measured (another count: another sample)."""
+    """The 95% paired-bootstrap interval of a change of `measure` from (run, stage) `before` to
+    `after` (tinylab.analysis.effects: over the task's items, or the domain's held-out windows
+    scored by `tinylab eval`), centred on the `delta` shown: a stage's contribution or a
+    run-to-run difference. None when either side has no per-item data, or when the evaluated
+    windows are not the ones `after`'s validation measured (another count: another sample)."""
     try:
-        interval = measure_effect(measure, (run.run_dir, parent), (run.run_dir, child))
+        interval = measure_effect(measure, (before[0].run_dir, before[1]),
+                                  (after[0].run_dir, after[1]))  # fmt: skip
     except EffectsError:
         return None
-    if measure.endswith(BPB_SUFFIX) and interval.n != _validation_windows(run, child, measure):
+    if measure.endswith(BPB_SUFFIX) and interval.n != _validation_windows(*after, measure):
         return None
     return interval.centred_on(delta)
 
