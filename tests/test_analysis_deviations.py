@@ -201,4 +201,5 @@ def test_values_compare_as_numbers_and_show_readably() -> None:
     assert not same(True, 1) and not same({"english": 100}, {"english": 100, "code": 0})
     assert same(None, None) and not same(None, 0)
     assert show(1.5e12) == "1,500,000,000,000" and show(4e-4) == "0.0004" and show(False) == "false"
+    assert show(4096) == "4,096" and show(256) == "256"  # counts: thousands separators
     assert show({"english": 75.0, "code": 15.0}) == "english 75, code 15"

@@ -67,6 +67,18 @@ def test_provenance_and_steps_come_from_the_manifest(run) -> None:
     ]
 
 
+def test_the_report_step_running_while_it_reads_the_manifest_is_this_report(run) -> None:
+    steps = {"base": {"status": "running"}, "report": {"status": "running"}}
+    pipeline = {"steps": [{"name": "base", "notebook": "02_train_stage"},
+                          {"name": "report", "notebook": "04_report"}]}  # fmt: skip
+    manifest = {"steps": steps, "pipeline_resolved": pipeline}
+    table = tables.steps_table(dataclasses.replace(run, manifest=manifest))
+    assert table["status"].tolist() == ["running", "this report"]  # another step: as it is
+    steps["report"] = {"status": "failed"}  # an earlier report step, read by `tinylab report`
+    table = tables.steps_table(dataclasses.replace(run, manifest=manifest))
+    assert table["status"].tolist() == ["running", "failed"]
+
+
 def test_a_run_without_data_has_an_empty_data_table(run) -> None:
     assert tables.data_table(run).empty
 

@@ -319,7 +319,7 @@ def show(value: Any) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) >= 1e6:
         value = int(value)
     if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, dict):

@@ -9,9 +9,12 @@ tinylab.analysis.figures, deviations from the paper in tinylab.analysis.deviatio
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from tinylab.analysis.effects import verdict
+from tinylab.analysis.publish import REPORT_NOTEBOOK
 from tinylab.analysis.runs import Run, stage_deltas
 
 
@@ -80,13 +83,24 @@ def provenance_table(run: Run) -> pd.DataFrame:
 
 def steps_table(run: Run) -> pd.DataFrame:
     """Each pipeline step's status (with why, when its results were kept although its code
-    changed: `tinylab run --keep-stale`) and wall time."""
+    changed: `tinylab run --keep-stale`) and wall time. The report reads the manifest while its
+    own step runs: a running step of the report notebook is "this report", not "running"."""
     steps = run.manifest.get("steps", {})
+    reports = {
+        step["name"]
+        for step in run.manifest.get("pipeline_resolved", {}).get("steps", [])
+        if Path(step.get("notebook", "")).stem == REPORT_NOTEBOOK.stem
+    }
     return pd.DataFrame(
-        [{"step": n, "status": _status(r), "seconds": r.get("seconds")} for n, r in steps.items()]
+        [
+            {"step": n, "status": _status(r, this_report=n in reports), "seconds": r.get("seconds")}
+            for n, r in steps.items()
+        ]
     )
 
 
-def _status(record: dict) -> str | None:
+def _status(record: dict, *, this_report: bool) -> str | None:
+    if this_report and record.get("status") == "running":
+        return "this report"
     stale = record.get("stale")
     return f"{record.get('status')} (stale: {stale})" if stale else record.get("status")

@@ -1,0 +1,81 @@
+"""How the report shows numbers and tables: counts with thousands separators (65,536), floats at
+four significant digits with one number of decimals per column (0.65 and 0.10, not 0.65 and 0.1),
+missing values as an en dash, and every row and column of a table (pandas cuts a table of more
+than 60 rows to 10 behind "...", which a published report must not).
+
+The report's table functions return plain DataFrames (tests and other code read their values);
+only their display changes: `install()` makes the running IPython render every DataFrame with
+`table_html`. Text that states a count uses `number`.
+
+    formatting.install()  # in a notebook, before its tables
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import pandas as pd
+
+SIGNIFICANT = 4  # digits a float keeps: 5.4136 -> 5.414, 14398.8 -> 14,399
+MAX_DECIMALS = 6  # smaller floats are shown as 1.234e-07
+MISSING = "\u2013"  # en dash
+
+
+def number(value: Any, *, decimals: int | None = None) -> str:
+    """One number for display: ints with thousands separators, floats at SIGNIFICANT digits
+    (or `decimals` of them), None and NaN as MISSING; anything else as str()."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return MISSING
+    if isinstance(value, bool | str) or not isinstance(value, numbers.Real):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}"
+    value = float(value)
+    if math.isinf(value):
+        return str(value)
+    if value != 0 and abs(value) < 10**-MAX_DECIMALS:
+        return f"{value:.{SIGNIFICANT}g}"
+    return f"{value:,.{_decimals(value) if decimals is None else decimals}f}"
+
+
+def _decimals(value: float) -> int:
+    """Decimals that show value at SIGNIFICANT digits, without trailing zeros (0.65 -> 2)."""
+    if value == 0 or not math.isfinite(value):
+        return 0
+    wanted = max(0, SIGNIFICANT - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{min(wanted, MAX_DECIMALS)}f}"
+    return len(text.rstrip("0").partition(".")[2])
+
+
+def column_text(column: pd.Series) -> pd.Series:
+    """A column as display strings: a float column with one number of decimals (the most any
+    of its values needs), any other column value by value."""
+    if pd.api.types.is_float_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        shown = [v for v in column if pd.notna(v) and abs(v) >= 10**-MAX_DECIMALS]
+        decimals = max((_decimals(float(v)) for v in shown), default=0)
+        return column.map(lambda v: number(v, decimals=decimals), na_action=None)
+    return column.map(number, na_action=None)
+
+
+def table_html(frame: pd.DataFrame) -> str:
+    """A DataFrame as the report shows it: every row and column, numbers through column_text,
+    no index when it is only the row numbers; `data-rows` on the table says how many rows the
+    data has (the browser test counts them in the page)."""
+    text = pd.DataFrame({i: column_text(frame.iloc[:, i]) for i in range(frame.shape[1])})
+    text.columns, text.index = frame.columns, frame.index
+    plain_index = isinstance(frame.index, pd.RangeIndex) and frame.index.name is None
+    with pd.option_context("display.max_colwidth", None):
+        html = text.to_html(max_rows=None, max_cols=None, index=not plain_index, notebook=True)
+    return html.replace("<table ", f'<table data-rows="{len(frame)}" ', 1)
+
+
+def install() -> None:
+    """Render every DataFrame that the running IPython displays with table_html (no-op outside
+    IPython)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, table_html)

@@ -1,0 +1,144 @@
+"""The published report in a real browser: Debian's chromium, driven by Playwright through its
+executable path (no `playwright install` download), opens the report that the tests' own small
+run renders and finds no console error, every image decoded (naturalWidth > 0) and every table
+whole (as many rows in the page as the table's data: `data-rows`, written by
+tinylab.analysis.formatting, and the deviations and steps tables counted from the run itself).
+
+The fixture installs chromium when it is missing (root, apt-get, as tests/test_slurm.py does);
+skipped, with the reason, without root, apt-get or the playwright package.
+
+    python -m pytest -q tests/test_report_browser.py
+    TINYLAB_SCREENSHOTS=docs python -m pytest -q tests/test_report_browser.py  # docs/ PNGs
+
+With TINYLAB_SCREENSHOTS=FOLDER the test also writes full-page PNG screenshots of each report it
+opens into FOLDER; TINYLAB_REPORTS=a.html,b.html opens those reports too (the demo's:
+outputs/runs/demo/report.html, after `tinylab report outputs/runs/demo`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from _analysis_fixtures import STAGES, write_run
+
+from tinylab.analysis import deviations
+from tinylab.analysis.publish import render_report
+from tinylab.analysis.runs import load_run
+from tinylab.layout import RunLayout
+
+pytestmark = pytest.mark.slow
+
+SCREENSHOTS = os.environ.get("TINYLAB_SCREENSHOTS")
+EXTRA_REPORTS = [Path(p) for p in os.environ.get("TINYLAB_REPORTS", "").split(",") if p]
+WIDTH = 1280  # CSS pixels of the page the screenshots show
+
+# what the page says about itself, read in the browser
+PAGE_FACTS = """() => {
+  let heading = null;
+  const tables = [];
+  for (const e of document.querySelectorAll("h1, h2, table")) {  // in document order
+    if (e.tagName !== "TABLE") { heading = e.textContent.replace("\u00b6", "").trim(); continue; }
+    const rows = e.tBodies.length ? e.tBodies[0].rows.length : 0;
+    tables.push({heading, rows, data: e.getAttribute("data-rows")});
+  }
+  return {
+    tables,
+    images: [...document.images].map(i => ({complete: i.complete, width: i.naturalWidth})),
+    ellipsis: [...document.querySelectorAll("td, th")].some(c => c.textContent.trim() === "..."),
+  };
+}"""
+
+
+def _chromium() -> str:
+    """The system chromium's path, installed with apt-get when missing (root only)."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.skip("chromium is not installed and installing it needs root")
+    if shutil.which("apt-get") is None:
+        pytest.skip("chromium is not installed and apt-get is not available to install it")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    update = subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
+    if update.returncode != 0:
+        pytest.skip(f"apt-get update failed (no package registry?): {update.stderr[-500:]}")
+    install = subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert install.returncode == 0, f"apt-get install chromium:\n{install.stderr}"
+    return shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the dev extra installs it")
+    executable = _chromium()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
+    """The analysis tests' run with a manifest as `tinylab run` leaves it while its report step
+    runs: every step done but the report, which is running."""
+    run = RunLayout(write_run(tmp_path_factory.mktemp("browser") / "run"))
+    names = ["prepare", *(n for s in STAGES for n in (s, f"eval-{s}")), "report"]
+    steps = {n: {"status": "done", "seconds": 1234.5678} for n in names}
+    steps["report"] = {"status": "running"}
+    pipeline = {"steps": [{"name": n, "notebook": "04_report" if n == "report" else "x"}
+                          for n in names]}  # fmt: skip
+    manifest = {"run_id": "run", "steps": steps, "pipeline_resolved": pipeline}
+    run.manifest.write_text(json.dumps(manifest))
+    render_report(run.root)
+    return run
+
+
+def _open(browser, html: Path) -> tuple[dict, list[str]]:
+    """The report's page facts and its console errors (and uncaught page errors)."""
+    page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(html.resolve().as_uri(), wait_until="load")
+    facts = page.evaluate(PAGE_FACTS)
+    if SCREENSHOTS:
+        name = html.parent.name if html.name == "report.html" else html.stem
+        page.screenshot(path=Path(SCREENSHOTS) / f"{name}-report-full.png", full_page=True)
+    page.close()
+    return facts, errors
+
+
+def _assert_published(facts: dict, errors: list[str]) -> None:
+    assert errors == []
+    assert facts["images"] and all(i["complete"] and i["width"] > 0 for i in facts["images"])
+    for table in facts["tables"]:
+        assert table["data"] is not None, f"a table not rendered by formatting: {table}"
+        assert table["rows"] == int(table["data"]), table
+    assert not facts["ellipsis"]  # no row or column cut to "..."
+
+
+def test_the_report_opens_whole_in_a_browser(browser, small_run: RunLayout) -> None:
+    facts, errors = _open(browser, small_run.report)
+    _assert_published(facts, errors)
+    rows = {t["heading"]: t["rows"] for t in facts["tables"]}
+    run = load_run(small_run.root)
+    expected = deviations.deviation_table(deviations.run_settings(run))
+    assert rows["Deviations from the paper"] == len(expected)
+    html = small_run.report.read_text()
+    assert "this report" in html and ">running<" not in html
+    assert ">1,235<" in html  # 1234.5678 seconds: four significant digits, a separator
+
+
+@pytest.mark.parametrize("html", EXTRA_REPORTS, ids=str)
+def test_a_given_report_opens_whole_in_a_browser(browser, html: Path) -> None:
+    _assert_published(*_open(browser, html))
