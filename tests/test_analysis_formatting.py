@@ -3,8 +3,6 @@ tables shown whole (pandas cuts more than 60 rows to 10 behind "...")."""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,6 +47,12 @@ def test_a_long_table_is_shown_whole() -> None:
     assert "<th>s69</th>" in named and _body_rows(named) == 70
 
 
+def test_number_cells_are_marked_for_right_alignment() -> None:
+    html = table_html(pd.DataFrame({"fact": ["seq_len", "2048"], "run": [256.0, None]}))
+    assert "<td>seq_len</td>" in html and '<td class="number">2048</td>' in html
+    assert '<td class="number">256</td>' in html and f'<td class="number">{MISSING}</td>' in html
+
+
 def test_an_empty_table_says_it_has_no_rows() -> None:
     assert 'data-rows="0"' in table_html(pd.DataFrame())
 
@@ -68,4 +72,4 @@ def test_install_makes_ipython_show_every_dataframe_whole(shell) -> None:
     install()
     shown = shell.display_formatter.format(frame)[0]["text/html"]
     assert shown == table_html(frame) and _body_rows(shown) == 70
-    assert re.search(r"<td>69,000</td>", shown)
+    assert '<td class="number">69,000</td>' in shown

@@ -1,4 +1,4 @@
-"""The published report in a real browser: Debian's chromium, driven by Playwright through its
+r"""The published report in a real browser: Debian's chromium, driven by Playwright through its
 executable path (no `playwright install` download), opens the report that the tests' own small
 run renders and finds no console error, every image decoded (naturalWidth > 0) and every table
 whole (as many rows in the page as the table's data: `data-rows`, written by
@@ -8,11 +8,15 @@ The fixture installs chromium when it is missing (root, apt-get, as tests/test_s
 skipped, with the reason, without root, apt-get or the playwright package.
 
     python -m pytest -q tests/test_report_browser.py
-    TINYLAB_SCREENSHOTS=docs python -m pytest -q tests/test_report_browser.py  # docs/ PNGs
 
-With TINYLAB_SCREENSHOTS=FOLDER the test also writes full-page PNG screenshots of each report it
-opens into FOLDER; TINYLAB_REPORTS=a.html,b.html opens those reports too (the demo's:
-outputs/runs/demo/report.html, after `tinylab report outputs/runs/demo`).
+TINYLAB_REPORTS=LABEL=PATH[,LABEL=PATH...] opens those reports too, and with
+TINYLAB_SCREENSHOTS=FOLDER the test writes PNG screenshots of them (1280 CSS pixels wide) into
+FOLDER: LABEL-full.png (the whole page) and, of a run report, the clips in CLIPS. The docs'
+screenshots, from the demo run (re-rendered first, so it shows the current report):
+
+    tinylab report outputs/runs/demo
+    TINYLAB_REPORTS=report=outputs/runs/demo/report.html TINYLAB_SCREENSHOTS=docs \
+        python -m pytest -q tests/test_report_browser.py
 """
 
 from __future__ import annotations
@@ -34,8 +38,15 @@ from tinylab.layout import RunLayout
 pytestmark = pytest.mark.slow
 
 SCREENSHOTS = os.environ.get("TINYLAB_SCREENSHOTS")
-EXTRA_REPORTS = [Path(p) for p in os.environ.get("TINYLAB_REPORTS", "").split(",") if p]
+GIVEN = dict(
+    pair.split("=", 1) for pair in os.environ.get("TINYLAB_REPORTS", "").split(",") if pair
+)
 WIDTH = 1280  # CSS pixels of the page the screenshots show
+CLIPS = {  # LABEL-name.png: the page from one heading to the next one (None: the top)
+    "screenshot": ("Held-out bits per byte by domain", "Benchmarks"),
+    "screenshot-provenance": (None, "Training curves"),
+    "screenshot-paper": ("Beside the paper's numbers", "Deviations from the paper"),
+}
 
 # what the page says about itself, read in the browser
 PAGE_FACTS = """() => {
@@ -52,6 +63,12 @@ PAGE_FACTS = """() => {
     ellipsis: [...document.querySelectorAll("td, th")].some(c => c.textContent.trim() === "..."),
   };
 }"""
+
+
+# each h2's distance from the top of the page, by its text
+HEADING_TOPS = """() => Object.fromEntries([...document.querySelectorAll("h2")].map(h => [
+  h.textContent.replace("\u00b6", "").trim(), h.getBoundingClientRect().top + window.scrollY - 16
+]))"""
 
 
 def _chromium() -> str:
@@ -103,19 +120,29 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
     return run
 
 
-def _open(browser, html: Path) -> tuple[dict, list[str]]:
-    """The report's page facts and its console errors (and uncaught page errors)."""
+def _open(browser, html: Path, *, label: str | None = None) -> tuple[dict, list[str]]:
+    """The report's page facts and its console errors (and uncaught page errors); screenshots
+    named after `label` when TINYLAB_SCREENSHOTS is set."""
     page = browser.new_page(viewport={"width": WIDTH, "height": 900})
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(html.resolve().as_uri(), wait_until="load")
     facts = page.evaluate(PAGE_FACTS)
-    if SCREENSHOTS:
-        name = html.parent.name if html.name == "report.html" else html.stem
-        page.screenshot(path=Path(SCREENSHOTS) / f"{name}-report-full.png", full_page=True)
+    if SCREENSHOTS and label:
+        _screenshots(page, Path(SCREENSHOTS), label)
     page.close()
     return facts, errors
+
+
+def _screenshots(page, folder: Path, label: str) -> None:
+    page.screenshot(path=folder / f"{label}-full.png", full_page=True)
+    tops = page.evaluate(HEADING_TOPS)
+    for name, (first, after) in CLIPS.items():
+        if (first is None or first in tops) and after in tops:
+            top = 0 if first is None else tops[first]
+            clip = {"x": 0, "y": top, "width": WIDTH, "height": tops[after] - top}
+            page.screenshot(path=folder / f"{label}-{name}.png", full_page=True, clip=clip)
 
 
 def _assert_published(facts: dict, errors: list[str]) -> None:
@@ -134,11 +161,12 @@ def test_the_report_opens_whole_in_a_browser(browser, small_run: RunLayout) -> N
     run = load_run(small_run.root)
     expected = deviations.deviation_table(deviations.run_settings(run))
     assert rows["Deviations from the paper"] == len(expected)
+    assert rows["Provenance"] == len(run.manifest["steps"])  # its second table: the steps
     html = small_run.report.read_text()
     assert "this report" in html and ">running<" not in html
     assert ">1,235<" in html  # 1234.5678 seconds: four significant digits, a separator
 
 
-@pytest.mark.parametrize("html", EXTRA_REPORTS, ids=str)
-def test_a_given_report_opens_whole_in_a_browser(browser, html: Path) -> None:
-    _assert_published(*_open(browser, html))
+@pytest.mark.parametrize("label", GIVEN)
+def test_a_given_report_opens_whole_in_a_browser(browser, label: str) -> None:
+    _assert_published(*_open(browser, Path(GIVEN[label]), label=label))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Any
 
 import pandas as pd
@@ -21,6 +22,7 @@ import pandas as pd
 SIGNIFICANT = 4  # digits a float keeps: 5.4136 -> 5.414, 14398.8 -> 14,399
 MAX_DECIMALS = 6  # smaller floats are shown as 1.234e-07
 MISSING = "\u2013"  # en dash
+NUMBER_CELL = re.compile(rf"<td>(-?[\d,]*\.?\d+(?:e[-+]\d+)?|{MISSING})</td>")
 
 
 def number(value: Any, *, decimals: int | None = None) -> str:
@@ -60,14 +62,15 @@ def column_text(column: pd.Series) -> pd.Series:
 
 
 def table_html(frame: pd.DataFrame) -> str:
-    """A DataFrame as the report shows it: every row and column, numbers through column_text,
-    no index when it is only the row numbers; `data-rows` on the table says how many rows the
-    data has (the browser test counts them in the page)."""
+    """A DataFrame as the report shows it: every row and column, numbers through column_text
+    in cells of class "number", no index when it is only the row numbers; `data-rows` on the
+    table says how many rows the data has (the browser test counts them in the page)."""
     text = pd.DataFrame({i: column_text(frame.iloc[:, i]) for i in range(frame.shape[1])})
     text.columns, text.index = frame.columns, frame.index
     plain_index = isinstance(frame.index, pd.RangeIndex) and frame.index.name is None
     with pd.option_context("display.max_colwidth", None):
         html = text.to_html(max_rows=None, max_cols=None, index=not plain_index, notebook=True)
+    html = NUMBER_CELL.sub(r'<td class="number">\1</td>', html)  # right-aligned by the template
     return html.replace("<table ", f'<table data-rows="{len(frame)}" ', 1)
 
 
