@@ -1,8 +1,9 @@
-r"""The published report in a real browser: Debian's chromium, driven by Playwright through its
+r"""The published reports in a real browser: Debian's chromium, driven by Playwright through its
 executable path (no `playwright install` download), opens the report that the tests' own small
-run renders and finds no console error, every image decoded (naturalWidth > 0) and every table
-whole (as many rows in the page as the table's data: `data-rows`, written by
-tinylab.analysis.formatting, and the deviations and steps tables counted from the run itself).
+run renders, and the comparison of that run with a second one (tinylab compare), and finds no
+console error, every image decoded (naturalWidth > 0) and every table whole (as many rows in the
+page as the table's data: `data-rows`, written by tinylab.analysis.formatting; the deviations
+and steps tables also counted from the run itself).
 
 The fixture installs chromium when it is missing (root, apt-get, as tests/test_slurm.py does);
 skipped, with the reason, without root, apt-get or the playwright package.
@@ -28,9 +29,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _analysis_fixtures import STAGES, write_run
+from _analysis_fixtures import CHILD, STAGES, write_run, write_stage
 
 from tinylab.analysis import deviations
+from tinylab.analysis.compare import write_comparison
 from tinylab.analysis.publish import render_report
 from tinylab.analysis.runs import load_run
 from tinylab.layout import RunLayout
@@ -120,6 +122,16 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
     return run
 
 
+@pytest.fixture(scope="module")
+def comparison(small_run: RunLayout, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """compare.html of the small run and one whose base stage trained at another learning rate
+    (code bits per byte 2.5 instead of 3.0, arc_easy 0.45 instead of 0.30)."""
+    other = tmp_path_factory.mktemp("browser") / "lr-5e-3"
+    write_stage(other, "base", {"optim": {"lr": 5e-3}}, 2.5, 0.45, (1000, 1000), 100)
+    write_stage(other, "continual-code", CHILD, 2.0, 0.40, (1000, 1000), 300)
+    return write_comparison([small_run.root, other], other.parent / "compare")
+
+
 def _open(browser, html: Path, *, label: str | None = None) -> tuple[dict, list[str]]:
     """The report's page facts and its console errors (and uncaught page errors); screenshots
     named after `label` when TINYLAB_SCREENSHOTS is set."""
@@ -165,6 +177,12 @@ def test_the_report_opens_whole_in_a_browser(browser, small_run: RunLayout) -> N
     html = small_run.report.read_text()
     assert "this report" in html and ">running<" not in html
     assert ">1,235<" in html  # 1234.5678 seconds: four significant digits, a separator
+
+
+def test_the_comparison_opens_whole_in_a_browser(browser, comparison: Path) -> None:
+    facts, errors = _open(browser, comparison)
+    _assert_published(facts, errors)
+    assert len(facts["images"]) == 2 and len(facts["tables"]) >= 4  # runs, bpb, scores, ...
 
 
 @pytest.mark.parametrize("label", GIVEN)
