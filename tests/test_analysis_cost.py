@@ -18,6 +18,7 @@ from tinylab.analysis.cost import (
     accumulation,
     checkpoint_bytes,
     cost_plan,
+    eval_hours,
     format_cost_plan,
     load_hardware,
     lora_params,
@@ -173,6 +174,27 @@ def test_derived_rows_follow_from_the_measured_ones() -> None:
         key = (row.micro_batch_size, row.gpus)
         assert row.status == "derived"
         assert row.tokens_per_s == round(rate[("h100", *key)].tokens_per_s * 312 / 989)
+    forward = {(c.name, r.dtype): r for c in (h200, h100, a100) for r in c.evaluation}
+    h100_vs_h200 = rate[("h100", 16, 1)].tokens_per_s / rate[("h200", 16, 1)].tokens_per_s
+    for dtype in ("bf16", "fp32"):
+        assert forward[("h200", dtype)].status == "measured"
+        h100_rate = forward[("h100", dtype)].tokens_per_s
+        assert h100_rate == round(forward[("h200", dtype)].tokens_per_s * h100_vs_h200)
+        peaks = {"bf16": "peak_bf16_tflops", "fp32": "peak_fp32_tflops"}[dtype]
+        ratio = getattr(a100, peaks) / getattr(h100, peaks)
+        assert forward[("a100-40g", dtype)].tokens_per_s == round(h100_rate * ratio)
+
+
+def test_evaluation_hours_are_its_tokens_at_the_cards_rate_in_its_dtype() -> None:
+    paper_eval = load_config(PARAMS_DIR / "eval" / "paper.yaml", EvalConfig)
+    domains = len({s.domain for s in BASE.data.sources.values()})
+    tokens, _ = evaluation_tokens(paper_eval, domains=domains, seq_len=2048)
+    rows = cost_plan(PAPER, gpus=16, gpu="a100-40g").table.set_index("stage")
+    assert rows.loc["base", "eval h"] == pytest.approx(tokens / 5720 / 3600)  # float32 on A100
+    bf16 = paper_eval.model_copy(update={"dtype": "bfloat16"})
+    assert eval_hours(bf16, BASE, load_hardware("h200"), {}) == pytest.approx(
+        tokens / 175_322 / 3600
+    )
 
 
 def test_evaluation_tokens_count_items_windows_and_humaneval() -> None:
@@ -188,9 +210,11 @@ def test_the_run_table_plans_at_the_runs_own_rate(tmp_path: Path) -> None:
     table = run_cost_table(load_run(write_run(tmp_path / "run"))).set_index("stage")
     base = table.loc["base"]
     assert base["tok/s per device"] == 2000.0  # median of 1000, 2000, 3000
-    assert base["wall s (plan)"] == pytest.approx(8192 / 2000.0)
+    assert base["wall s (plan)"] == pytest.approx(8192 / 2000.0, abs=0.005)  # 2 decimals
     assert base["micro x accum"] == "4 x 8"  # 32 windows per step, micro-batch 4, one device
-    assert base["ckpt MB (plan)"] == pytest.approx(checkpoint_bytes(stage_config()) / 1e6)
+    assert base["ckpt MB (plan)"] == pytest.approx(
+        checkpoint_bytes(stage_config()) / 1e6, abs=0.005
+    )
     assert base["wall s (measured)"] == 12.34 and base["ckpt MB (on disk)"] is None
 
 

@@ -18,9 +18,9 @@ comes from:
   once more (DCP's framing adds about 2 kB per tensor, the RNG files and meta.json a few more);
   the stage keeps `keep_last` of them and its HF export (fp32 safetensors, 4 bytes per
   parameter); one more checkpoint exists while a save commits.
-- evaluation: tinylab.analysis.eval_cost's tokens at 3x the training rate (a forward pass is a
-  third of a training step's FLOPs), times fp32/bf16 peak for a float32 evaluation, on one GPU
-  (evaluation runs in one process).
+- evaluation: tinylab.analysis.eval_cost's tokens at the card's evaluation rate in the eval
+  params' dtype (float32 = fp32, else bf16; scaled by FLOPs per token for another model), on
+  one GPU (evaluation runs in one process).
 
     plan = cost_plan("params/pipelines/tinyllama-v1.1.yaml", gpus=16, gpu="a100-40g")
     print(format_cost_plan(plan))
@@ -57,7 +57,6 @@ CHECKPOINT_BYTES_PER_PARAM = 3 * WEIGHT_BYTES  # weights, AdamW's exp_avg and ex
 # Share of a card's memory the allocator's peak may reach; the CUDA context, NCCL's buffers and
 # fragmentation take the rest (an assumption: 39.4 GiB measured is over a 40 GB card).
 USABLE_MEMORY = 0.95
-FORWARD_SPEEDUP = 3  # training FLOPs per token / forward FLOPs per token
 # The paper's own figures (docs/PAPER.md, "Throughput claims"): TinyLlama v1.0 on 16 A100-40G.
 PAPER_RUN = {"card": "A100-40G", "gpus": 16, "tokens_per_s": 24_000, "tokens": 3e12, "days": 90,
              "gpu_hours_per_300b": 3456}  # fmt: skip
@@ -123,8 +122,7 @@ def cost_plan(
         elif "eval_params" in step.params and step.params.get("stage") in rows:
             name = step.params["stage"]
             eval_cfg = load_config(project_path(step.params["eval_params"]), EvalConfig)
-            rate = rows[name]["tok/s/GPU"]
-            rows[name]["eval h"] = eval_hours(eval_cfg, stages[name], rate, card, plan.notes)
+            rows[name]["eval h"] = eval_hours(eval_cfg, stages[name], card, plan.notes)
     table = pd.DataFrame(list(rows.values()), columns=COLUMNS)
     plan.table = pd.concat([table, total_row(table)], ignore_index=True)
     if (PARAMS_DIR / "paper" / f"{pipeline.name}.yaml").is_file():
@@ -293,14 +291,21 @@ def lora_params(model: ModelConfig, adapter: AdapterConfig) -> int:
 
 
 def eval_hours(
-    eval_cfg: EvalConfig, stage: StageConfig, rate: float, card: HardwareConfig, notes: dict
+    eval_cfg: EvalConfig, stage: StageConfig, card: HardwareConfig, notes: dict
 ) -> float:
-    """Hours of one evaluation of the stage on one GPU at the forward rate."""
+    """Hours of one evaluation of the stage on one GPU at the card's evaluation rate."""
     domains = len({source.domain for source in stage.data.sources.values()})
     tokens, uncounted = evaluation_tokens(eval_cfg, domains=domains, seq_len=stage.data.seq_len)
-    forward = rate * FORWARD_SPEEDUP
-    if eval_cfg.dtype == "float32":
-        forward *= card.peak_fp32_tflops / card.peak_bf16_tflops
+    dtype = "fp32" if eval_cfg.dtype == "float32" else "bf16"
+    row = next((r for r in card.evaluation if r.dtype == dtype), card.evaluation[0])
+    scale = 1.0 if measured_model(card, stage) else model_scale(card, stage)
+    note(
+        notes,
+        stage,
+        f"evaluation: {row.tokens_per_s:,.0f} tokens/s in {row.dtype}, "
+        f"{row.status} ({row.source})" + ("" if scale == 1 else f" x {scale:.3g}"),
+    )
+    forward = row.tokens_per_s * scale
     if uncounted:
         note(
             notes,
@@ -363,8 +368,8 @@ def format_cost_plan(plan: CostPlan) -> str:
         f"{eval_hours_total:,.1f} h of evaluation)",
         "",
         "notes:",
-        "  eval h: one evaluation after the stage on one GPU: approximate tokens "
-        "(tinylab.analysis.eval_cost) at 3x the training rate, x fp32/bf16 peak in float32",
+        "  eval h: one evaluation after the stage on one GPU, approximate tokens "
+        "(tinylab.analysis.eval_cost) at the card's evaluation rate",
         "  peak GiB: measured at the rate's GPU count; more GPUs shard more and peak lower",
     ]
     every = set(plan.table["stage"][:-1])
@@ -414,7 +419,7 @@ def run_cost_table(run: Run) -> pd.DataFrame:
             "ckpt MB (on disk)": newest_checkpoint_mb(run.run_dir, name),
             "eval s (measured)": records.get(f"eval-{name}", {}).get("seconds"),
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).round(2)
 
 
 def newest_checkpoint_mb(run_dir: Path, stage: str) -> float | None:

@@ -1,7 +1,7 @@
 """The schema of params/hardware/: one kind of GPU as the cost planner (tinylab.analysis.cost)
-sees it: its memory and peak FLOP rates (vendor datasheet), and training throughput and peak
-memory per micro-batch size and GPU count, each figure with its status (measured here, derived
-from a measured card, or the paper's own) and its source.
+sees it: its memory and peak FLOP rates (vendor datasheet), training throughput and peak memory
+per micro-batch size and GPU count, and evaluation speed per dtype, each figure with its status
+(measured here, derived from a measured card, or the paper's own) and its source.
 
     tinylab params check params/hardware/h100.yaml
 """
@@ -32,6 +32,15 @@ class Throughput(Schema):
     source: str = Field(min_length=1, description="where the figure comes from, and how")
 
 
+class EvalThroughput(Schema):
+    """Forward-only speed of one GPU scoring as lm-eval does, in one dtype."""
+
+    dtype: Literal["bf16", "fp32"] = Field(description="the weights' dtype (fp32: no TF32)")
+    tokens_per_s: PositiveFloat = Field(description="tokens read per second on one GPU")
+    status: Literal["measured", "derived"] = Field(description="as in Throughput")
+    source: str = Field(min_length=1, description="where the figure comes from, and how")
+
+
 class HardwareConfig(Schema):
     """One kind of GPU: memory, peak FLOP rates and training throughput by configuration."""
 
@@ -49,6 +58,9 @@ class HardwareConfig(Schema):
     seq_len: PositiveInt = Field(description="the sequence length of those rows")
     config: str = Field(description="the training settings of those rows, in words")
     throughput: list[Throughput] = Field(min_length=1)
+    evaluation: list[EvalThroughput] = Field(
+        min_length=1, description="evaluation speed of the same model, per dtype"
+    )
 
     @field_validator("throughput")
     @classmethod
@@ -57,4 +69,12 @@ class HardwareConfig(Schema):
         twice = sorted({k for k in keys if keys.count(k) > 1})
         if twice:
             raise ValueError(f"(micro_batch_size, gpus) {twice} given more than once")
+        return rows
+
+    @field_validator("evaluation")
+    @classmethod
+    def _one_row_per_dtype(cls, rows: list[EvalThroughput]) -> list[EvalThroughput]:
+        dtypes = [row.dtype for row in rows]
+        if len(set(dtypes)) != len(dtypes):
+            raise ValueError(f"a dtype given more than once: {dtypes}")
         return rows
