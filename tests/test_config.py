@@ -113,7 +113,7 @@ BAD_STAGES = [
         "ramp: {tokens: 999999999, start: {prose: 1}}\n",
         ["ramp.tokens", "exceeds max_tokens"],
     ),
-    ("bad_literal", "parallel: {precision: fp8}\n", ["parallel.precision", "'fp8'", "'bf16'"]),
+    ("bad_literal", "parallel: {precision: fp4}\n", ["parallel.precision", "'fp4'", "'fp8'"]),
     ("bad_betas", "optim: {lr: 1e-3, min_lr: 0, betas: [0.9, 1.5]}\n", ["optim.betas", "[0, 1)"]),
     (
         "bad_carry",
