@@ -167,6 +167,19 @@ def test_phase_shading_has_no_gaps_and_is_named_once(metrics, validation) -> Non
         ]
 
 
+def test_tokens_axes_count_with_separators_and_no_offset(metrics, validation) -> None:
+    scale = {"tokens": metrics["tokens"] * 1000}  # up to 1.8M tokens
+    for fig in (
+        figures.loss_curves(metrics.assign(**scale)),
+        figures.validation_bits_per_byte(validation.assign(tokens=validation["tokens"] * 100)),
+    ):
+        fig.canvas.draw()
+        ax = fig.axes[-1] if len(fig.axes) == 3 else fig.axes[0]
+        ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert any("," in t or t.endswith("M") for t in ticks), ticks
+        assert ax.xaxis.get_offset_text().get_text() == ""  # no "1e6" above the axis
+
+
 def test_stage_contributions_legend_names_stages() -> None:
     deltas = pd.DataFrame(
         [{"variant": "mathcode", "stage": p, "measure": "bpb", "delta": -1.0, "better": "lower"}

@@ -9,7 +9,14 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
-from tinylab.analysis.formatting import MISSING, column_text, install, number, table_html
+from tinylab.analysis.formatting import (
+    MISSING,
+    column_text,
+    count_tick,
+    install,
+    number,
+    table_html,
+)
 
 
 def test_counts_get_thousands_separators_and_floats_four_significant_digits() -> None:
@@ -22,6 +29,12 @@ def test_counts_get_thousands_separators_and_floats_four_significant_digits() ->
     assert number(1.2345e-9) == "1.235e-09" and number(12.3456, decimals=1) == "12.3"
     assert [number(v) for v in (None, float("nan"), pd.NA, pd.NaT)] == [MISSING] * 4
     assert [number(v) for v in (True, "4096", [1, 2])] == ["True", "4096", "[1, 2]"]
+
+
+def test_count_ticks_separate_thousands_and_shorten_millions() -> None:
+    assert [count_tick(v) for v in (0, 200_000, 1.5e6, 2e9, 3e12)] == [
+        "0", "200,000", "1.5M", "2B", "3T"
+    ]  # fmt: skip
 
 
 def test_a_float_column_has_one_number_of_decimals() -> None:

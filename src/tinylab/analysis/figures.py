@@ -20,13 +20,21 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
+from tinylab.analysis.formatting import count_tick
 from tinylab.analysis.reference import AVERAGE, beside_ours, paper_commonsense, paper_reference
 from tinylab.analysis.runs import Run, benchmark_table, stage_deltas
 from tinylab.layout import RunLayout
 
 PHASE_COLORS = {"base": "#f2f2f2", "continual": "#e3eef9", "cooldown": "#fbeee0"}
 NOISE_COLOR = "#d9d9d9"  # a stage contribution within noise
+
+
+def _tokens_axis(ax: plt.Axes, label: str) -> None:
+    """Label a tokens axis; its ticks 200,000 or 1.5M, never an offset such as 1e12."""
+    ax.set_xlabel(label)
+    ax.xaxis.set_major_formatter(FuncFormatter(count_tick))
 
 
 def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
@@ -114,7 +122,7 @@ def loss_curves(metrics: pd.DataFrame, *, ema: float = 0.1) -> plt.Figure:
     axes[0].set_ylabel("training loss (nats/token)")
     _stage_lines(frame, "lr", axes[1], palette, legend=False)
     _stage_lines(frame, "grad_norm", axes[2], palette, legend=False)
-    axes[2].set_xlabel("tokens seen (all stages)")
+    _tokens_axis(axes[2], "tokens seen (all stages)")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     _phase_legend(fig, frame)
     return fig
@@ -135,7 +143,7 @@ def validation_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
         _stage_lines(part, "bpb", ax, palette, marker="o", ms=3, legend=ax is axes[0][-1])
         ax.set_title(domain, pad=4)
         ax.set_ylabel("bits per byte" if ax is axes[0][0] else "")
-        ax.set_xlabel("tokens seen")
+        _tokens_axis(ax, "tokens seen")
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     _phase_legend(fig, validation)
     return fig
@@ -269,7 +277,7 @@ def reference_rows(reference: pd.DataFrame, ours: pd.DataFrame) -> plt.Figure:
     )
     sns.scatterplot(others, x="tokens", y="score", hue="model", style="source", s=80, ax=axes[0],
                     palette=palette)  # fmt: skip
-    axes[0].set_xlabel("tokens seen")
+    _tokens_axis(axes[0], "tokens seen")
     axes[0].set_ylabel("commonsense average (%)")
     axes[0].legend(fontsize=7)
     humaneval = frame[frame["task"] == "humaneval"]
@@ -371,7 +379,7 @@ def runs_loss_curves(metrics: pd.DataFrame, *, ema: float = 0.1) -> plt.Figure:
     axes[0].set_ylabel("training loss (nats/token)")
     _run_lines(frame, "lr", axes[1], palette, legend=False)
     axes[1].set_ylabel("learning rate")
-    axes[1].set_xlabel("tokens seen (all stages)")
+    _tokens_axis(axes[1], "tokens seen (all stages)")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     _phase_legend(fig, first)
     return fig
@@ -397,7 +405,7 @@ def runs_bits_per_byte(validation: pd.DataFrame) -> plt.Figure:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
         ax.set_title(domain, pad=4)
         ax.set_ylabel("bits per byte" if ax is axes[0][0] else "")
-        ax.set_xlabel("tokens seen")
+        _tokens_axis(ax, "tokens seen")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     _phase_legend(fig, first)
     return fig

@@ -5,7 +5,7 @@ than 60 rows to 10 behind "...", which a published report must not).
 
 The report's table functions return plain DataFrames (tests and other code read their values);
 only their display changes: `install()` makes the running IPython render every DataFrame with
-`table_html`. Text that states a count uses `number`.
+`table_html`. Text that states a count uses `number`; a figure's tokens axis `count_tick`.
 
     formatting.install()  # in a notebook, before its tables
 """
@@ -40,6 +40,15 @@ def number(value: Any, *, decimals: int | None = None) -> str:
     if value != 0 and abs(value) < 10**-MAX_DECIMALS:
         return f"{value:.{SIGNIFICANT}g}"
     return f"{value:,.{_decimals(value) if decimals is None else decimals}f}"
+
+
+def count_tick(value: float, _position: object = None) -> str:
+    """A tick label of a count axis (matplotlib FuncFormatter): 200,000 below a million, then
+    1.5M, 2B, 3T (no "1e12" offset above the axis)."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:,.0f}"
 
 
 def _decimals(value: float) -> int:
