@@ -418,6 +418,11 @@ def _(w: World, tmp: Path) -> list[str]:
     return ["params", "check", w.stage(), bad, str(w.params / "eval" / "ppl.yaml")]
 
 
+@case("params: an unknown checkpoint mode", "checkpoint.mode = 'later'", "'async' or 'sync'")
+def _(w: World, tmp: Path) -> list[str]:
+    return check(stage_file(w, tmp, STAGE.replace("keep_last: 2}", "keep_last: 2, mode: later}")))
+
+
 @case("params show: unknown key", "optim.lrr: unknown key")
 def _(w: World, tmp: Path) -> list[str]:
     return ["params", "show", stage_file(w, tmp, STAGE.replace("optim: {lr:", "optim: {lrr:"))]

@@ -130,13 +130,19 @@ class InitFrom(Schema):
 
 
 class CheckpointConfig(Schema):
-    """Checkpoint cadence and retention."""
+    """Checkpoint cadence, retention, and whether training waits for the write."""
 
     every_steps: PositiveInt | None = Field(
         100, description="save every N optimizer steps; null = off (only at the end, see at_end)"
     )
     keep_last: PositiveInt = Field(2, description="keep the newest K checkpoints")
     at_end: bool = Field(True, description="save when the stage ends (off only for benchmarks)")
+    mode: Literal["async", "sync"] = Field(
+        "async",
+        description="async: a save copies the state into CPU memory (pinned on a GPU) and a "
+        "background thread writes it while training goes on (host memory: one more copy of "
+        "this rank's state); sync: training waits until the checkpoint is written",
+    )
 
 
 class EvalEveryConfig(Schema):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -32,16 +33,19 @@ import random
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -277,52 +281,120 @@ def _diff(old: Any, new: Any, key: str) -> list[tuple[str, list[Any]]]:
     return [] if old == new else [(key, [old, new])]
 
 
-def save_checkpoint(
-    folder: Path,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: TrainState,
-    model_cfg: ModelConfig,
-    recipe: dict[str, Any] | None = None,
-    extra_meta: Mapping[str, Any] | None = None,
-    trainable_only: bool = False,
-    finished: bool,
-    keep_last: int,
-    ctx: Distributed,
-    before_commit=None,
-) -> Path:
-    """Write a checkpoint of `state` atomically; returns its folder. Collective on all ranks.
-    `before_commit` (tests) runs after the shards are written and before the rename;
-    `extra_meta` goes into meta.json; `trainable_only` stores only the trainable parameters.
-    A failure on any rank (disk full, ...) removes the `.tmp` folder and raises on every rank."""
-    final = step_dir(folder, state.step)
-    tmp = final.with_name(final.name + TMP_SUFFIX)
-    with _saving(tmp, ctx):
-        if ctx.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-    options = StateDictOptions(ignore_frozen_params=trainable_only)
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
-    alone = ctx.mesh is None  # no process group: DCP without collectives
-    with _saving(tmp, ctx), _single_process_ok():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, no_dist=alone)
-        torch.save(rng_state(), tmp / f"rng-{ctx.rank:05d}.pt")
-    if before_commit is not None:
-        before_commit()
-    meta = {
-        "state": asdict(state),
-        "model": model_cfg.model_dump(mode="json"),
-        "recipe": recipe,
-        "recipe_digest": None if recipe is None else recipe_digest(recipe),
-        **(extra_meta or {}),
-        "world_size": ctx.world_size,
-        "finished": finished,
-    }
-    with _saving(tmp, ctx):
-        if ctx.is_main:
-            _commit(tmp, final, meta, keep_last=keep_last)
-    return final
+class CheckpointWriter:
+    """Saves one stage's checkpoints; with `background`, each save returns once the state is
+    copied into CPU memory (pinned on a GPU, the buffers kept for the next save) and a thread
+    writes and commits it while training goes on. Collective: every rank makes the same calls.
+
+    A save first waits for the one in flight, so at most one is, and its copy is never
+    overwritten while it is written. The thread writes the DCP shards over a gloo group of its
+    own (the training's collectives keep the default group to themselves); each rank's RNG file is
+    written before it joins DCP's save, so when DCP returns on rank 0 every rank's files are there
+    and rank 0 commits (meta.json, the rename, `latest`, keep-last) from the thread. A failure
+    surfaces in `wait()` (the next save, or the end of the stage) as `save_checkpoint`'s would:
+    the `.tmp` folder removed and one CheckpointError on every rank. Use it as a context manager:
+    leaving the block waits for the save in flight (on an error, without collectives, so the
+    checkpoint still commits)."""
+
+    def __init__(self, folder: Path, *, ctx: Distributed, keep_last: int, background: bool):
+        self.folder, self.ctx, self.keep_last = Path(folder), ctx, keep_last
+        self.committed = False  # whether a save of this writer is known to be in place
+        self._pending: tuple[Future, Path] | None = None
+        self._executor = self._group = self._stager = None
+        if background:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
+            if ctx.mesh is not None:
+                self._group = dist.new_group(backend="gloo")
+            cuda = ctx.device.type == "cuda"
+            self._stager = DefaultStager(StagingOptions(cuda, False, False, cuda))
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            if error is None:
+                self.wait()
+            elif self._pending is not None:
+                self._pending[0].exception()  # let it finish; the error in hand is the news
+        finally:
+            self._close()
+
+    def save(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: TrainState,
+        model_cfg: ModelConfig,
+        recipe: dict[str, Any] | None = None,
+        extra_meta: Mapping[str, Any] | None = None,
+        trainable_only: bool = False,
+        finished: bool,
+        before_commit=None,
+    ) -> Path:
+        """Save a checkpoint of `state` atomically (in the background, or now); returns the
+        folder it will have. `before_commit` (tests) runs after the shards are written and
+        before the rename; `extra_meta` goes into meta.json; `trainable_only` stores only the
+        trainable parameters. A failure on any rank removes the `.tmp` folder and raises on
+        every rank, here or in the `wait()` after a background save."""
+        self.wait()
+        final = step_dir(self.folder, state.step)
+        tmp = final.with_name(final.name + TMP_SUFFIX)
+        with _saving(tmp, self.ctx):
+            if self.ctx.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+        options = StateDictOptions(ignore_frozen_params=trainable_only)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
+        meta = {
+            "state": asdict(state),
+            "model": model_cfg.model_dump(mode="json"),
+            "recipe": recipe,
+            "recipe_digest": None if recipe is None else recipe_digest(recipe),
+            **(extra_meta or {}),
+            "world_size": self.ctx.world_size,
+            "finished": finished,
+        }
+        with _saving(tmp, self.ctx):
+            torch.save(rng_state(), tmp / f"rng-{self.ctx.rank:05d}.pt")
+            state_dict = {"model": model_sd, "optim": optim_sd}
+            if self._stager is not None:
+                state_dict = self._stager.stage(state_dict)
+        write = functools.partial(self._write, state_dict, tmp, final, meta, before_commit)
+        if self._executor is None:
+            with _saving(tmp, self.ctx):
+                write()
+            self.committed = True
+        else:
+            self._pending = (self._executor.submit(write), tmp)
+        return final
+
+    def wait(self) -> None:
+        """Wait for the save in flight, if any: in place, or CheckpointError on every rank."""
+        if self._pending is None:
+            return
+        (future, tmp), self._pending = self._pending, None
+        with _saving(tmp, self.ctx):
+            future.result()
+        self.committed = True
+
+    def _write(self, state_dict, tmp: Path, final: Path, meta: dict, before_commit) -> None:
+        """The shards (DCP, collective over the writer's group), then rank 0's commit."""
+        with _single_process_ok():
+            dcp.save(state_dict, checkpoint_id=tmp, process_group=self._group,
+                     no_dist=self.ctx.mesh is None)  # fmt: skip
+        if before_commit is not None:
+            before_commit()
+        if self.ctx.is_main:
+            _commit(tmp, final, meta, keep_last=self.keep_last)
+
+    def _close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._stager.close()
+        if self._group is not None:
+            dist.destroy_process_group(self._group)
 
 
 def _commit(tmp: Path, final: Path, meta: dict[str, Any], *, keep_last: int) -> None:

@@ -35,6 +35,7 @@ import random
 import shlex
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -59,13 +60,13 @@ from tinylab.train import lora
 from tinylab.train.batching import BatchPlan, WindowSource, open_windows, to_batch
 from tinylab.train.checkpoint import (
     CheckpointError,
+    CheckpointWriter,
     TrainState,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_optimizer,
     remove_partial,
-    save_checkpoint,
     training_recipe,
 )
 from tinylab.train.metrics import MetricsLog, mfu, peak_flops, peak_memory_bytes
@@ -89,7 +90,8 @@ from tinylab.train.start import (
     recorded_adapter,
 )
 
-# Fault injection for the resume tests: "kill-after-step:5,kill-in-save:8,nan-at-step:3".
+# Fault injection for the resume tests: "kill-after-step:5,kill-in-save:8,nan-at-step:3";
+# hang-in-save:N holds the (background) save of step N before its commit until the process dies.
 FAULT_ENV = "TINYLAB_FAULT"
 
 
@@ -172,47 +174,56 @@ def fit(
     bar = tqdm(total=num_steps, initial=state.stage_step, desc=stage.name, unit="step",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)  # fmt: skip
     loss = None
-    while state.stage_step < num_steps:
-        tick = time.perf_counter()
-        first_window = state.stage_tokens // plan.seq_len
-        loss = forward_backward(model, source, plan, first_window, parallel=stage.parallel, ctx=ctx)
-        grad_norm = grad_norm_and_clip(model, stage.optim.grad_clip)
-        loss, grad_norm = torch.stack([loss.float(), grad_norm.float()]).tolist()  # one sync
-        if _fault("nan-at-step", state.step + 1):
-            loss = loss * float("nan")
-        ensure_finite(loss, grad_norm, stage=stage, state=state, layout=layout, ctx=ctx)
-        lr = stage_lr(
-            state.tokens + plan.step_tokens, stage, stage_start=state.tokens - state.stage_tokens
-        )
-        optimizer_step(optimizer, lr)
-        after_optimizer_step(model, stage.parallel)
-        state = advance(state, plan)
-        _fault("kill-after-step", state.step)
-        seconds = time.perf_counter() - tick
-        finished = state.stage_step == num_steps
-        if finished or state.stage_step % stage.log_every_steps == 0:
-            record = train_record(state, loss, lr, grad_norm, seconds, plan, flops, peak, ctx)
-            record["mixture"] = source.realized(first_window, first_window + plan.windows_per_step)
-            metrics.write(record)
-            bar.set_postfix(live_postfix(record, ctx.world_size), refresh=False)
-        _fault("kill-after-log", state.step)
-        maybe_validate(model, source, plan, stage, state, metrics, ctx, force=finished, say=say)
-        if (finished and stage.checkpoint.at_end) or _due(
-            state.stage_step, stage.checkpoint.every_steps
-        ):
-            wall_s = wall_before + time.perf_counter() - started
-            saved = save_checkpoint(
-                layout.checkpoints, model=model, optimizer=optimizer, state=state,
-                model_cfg=stage.model, recipe=recipe, trainable_only=stage.adapter is not None,
-                extra_meta={"adapter": adapter, "wall_s": wall_s, "recipe_changes": changes},
-                finished=finished, keep_last=stage.checkpoint.keep_last, ctx=ctx,
-                before_commit=lambda s=state.step: _fault("kill-in-save", s),
-            )  # fmt: skip
-            drop_previous(layout, ctx)
-        bar.update(1)
-    bar.close()
-    metrics.close()
-    hf_dir = maybe_export(model, stage, layout, source, ctx, trained=loss is not None)
+    writer = CheckpointWriter(
+        layout.checkpoints, ctx=ctx, keep_last=stage.checkpoint.keep_last,
+        background=stage.checkpoint.mode == "async",
+    )  # fmt: skip
+    with writer:  # leaving it waits for the save in flight
+        while state.stage_step < num_steps:
+            tick = time.perf_counter()
+            first_window = state.stage_tokens // plan.seq_len
+            loss = forward_backward(
+                model, source, plan, first_window, parallel=stage.parallel, ctx=ctx
+            )
+            grad_norm = grad_norm_and_clip(model, stage.optim.grad_clip)
+            loss, grad_norm = torch.stack([loss.float(), grad_norm.float()]).tolist()  # one sync
+            if _fault("nan-at-step", state.step + 1):
+                loss = loss * float("nan")
+            ensure_finite(loss, grad_norm, stage=stage, state=state, layout=layout, ctx=ctx,
+                          before_stop=writer.wait)  # fmt: skip
+            stage_start = state.tokens - state.stage_tokens
+            lr = stage_lr(state.tokens + plan.step_tokens, stage, stage_start=stage_start)
+            optimizer_step(optimizer, lr)
+            after_optimizer_step(model, stage.parallel)
+            state = advance(state, plan)
+            _fault("kill-after-step", state.step)
+            seconds = time.perf_counter() - tick
+            finished = state.stage_step == num_steps
+            if finished or state.stage_step % stage.log_every_steps == 0:
+                record = train_record(state, loss, lr, grad_norm, seconds, plan, flops, peak, ctx)
+                record["mixture"] = source.realized(
+                    first_window, first_window + plan.windows_per_step
+                )
+                metrics.write(record)
+                bar.set_postfix(live_postfix(record, ctx.world_size), refresh=False)
+            _fault("kill-after-log", state.step)
+            maybe_validate(model, source, plan, stage, state, metrics, ctx, force=finished, say=say)
+            if (finished and stage.checkpoint.at_end) or _due(
+                state.stage_step, stage.checkpoint.every_steps
+            ):
+                wall_s = wall_before + time.perf_counter() - started
+                saved = writer.save(
+                    model=model, optimizer=optimizer, state=state, model_cfg=stage.model,
+                    recipe=recipe, trainable_only=stage.adapter is not None,
+                    extra_meta={"adapter": adapter, "wall_s": wall_s, "recipe_changes": changes},
+                    finished=finished, before_commit=lambda s=state.step: _in_save(s),
+                )  # fmt: skip
+                if writer.committed:  # not before a checkpoint of this run is in place
+                    drop_previous(layout, ctx)
+            bar.update(1)
+        bar.close()
+        metrics.close()
+        hf_dir = maybe_export(model, stage, layout, source, ctx, trained=loss is not None)
     result = StageResult(
         stage.name, layout.root, state.step, state.tokens, state.stage_tokens,
         final_loss(loss, layout.metrics, ctx), wall_before + time.perf_counter() - started,
@@ -466,11 +477,15 @@ def ensure_finite(
     state: TrainState,
     layout: StageLayout,
     ctx: Distributed,
+    before_stop=None,
 ) -> None:
     """Stop before the optimizer step when the loss or gradient norm is NaN or inf; the error
-    names the command that resumes from the last good checkpoint with half the learning rate."""
+    names the command that resumes from the last good checkpoint with half the learning rate.
+    `before_stop` runs first (the checkpoint writer's wait: a save in flight is that checkpoint)."""
     if math.isfinite(loss) and math.isfinite(grad_norm):
         return
+    if before_stop is not None:
+        before_stop()
     last = latest_checkpoint(layout.checkpoints)
     lr = stage.optim.lr / 2
     command = [
@@ -685,9 +700,18 @@ def _printer(ctx: Distributed):
 
 
 def _fault(point: str, step: int) -> bool:
-    """Test hook: SIGKILL this process (kill-*) or report a planned NaN at `point`:`step`."""
+    """Test hook: SIGKILL this process (kill-*), block this thread for good (hang-*), or report
+    a planned NaN at `point`:`step`."""
     if f"{point}:{step}" not in os.environ.get(FAULT_ENV, "").split(","):
         return False
     if point.startswith("kill"):
         os.kill(os.getpid(), signal.SIGKILL)
+    if point.startswith("hang"):
+        threading.Event().wait()
     return True
+
+
+def _in_save(step: int) -> None:
+    """The test hooks of a save, between its shards and its commit (in the writer's thread)."""
+    _fault("kill-in-save", step)
+    _fault("hang-in-save", step)

@@ -1,0 +1,230 @@
+"""CheckpointWriter: a background save writes the state as it was when the save was called,
+commits only after its shards are written (keep-last too), leaves the checkpoints before it
+whole when it fails at any point, and its failure reaches the training process; the stage loop
+saves in the background by default and matches a synchronous run bit for bit."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+import torch.distributed.checkpoint.filesystem as dcp_filesystem
+from _train_fixtures import MODEL, curve, final_weights, new_run, stage_config, train_records
+from torch import nn
+
+import tinylab.train.checkpoint as checkpoint
+from tinylab.config.model import ModelConfig
+from tinylab.train import run_stage
+from tinylab.train.checkpoint import (
+    LATEST,
+    CheckpointError,
+    CheckpointWriter,
+    TrainState,
+    list_checkpoints,
+    load_checkpoint,
+    read_meta,
+    remove_partial,
+)
+from tinylab.train.parallel import Distributed
+
+ALONE = Distributed(0, 1, 0, torch.device("cpu"), None)
+MODEL_CFG = ModelConfig.model_validate(MODEL)  # recorded in meta.json only
+
+
+def net() -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A small module with AdamW state (one step taken)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train(model, optimizer)
+    return model, optimizer
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    model(torch.ones(3, 4)).square().sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def save(writer: CheckpointWriter, model, optimizer, step: int, **kwargs) -> Path:
+    return writer.save(model=model, optimizer=optimizer, state=TrainState(step=step),
+                       model_cfg=MODEL_CFG, finished=False, **kwargs)  # fmt: skip
+
+
+def names(folder: Path) -> list[str]:
+    return [p.name for p in list_checkpoints(folder)]
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def gate(monkeypatch):
+    """DCP's save held at its start until `gate.set()` (the training goes on meanwhile)."""
+    opened = threading.Event()
+    real = dcp.save
+
+    def held(*args, **kwargs):
+        assert opened.wait(30), "the test never opened the gate"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.dcp, "save", held)
+    return opened
+
+
+def test_a_background_save_writes_the_state_of_its_call(tmp_path, gate) -> None:
+    model, optimizer = net()
+    want = weights(model)
+    with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=2, background=True) as writer:
+        path = save(writer, model, optimizer, 1)
+        train(model, optimizer)  # the training goes on while the save waits at the gate
+        assert names(tmp_path) == [] and (tmp_path / "step-00000001.tmp").is_dir()
+        gate.set()
+    assert names(tmp_path) == ["step-00000001"] and path == tmp_path / "step-00000001"
+    fresh, fresh_optimizer = net()
+    load_checkpoint(path, model=fresh, optimizer=fresh_optimizer, ctx=ALONE)
+    assert all(torch.equal(fresh.state_dict()[k], want[k]) for k in want)
+    assert not all(torch.equal(model.state_dict()[k], want[k]) for k in want)
+
+
+def test_background_and_sync_saves_write_the_same_checkpoint(tmp_path) -> None:
+    model, optimizer = net()
+    for mode in ("sync", "async"):
+        with CheckpointWriter(tmp_path / mode, ctx=ALONE, keep_last=2,
+                              background=mode == "async") as writer:  # fmt: skip
+            save(writer, model, optimizer, 3, extra_meta={"wall_s": 1.0})
+    sync, background = tmp_path / "sync" / "step-00000003", tmp_path / "async" / "step-00000003"
+    assert read_meta(sync) == read_meta(background)
+    loaded = []
+    for path in (sync, background):
+        fresh, fresh_optimizer = net()
+        load_checkpoint(path, model=fresh, optimizer=fresh_optimizer, ctx=ALONE)
+        loaded.append((fresh.state_dict(), fresh_optimizer.state_dict()["state"]))
+    (m1, o1), (m2, o2) = loaded
+    assert all(torch.equal(m1[k], m2[k]) for k in m1)
+    assert all(torch.equal(o1[i][k], o2[i][k]) for i in o1 for k in o1[i])
+
+
+def test_keep_last_prunes_only_after_the_commit(tmp_path, gate) -> None:
+    model, optimizer = net()
+    gate.set()
+    with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=2, background=True) as writer:
+        for step in (1, 2, 3):
+            save(writer, model, optimizer, step)
+        writer.wait()
+        assert names(tmp_path) == ["step-00000002", "step-00000003"]
+        gate.clear()
+        save(writer, model, optimizer, 4)  # in flight: the two before it stay
+        assert names(tmp_path) == ["step-00000002", "step-00000003"]
+        assert (tmp_path / LATEST).read_text().strip() == "step-00000003"
+        gate.set()
+    assert names(tmp_path) == ["step-00000003", "step-00000004"]
+    assert (tmp_path / LATEST).read_text().strip() == "step-00000004"
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _bug(*args, **kwargs):
+    raise RuntimeError("a bug in the commit")
+
+
+# Where a background save can break, and the checkpoints it leaves: writing a shard, after the
+# shards (before the commit), writing meta.json, the rename, `latest` (after the rename: the new
+# checkpoint is whole and in place, `latest` still names the one before).
+POINTS = {
+    "shard": (lambda patch: patch.setattr(dcp_filesystem, "_write_item", _no_space), 2),
+    "before-commit": (lambda patch: None, 2),  # the save's before_commit hook raises
+    "meta": (lambda patch: patch.setattr(Path, "write_text", _no_space), 2),
+    "rename": (lambda patch: patch.setattr(Path, "rename", _no_space), 2),
+    "latest": (lambda patch: patch.setattr(checkpoint, "_write_latest", _no_space), 3),
+}
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_background_save_that_fails_leaves_the_checkpoints_before_it(
+    tmp_path, monkeypatch, point
+) -> None:
+    model, optimizer = net()
+    with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=3, background=True) as writer:
+        save(writer, model, optimizer, 1)
+        save(writer, model, optimizer, 2)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    breaks, newest = POINTS[point]
+    hook = _no_space if point == "before-commit" else None
+    failed = pytest.raises(CheckpointError, match="no space left on device.*step-00000003.tmp")
+    writer = CheckpointWriter(tmp_path, ctx=ALONE, keep_last=3, background=True)
+    with failed, writer, monkeypatch.context() as patch:
+        breaks(patch)
+        save(writer, model, optimizer, 3, before_commit=hook)
+        train(model, optimizer)  # the training goes on; the failure comes at the next save
+        save(writer, model, optimizer, 4)
+    assert names(tmp_path) == [f"step-{i:08d}" for i in range(1, newest + 1)]
+    assert not list(tmp_path.glob("*.tmp"))
+    assert (tmp_path / LATEST).read_text().strip() == "step-00000002"
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {p: b for p, b in after.items() if "step-00000003" not in str(p)} == before
+
+
+def test_a_bug_in_the_writer_keeps_its_traceback(tmp_path) -> None:
+    model, optimizer = net()
+    failed = pytest.raises(RuntimeError, match="a bug in the commit")
+    with failed, CheckpointWriter(tmp_path, ctx=ALONE, keep_last=2, background=True) as writer:
+        save(writer, model, optimizer, 1, before_commit=_bug)
+    assert names(tmp_path) == [] and not list(tmp_path.glob("*.tmp"))
+
+
+def test_an_error_in_training_lets_the_save_in_flight_commit(tmp_path, gate) -> None:
+    model, optimizer = net()
+    failed = pytest.raises(ValueError, match="the training broke")
+    with failed, CheckpointWriter(tmp_path, ctx=ALONE, keep_last=2, background=True) as writer:
+        save(writer, model, optimizer, 5)
+        gate.set()
+        raise ValueError("the training broke")
+    assert names(tmp_path) == ["step-00000005"]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_save_killed_before_its_commit_is_ignored_and_removed(tmp_path) -> None:
+    """What SIGKILL leaves at each point of a background save: nothing yet, the RNG file, the
+    shards; the newest whole checkpoint is the one before, and the next start removes the rest."""
+    model, optimizer = net()
+    with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=2, background=True) as writer:
+        save(writer, model, optimizer, 1)
+    torn = tmp_path / "step-00000002.tmp"
+    for leave in ("folder", "rng", "shards"):
+        torn.mkdir()
+        if leave != "folder":
+            torch.save(checkpoint.rng_state(), torn / "rng-00000.pt")
+        if leave == "shards":
+            dcp.save({"model": model.state_dict()}, checkpoint_id=torn, no_dist=True)
+        assert names(tmp_path) == ["step-00000001"]
+        remove_partial(tmp_path)
+        assert not torn.exists()
+
+
+def test_the_stage_saves_in_the_background_and_matches_a_sync_run(
+    tmp_path, prepared, one_thread
+) -> None:
+    runs = {}
+    for mode in ("sync", "async"):
+        runs[mode] = new_run(tmp_path, prepared, mode)
+        stage = stage_config(checkpoint={"every_steps": 3, "keep_last": 2, "mode": mode})
+        result = run_stage(stage, runs[mode], progress=False)
+        assert result.checkpoint.name == "step-00000008"
+        assert names(result.checkpoint.parent) == ["step-00000006", "step-00000008"]
+    assert curve(train_records(runs["sync"])) == curve(train_records(runs["async"]))
+    want, got = final_weights(runs["sync"]), final_weights(runs["async"])
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    for step in ("step-00000006", "step-00000008"):
+        sync, background = (runs[m] / "stages" / "base" / "checkpoints" / step for m in runs)
+        meta_sync, meta_async = read_meta(sync), read_meta(background)
+        assert meta_sync.pop("wall_s") > 0 and meta_async.pop("wall_s") > 0
+        assert meta_sync == meta_async
