@@ -1,5 +1,6 @@
 """2-process torchrun with gloo on CPU: FSDP2 training equals single-process training, and a
-checkpoint written by 2 ranks resumes on 1; a LoRA stage under FSDP2 equals its single-process
+checkpoint written by 2 ranks resumes on 1 (and, killed during a background save, on 2); a LoRA
+stage under FSDP2 equals its single-process
 run; both ranks end together on a held stage lock and on a divergence. Launched through
 `train_stage(nproc=2)`, the path the notebook takes."""
 
@@ -172,3 +173,29 @@ def test_two_ranks_end_together_on_a_held_lock_and_on_a_divergence(
     monkeypatch.setenv("TINYLAB_FAULT", "nan-at-step:5")
     with pytest.raises(UserError, match="loss = nan.*--nproc 2 --accept-change optim$"):
         train_stage(stage_config(), run, nproc=2, progress=False)  # one message, not a traceback
+
+
+@pytest.mark.slow
+def test_two_ranks_killed_during_a_background_save_resume_as_one_process_trains(
+    tmp_path, prepared, one_thread, monkeypatch
+) -> None:
+    stage = stage_config()  # checkpoint.mode: async (the default)
+    single = new_run(tmp_path, prepared, "single")
+    run_stage(stage, single, progress=False)
+    sharded = new_run(tmp_path, prepared, "sharded")
+    ckpts = sharded / "stages" / "base" / "checkpoints"
+    # each rank's writer holds step 6's save before its commit; both ranks die at step 7
+    monkeypatch.setenv("TINYLAB_FAULT", "hang-in-save:6,kill-after-log:7")
+    with pytest.raises(RuntimeError, match="SIGKILL"):
+        train_stage(stage, sharded, nproc=2, progress=False)
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-00000003"]
+    assert (ckpts / "step-00000006.tmp").is_dir()  # the shards of the save that was in flight
+    monkeypatch.setenv("TINYLAB_FAULT", "")
+    assert train_stage(stage, sharded, nproc=2, progress=False).step == 8  # from step 3
+    assert not list(ckpts.glob("*.tmp"))
+    assert read_meta(ckpts / "step-00000008")["world_size"] == 2
+    want, got = train_records(single), train_records(sharded)
+    assert [r["step"] for r in got] == list(range(1, 9))
+    assert losses(got) == pytest.approx(losses(want), abs=1e-6)
+    for name, tensor in final_weights(single).items():
+        torch.testing.assert_close(final_weights(sharded)[name], tensor, atol=1e-5, rtol=0)

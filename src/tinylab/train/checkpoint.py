@@ -370,6 +370,11 @@ class CheckpointWriter:
             self._pending = (self._executor.submit(write), tmp)
         return final
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether a background save is still being written or committed."""
+        return self._pending is not None and not self._pending[0].done()
+
     def wait(self) -> None:
         """Wait for the save in flight, if any: in place, or CheckpointError on every rank."""
         if self._pending is None:
