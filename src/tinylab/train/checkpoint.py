@@ -8,15 +8,21 @@ whether the stage finished, and what the caller adds: tinylab.train.start's adap
 `step-XXXXXXXX.tmp/`; rank 0 adds meta.json last and renames the folder into place, then points
 `checkpoints/latest` at it and deletes all but the newest `keep_last`. A crash at any moment
 leaves either the old or the new checkpoint complete; a leftover `.tmp` folder is ignored and
-removed on the next start. A save that fails (disk full, a read-only folder) removes its `.tmp`
-and raises one CheckpointError; the checkpoints before it are untouched. `damage` says why a
+removed on the next start. `CheckpointWriter` saves; in the background (`checkpoint.mode:
+async`) a save copies the state into CPU memory and returns, and a thread writes the shards and
+commits (the same folder, the same order) while training goes on; the next save waits for it.
+A save that fails (disk full, a read-only folder) removes its `.tmp` and raises one
+CheckpointError (an async one at the next save or the end of the stage); the checkpoints
+before it are untouched. `damage` says why a
 checkpoint on disk is not whole (meta.json, DCP's `.metadata`, each shard it names at its full
 length, one RNG file per rank), so a resume can skip a truncated or corrupt newest checkpoint;
 a load that fails raises CheckpointError too (the same on every rank).
 
 Trade-off: DCP stores every tensor with its global shape and offsets, so a checkpoint written by
 2 ranks loads on 1 (or 8) without a conversion step, at the price of one file per rank and a
-planning collective on save; the HF export at the end of a stage is the portable format.
+planning collective on save; the HF export at the end of a stage is the portable format. An async
+save holds a second copy of this rank's state in host memory (pinned on a GPU, kept for the next
+save) and a gloo group of its own; in exchange training stops for the copy, not the write.
 
     ls outputs/runs/demo/stages/base/checkpoints/
 """

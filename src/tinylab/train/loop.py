@@ -12,7 +12,9 @@ and the export merges it.
 
 Trade-off: everything that defines the next step (weights, AdamW state, step and token counters,
 RNG; data position = stage tokens / seq_len) is in the checkpoint and nothing else, so a run
-killed at any point and resumed is bitwise identical on CPU, at the cost of a synchronous save.
+killed at any point and resumed is bitwise identical on CPU. A save stops training only to copy
+the state into CPU memory (`checkpoint.mode: async`, tinylab.train.checkpoint.CheckpointWriter);
+the next save, a divergence and the end of the stage wait for the write in flight.
 
 The stage folder is safe to reuse after any failure: one process trains it at a time (a lock,
 held by rank 0); a resume passes over a damaged newest checkpoint (with a warning) to the newest
