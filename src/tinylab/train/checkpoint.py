@@ -308,10 +308,13 @@ class CheckpointWriter:
         self._pending: tuple[Future, Path] | None = None
         self._executor = self._group = self._stager = None
         if background:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
+            cuda = ctx.device.type == "cuda"
+            self._executor = ThreadPoolExecutor(  # on this rank's GPU, as the main thread
+                1, "checkpoint-writer", initializer=torch.cuda.set_device if cuda else None,
+                initargs=(ctx.device,) if cuda else (),
+            )  # fmt: skip
             if ctx.mesh is not None:
                 self._group = dist.new_group(backend="gloo")
-            cuda = ctx.device.type == "cuda"
             self._stager = DefaultStager(StagingOptions(cuda, False, False, cuda))
 
     def __enter__(self) -> CheckpointWriter:
