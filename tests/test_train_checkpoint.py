@@ -114,7 +114,10 @@ def test_background_and_sync_saves_write_the_same_checkpoint(tmp_path) -> None:
 def test_keep_last_prunes_only_after_the_commit(tmp_path, gate) -> None:
     model, optimizer = net()
     gate.set()
-    with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=2, background=True) as writer:
+    seen = []  # what on_commit finds in place each time
+    writer = CheckpointWriter(tmp_path, ctx=ALONE, keep_last=2, background=True,
+                              on_commit=lambda: seen.append(names(tmp_path)))  # fmt: skip
+    with writer:
         for step in (1, 2, 3):
             save(writer, model, optimizer, step)
         writer.wait()
@@ -126,6 +129,7 @@ def test_keep_last_prunes_only_after_the_commit(tmp_path, gate) -> None:
         gate.set()
     assert names(tmp_path) == ["step-00000003", "step-00000004"]
     assert (tmp_path / LATEST).read_text().strip() == "step-00000004"
+    assert [found[-1] for found in seen] == [f"step-{i:08d}" for i in (1, 2, 3, 4)]
 
 
 def _no_space(*args, **kwargs):

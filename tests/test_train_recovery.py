@@ -144,8 +144,8 @@ def test_fresh_drops_the_old_outputs_at_its_first_checkpoint_or_at_once_with_dis
     tmp_path, prepared
 ) -> None:
     run = new_run(tmp_path, prepared)
-    config = tmp_path / "stage.yaml"
-    config.write_text(dump_config(stage_config(max_tokens=7168)))
+    config = tmp_path / "stage.yaml"  # saves that training waits for: step 3's is in place at 5
+    config.write_text(dump_config(stage_config(max_tokens=7168, checkpoint={"mode": "sync"})))
     assert run_module(config, run).returncode == 0
     layout = stage_dir(run)
     proc = run_module(config, run, fault="kill-after-step:5", extra=("--no-resume",))

@@ -38,7 +38,7 @@ import os
 import random
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -302,9 +302,17 @@ class CheckpointWriter:
     leaving the block waits for the save in flight (on an error, without collectives, so the
     checkpoint still commits)."""
 
-    def __init__(self, folder: Path, *, ctx: Distributed, keep_last: int, background: bool):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        ctx: Distributed,
+        keep_last: int,
+        background: bool,
+        on_commit: Callable[[], None] | None = None,
+    ):
         self.folder, self.ctx, self.keep_last = Path(folder), ctx, keep_last
-        self.committed = False  # whether a save of this writer is known to be in place
+        self.on_commit = on_commit  # rank 0, after each checkpoint is in place
         self._pending: tuple[Future, Path] | None = None
         self._executor = self._group = self._stager = None
         if background:
@@ -374,7 +382,6 @@ class CheckpointWriter:
         if self._executor is None:
             with _saving(tmp, self.ctx):
                 write()
-            self.committed = True
         else:
             self._pending = (self._executor.submit(write), tmp)
         return final
@@ -391,7 +398,6 @@ class CheckpointWriter:
         (future, tmp), self._pending = self._pending, None
         with _saving(tmp, self.ctx):
             future.result()
-        self.committed = True
 
     def _write(self, state_dict, tmp: Path, final: Path, meta: dict, before_commit) -> None:
         """The shards (DCP, collective over the writer's group), then rank 0's commit."""
@@ -402,6 +408,8 @@ class CheckpointWriter:
             before_commit()
         if self.ctx.is_main:
             _commit(tmp, final, meta, keep_last=self.keep_last)
+            if self.on_commit is not None:
+                self.on_commit()
 
     def _close(self) -> None:
         if self._executor is not None:

@@ -178,7 +178,7 @@ def fit(
     loss = None
     writer = CheckpointWriter(
         layout.checkpoints, ctx=ctx, keep_last=stage.checkpoint.keep_last,
-        background=stage.checkpoint.mode == "async",
+        background=stage.checkpoint.mode == "async", on_commit=lambda: drop_previous(layout, ctx),
     )  # fmt: skip
     with writer:  # leaving it waits for the save in flight
         while state.stage_step < num_steps:
@@ -220,8 +220,6 @@ def fit(
                     extra_meta={"adapter": adapter, "wall_s": wall_s, "recipe_changes": changes},
                     finished=finished, before_commit=lambda s=state.step: _in_save(s),
                 )  # fmt: skip
-                if writer.committed:  # not before a checkpoint of this run is in place
-                    drop_previous(layout, ctx)
             bar.update(1)
         bar.close()
         metrics.close()
@@ -336,7 +334,8 @@ def settle_previous(layout: StageLayout) -> None:
 
 
 def drop_previous(layout: StageLayout, ctx: Distributed) -> None:
-    """The new run has a checkpoint (or has finished): the outputs a fresh start set aside go."""
+    """The new run has a checkpoint in place (rank 0 calls it from the checkpoint writer) or has
+    finished: the outputs a fresh start set aside go."""
     if ctx.is_main and layout.previous.exists():
         shutil.rmtree(layout.previous)
 
