@@ -140,10 +140,12 @@ def _bug(*args, **kwargs):
     raise RuntimeError("a bug in the commit")
 
 
-# Where a background save can break, and the checkpoints it leaves: writing a shard, after the
-# shards (before the commit), writing meta.json, the rename, `latest` (after the rename: the new
-# checkpoint is whole and in place, `latest` still names the one before).
+# Where a background save can break, and the checkpoints it leaves: writing the RNG file (before
+# the save returns: it fails there), a shard, after the shards (before the commit), writing
+# meta.json, the rename, `latest` (after the rename: the new checkpoint is whole and in place,
+# `latest` still names the one before).
 POINTS = {
+    "rng": (lambda patch: patch.setattr(Path, "write_bytes", _no_space), 2),
     "shard": (lambda patch: patch.setattr(dcp_filesystem, "_write_item", _no_space), 2),
     "before-commit": (lambda patch: None, 2),  # the save's before_commit hook raises
     "meta": (lambda patch: patch.setattr(Path, "write_text", _no_space), 2),

@@ -33,6 +33,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import io
 import json
 import os
 import random
@@ -374,7 +375,9 @@ class CheckpointWriter:
             "finished": finished,
         }
         with _saving(tmp, self.ctx):
-            torch.save(rng_state(), tmp / f"rng-{self.ctx.rank:05d}.pt")
+            rng = io.BytesIO()  # in memory first: a full disk is then an OSError (ENOSPC)
+            torch.save(rng_state(), rng)
+            (tmp / f"rng-{self.ctx.rank:05d}.pt").write_bytes(rng.getvalue())
             state_dict = {"model": model_sd, "optim": optim_sd}
             if self._stager is not None:
                 state_dict = self._stager.stage(state_dict)
