@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _analysis_fixtures import write_run
+from _analysis_fixtures import CHILD, write_run, write_stage
 
 from tinylab.analysis.adapters import adapter_pairs, comparison_tables, side_by_side
 from tinylab.analysis.runs import load_run
@@ -20,6 +20,15 @@ def run(tmp_path: Path):
 
 def test_pairs_match_parent_and_mixture(run) -> None:
     assert adapter_pairs(run) == [("continual-code", "continual-code-lora")]
+
+
+def test_a_full_stage_with_another_ramp_is_no_pair(tmp_path: Path) -> None:
+    ramp = {"tokens": 100, "start": {"prose": 1.0}}
+    write_stage(tmp_path, "continual-code", {**CHILD, "ramp": ramp}, 2.0, 0.4, (1, 1), 1)
+    write_stage(tmp_path, "continual-code-noramp", CHILD, 2.0, 0.4, (1, 1), 1)
+    write_stage(tmp_path, "continual-code-lora", {**CHILD, "ramp": ramp, "adapter": "lora"}, 2.0,
+                0.4, (1, 1), 1)  # fmt: skip
+    assert adapter_pairs(load_run(tmp_path)) == [("continual-code", "continual-code-lora")]
 
 
 def test_side_by_side_shows_costs_and_effects_against_the_parent(run) -> None:

@@ -1,7 +1,8 @@
 """Full vs LoRA continual pretraining side by side: what an adapter buys and what it costs.
 
 A LoRA stage (`adapter:` set) is paired with every full-weights stage of the run that trains the
-same mixture from the same parent, e.g. `continual-mathcode-lora` with `continual-mathcode`. For
+same mixture (and ramp) from the same parent, e.g. `continual-mathcode-lora` with
+`continual-mathcode` (not with its counterfactual without the ramp). For
 each pair one table: rows are measures, columns the two stages. Costs come from the stage's
 result.json (trainable/total parameters, wall time: start to export, validation included) and
 metrics.jsonl (median tokens/s of the training steps; peak memory: CUDA max allocated, or the
@@ -22,7 +23,8 @@ MIB = 2**20
 
 
 def adapter_pairs(run: Run) -> list[tuple[str, str]]:
-    """(full stage, LoRA stage) names: same parent, same mixture, one trains all weights."""
+    """(full stage, LoRA stage) names: same parent, same mixture and ramp, one trains all
+    weights."""
     pairs = []
     for lora, stage in run.stages.items():
         if stage.adapter is None or stage.init_from is None:
@@ -31,7 +33,8 @@ def adapter_pairs(run: Run) -> list[tuple[str, str]]:
             same_start = (
                 other.init_from is not None and other.init_from.stage == stage.init_from.stage
             )
-            if other.adapter is None and same_start and other.mixture == stage.mixture:
+            same_data = other.mixture == stage.mixture and other.ramp == stage.ramp
+            if other.adapter is None and same_start and same_data:
                 pairs.append((full, lora))
     return pairs
 
