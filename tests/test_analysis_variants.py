@@ -85,7 +85,7 @@ def test_variant_effects_per_domain_and_task_with_intervals(run) -> None:
     arc = effects.loc["arc_easy"]  # one of 20 items flips: +0.05, and 0 stays inside
     assert arc.effect == pytest.approx(0.05) and arc.low == 0 and not arc.real
     table = variant_table(effects.reset_index())
-    assert list(table["verdict"]) == ["real", "within noise", "within noise"]
+    assert list(table["verdict"]) == ["beyond noise", "within noise", "within noise"]
     assert table.iloc[0]["difference [95% interval]"] == "-0.3 [-0.3, -0.3]"
     assert table.iloc[0]["measure"] == "code bpb (lower is better)"
 
@@ -93,8 +93,9 @@ def test_variant_effects_per_domain_and_task_with_intervals(run) -> None:
 def test_one_sentence_per_pair_says_what_is_real_and_what_is_noise(run) -> None:
     effects = variant_effects(run, resamples=2000)
     assert variant_summary(effects) == (
-        "continual-noramp (no ramp) against continual: 1 of 3 differences is real (0 outside "
-        "the 95% interval): code bpb -0.3 [-0.3, -0.3], better; the other 2 are within noise."
+        "continual-noramp (no ramp) against continual: 1 of 3 differences is real (beyond noise: "
+        "0 outside the 95% interval): code bpb -0.3 [-0.3, -0.3], better; the other 2 are within "
+        "noise."
     )
     noise = effects[effects["measure"] != "code bpb"]
     sentence = variant_summary(noise)

@@ -5,8 +5,9 @@ A stage that declares `counterfactual: {of, changes}` (tinylab.config.stage) is 
 for one change: the same parent, the same tokens, the same data order. Both are evaluated on the
 same items, so every measure's difference (counterfactual minus original) gets a 95% paired
 bootstrap interval (tinylab.analysis.effects): over the held-out windows for a domain's bits per
-byte, over the items for a task's score. A difference whose interval excludes 0 is called real;
-one whose interval holds 0 is within noise (these items cannot tell it from no change). The
+byte, over the items for a task's score. A difference whose interval excludes 0 is called real
+(beyond noise); one whose interval holds 0 is within noise (these items cannot tell it from no
+change). The
 trade-off is the one of the bootstrap: the interval speaks for these items and these two training
 runs only; another seed of either run would move both, and that spread is not in it.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tinylab.analysis.effects import RESAMPLES, item_scores, paired_effect, window_bpb
+from tinylab.analysis.effects import BPB_SUFFIX, RESAMPLES, measure_effect, verdict
 from tinylab.analysis.runs import Run
 
 PERPLEXITY = "perplexity/"  # the evaluation rows of held-out bits per byte, one per domain
@@ -38,34 +39,33 @@ def counterfactual_pairs(run: Run) -> list[tuple[str, str, str]]:
 
 def variant_effects(run: Run, *, resamples: int = RESAMPLES, seed: int = 0) -> pd.DataFrame:
     """One row per counterfactual and measure that both stages were evaluated on: the original's
-    and the counterfactual's mean, the effect (variant - original), its 95% interval and item
+    and the counterfactual's score, the effect (variant - original), its 95% interval and item
     count, and whether it is real (0 outside the interval). Columns: COLUMNS."""
+    scores = run.evals.set_index(["stage", "task"])["value"]
     rows = []
     for name, of, changes in counterfactual_pairs(run):
-        for measure, kind, better, read in _shared_measures(run, of, name):
-            before, after = read(of), read(name)
-            interval = paired_effect(before, after, resamples=resamples, seed=seed)
+        for task in _shared_tasks(run, of, name):
+            domain = task.startswith(PERPLEXITY)
+            measure = f"{task.removeprefix(PERPLEXITY)}{BPB_SUFFIX}" if domain else task
+            interval = measure_effect(measure, (run.run_dir, of), (run.run_dir, name),
+                                      resamples=resamples, seed=seed)  # fmt: skip
             rows.append({"counterfactual": name, "of": of, "changes": changes,
-                         "measure": measure, "kind": kind, "better": better,
-                         "original": float(before.mean()), "variant": float(after.mean()),
+                         "measure": measure, "kind": "domain" if domain else "task",
+                         "better": "lower" if domain else "higher",
+                         "original": float(scores[(of, task)]),
+                         "variant": float(scores[(name, task)]),
                          "effect": interval.estimate, "low": interval.low, "high": interval.high,
                          "n": interval.n, "real": interval.excludes_zero})  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _shared_measures(run: Run, of: str, name: str) -> list[tuple]:
-    """(measure, kind, better, reader of one stage's per-item values) of every evaluation row
-    that both stages have: domains first (bits per byte, lower is better), then tasks."""
+def _shared_tasks(run: Run, of: str, name: str) -> list[str]:
+    """The evaluation rows both stages have: the domains' held-out bits per byte
+    (`perplexity/<domain>`) first, then the tasks."""
     evals = run.evals
-    tasks = [t for t in evals.loc[evals["stage"] == of, "task"] if t in
-             set(evals.loc[evals["stage"] == name, "task"])]  # fmt: skip
-    domains = [t.removeprefix(PERPLEXITY) for t in tasks if t.startswith(PERPLEXITY)]
-    return [
-        *((f"{d} bpb", "domain", "lower", lambda s, d=d: window_bpb(run.run_dir, s, d))
-          for d in domains),
-        *((t, "task", "higher", lambda s, t=t: item_scores(run.run_dir, s, t))
-          for t in tasks if not t.startswith(PERPLEXITY)),
-    ]  # fmt: skip
+    theirs = set(evals.loc[evals["stage"] == name, "task"])
+    tasks = [t for t in evals.loc[evals["stage"] == of, "task"] if t in theirs]
+    return sorted(tasks, key=lambda t: not t.startswith(PERPLEXITY))  # stable: order kept
 
 
 def variant_summary(effects: pd.DataFrame) -> str:
@@ -88,8 +88,8 @@ def _sentence(pair: pd.DataFrame) -> str:
     rest = len(pair) - len(real)
     tail = f"; the other {rest} {'is' if rest == 1 else 'are'} within noise" if rest else ""
     verb = "is" if len(real) == 1 else "are"
-    return (f"{head} {len(real)} of {len(pair)} differences {verb} real (0 outside the 95% "
-            f"interval): {listed}{tail}.")  # fmt: skip
+    return (f"{head} {len(real)} of {len(pair)} differences {verb} real (beyond noise: 0 "
+            f"outside the 95% interval): {listed}{tail}.")  # fmt: skip
 
 
 def _signal(pair: pd.DataFrame) -> pd.Series:
@@ -119,6 +119,6 @@ def variant_table(effects: pd.DataFrame) -> pd.DataFrame:
         "difference [95% interval]": [_effect(r).removeprefix(f"{r.measure} ")
                                       for r in effects.itertuples()],
         "items": effects["n"],
-        "verdict": effects["real"].map({True: "real", False: "within noise"}),
+        "verdict": [verdict(not real) for real in effects["real"]],
     })  # fmt: skip
     return table
