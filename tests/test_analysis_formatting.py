@@ -42,6 +42,10 @@ def test_a_float_column_has_one_number_of_decimals() -> None:
     assert scores.tolist() == ["0.65", "0.10", "0.00", MISSING]
     tokens = column_text(pd.Series([65536.0, np.nan, 1024.0]))  # ints made floats by a gap
     assert tokens.tolist() == ["65,536", MISSING, "1,024"]
+    changes = column_text(pd.Series([-1.433033, -0.095553, 0.005699, 0.0]))
+    assert changes.tolist() == ["-1.433", "-0.096", "0.006", "0.000"]  # digits of the largest
+    rates = column_text(pd.Series([0.003, 0.0003, 4e-5]))
+    assert rates.tolist() == ["0.00300", "0.00030", "0.00004"]
     mixed = column_text(pd.Series([1787008, 2.049, None, "fp32"], dtype=object))
     assert mixed.tolist() == ["1,787,008", "2.049", MISSING, "fp32"]
 

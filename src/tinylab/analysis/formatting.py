@@ -55,17 +55,25 @@ def _decimals(value: float) -> int:
     """Decimals that show value at SIGNIFICANT digits, without trailing zeros (0.65 -> 2)."""
     if value == 0 or not math.isfinite(value):
         return 0
-    wanted = max(0, SIGNIFICANT - 1 - math.floor(math.log10(abs(value))))
-    text = f"{value:.{min(wanted, MAX_DECIMALS)}f}"
+    text = f"{value:.{_significant_decimals(value)}f}"
     return len(text.rstrip("0").partition(".")[2])
 
 
+def _significant_decimals(value: float) -> int:
+    """Decimals that keep SIGNIFICANT digits of a nonzero value (at most MAX_DECIMALS)."""
+    return min(MAX_DECIMALS, max(0, SIGNIFICANT - 1 - math.floor(math.log10(abs(value)))))
+
+
 def column_text(column: pd.Series) -> pd.Series:
-    """A column as display strings: a float column with one number of decimals (the most any
-    of its values needs), any other column value by value."""
+    """A column as display strings: a float column with one number of decimals (those its
+    values need, but no more than SIGNIFICANT digits of its largest value give: -1.433, -0.096
+    and 0.006, not -1.433033, -0.095553 and 0.005699), any other column value by value."""
     if pd.api.types.is_float_dtype(column) and not pd.api.types.is_bool_dtype(column):
-        shown = [v for v in column if pd.notna(v) and abs(v) >= 10**-MAX_DECIMALS]
-        decimals = max((_decimals(float(v)) for v in shown), default=0)
+        shown = [float(v) for v in column if pd.notna(v) and abs(v) >= 10**-MAX_DECIMALS]
+        decimals = 0
+        if shown:
+            largest = max(shown, key=abs)
+            decimals = min(max(map(_decimals, shown)), _significant_decimals(largest))
         return column.map(lambda v: number(v, decimals=decimals), na_action=None)
     return column.map(number, na_action=None)
 
