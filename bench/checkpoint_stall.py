@@ -18,6 +18,7 @@ median time beside the median of steps without a save in flight. The checkpoints
 temporary folder (or `--out`) and are deleted at the end (keep them with `--keep`).
 
     python bench/checkpoint_stall.py                       # the 1.1B on one GPU
+    python bench/checkpoint_stall.py --set parallel.precision=fp8       # float8 weights
     python bench/checkpoint_stall.py --model params/models/demo.yaml --device cpu   # a check
 """
 
@@ -49,16 +50,18 @@ BASE_STAGE = PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml"
 CPU = ("parallel.compile=off", "parallel.liger=[]", "parallel.precision=fp32")  # a quick check
 
 
-def bench_stage(model: str, *, device: str, micro: int, seq_len: int) -> StageConfig:
+def bench_stage(
+    model: str, *, device: str, micro: int, seq_len: int, sets: list[str] = ()
+) -> StageConfig:
     """The paper's base stage with `model`, one micro-batch of `micro` x `seq_len` (at most the
-    model's context) per step."""
+    model's context) per step, and the overrides `sets` (e.g. parallel.precision=fp8)."""
     stage = load_config(BASE_STAGE, StageConfig)
     data = stage.model_dump(mode="json")
     data["model"] = load_preset(model).model_dump(mode="json")
     data["data"]["seq_len"] = min(seq_len, data["model"]["max_position_embeddings"])
     tokens = micro * data["data"]["seq_len"]
     sets = [f"micro_batch_size={micro}", f"global_batch_tokens={tokens}",
-            f"parallel.device={device}", *(CPU if device == "cpu" else ())]  # fmt: skip
+            f"parallel.device={device}", *(CPU if device == "cpu" else ()), *sets]  # fmt: skip
     return StageConfig.model_validate(apply_overrides(data, sets, StageConfig))
 
 
@@ -95,7 +98,8 @@ def timed_save(writer: CheckpointWriter, model, optimizer, stage, ctx, step: int
 
 
 def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
-    stage = bench_stage(args.model, device=args.device, micro=args.micro, seq_len=args.seq_len)
+    stage = bench_stage(args.model, device=args.device, micro=args.micro, seq_len=args.seq_len,
+                        sets=args.set)  # fmt: skip
     ctx = init_distributed(stage.parallel)
     out = Path(args.out or tempfile.mkdtemp(prefix="checkpoint-stall-"))
     try:
@@ -153,6 +157,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps without a save")
     parser.add_argument("--out", help="folder for the checkpoints (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a stage override, e.g. parallel.precision=fp8 (repeatable)")
     args = parser.parse_args()
     rows = run(args)
     print(table(rows, device=args.device, model=args.model))

@@ -30,6 +30,9 @@ def test_the_1b_is_built_with_the_base_stages_parallel_block(bench) -> None:
     stage = bench.bench_stage("tinyllama-1.1b", device="cuda", micro=4, seq_len=2048)
     assert stage.parallel == committed.parallel.model_copy(update={"device": "cuda"})
     assert stage.model.hidden_size == 2048 and stage.global_batch_tokens == 4 * 2048
+    fp8 = bench.bench_stage("tinyllama-1.1b", device="cuda", micro=4, seq_len=2048,
+                            sets=["parallel.precision=fp8"])  # fmt: skip
+    assert fp8.parallel.precision == "fp8"
 
 
 def test_a_cpu_run_times_a_sync_and_two_async_saves(bench, tmp_path, one_thread) -> None:
@@ -37,7 +40,7 @@ def test_a_cpu_run_times_a_sync_and_two_async_saves(bench, tmp_path, one_thread)
     model.write_text(yaml.safe_dump(MODEL))
     out = tmp_path / "checkpoints"
     args = argparse.Namespace(model=str(model), device="cpu", micro=2, seq_len=32, warmup=1,
-                              steps=2, out=str(out), keep=False)  # fmt: skip
+                              steps=2, out=str(out), keep=False, set=["seed=7"])  # fmt: skip
     rows = bench.run(args)
     assert [name for name, _ in rows] == [
         "training steps, no save", "sync", "async, 1st", "async, 2nd"
