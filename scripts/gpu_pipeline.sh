@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED=1
   df -h . | tail -1; } | tee "$out/card.txt"
 run=outputs/runs/gpu
 if [[ " $parts " == *" pipeline "* ]]; then
-    /usr/bin/time -f "pipeline wall %e s" tinylab run params/pipelines/gpu.yaml 2>&1 \
+    /usr/bin/time -f "pipeline wall %e s" tinylab run params/pipelines/gpu.yaml --jobs 2 2>&1 \
         | tee "$out/pipeline.log"
     cp "$run/manifest.json" "$run/report.html" "$out/" 2>/dev/null
     tar -czf "$out/run-small.tar.gz" --exclude='*.safetensors' --exclude='*.pt' \

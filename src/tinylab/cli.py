@@ -196,11 +196,23 @@ def run_command(
             "--dry-run, the points and what each shares.",
         ),
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="Run up to N steps at once on this machine, each once its after: steps are done "
+            "(e.g. an evaluation beside the next stage's training on one GPU).",
+        ),
+    ] = 1,
 ) -> None:
     """Run a pipeline's notebooks with Papermill into outputs/runs/<run-id>/, skipping steps that
     finished with the same notebook, params and library code."""
     from tinylab.pipeline import run_pipeline
 
+    if sweep and jobs > 1:
+        raise UserError("--jobs runs the steps of one run at once; a --sweep's points run one "
+                        "after another: leave out --jobs or --sweep")  # fmt: skip
     if sweep:
         from tinylab.sweep import plan_sweep, run_sweep
 
@@ -212,6 +224,19 @@ def run_command(
         from tinylab.analysis.plan import pipeline_plan
 
         typer.echo(pipeline_plan(pipeline).to_string(index=False))
+        return
+    if jobs > 1:
+        from tinylab.cluster.local import run_parallel
+
+        parallel = run_parallel(
+            pipeline,
+            jobs=jobs,
+            run_id=run_id,
+            from_step=from_step,
+            overrides=overrides or [],
+            keep_stale=keep_stale,
+        )
+        typer.echo(parallel.summary())
         return
 
     done = run_pipeline(

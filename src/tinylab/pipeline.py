@@ -123,6 +123,8 @@ class PipelineRun:
 
 # carries out one step's decision in a run folder, recording it in the manifest
 StepAction = Callable[[PlannedStep, Decision, Path, dict[str, Any]], None]
+# carries out every step's decision (e.g. several at once: tinylab.cluster.local)
+StepsAction = Callable[[dict[str, PlannedStep], dict[str, Decision], Path, dict[str, Any]], None]
 
 
 def run_pipeline(
@@ -136,9 +138,11 @@ def run_pipeline(
     notebooks_dir: Path = NOTEBOOKS_DIR,
     source_dir: Path = SOURCE_DIR,
     apply: StepAction | None = None,
+    run_steps: StepsAction | None = None,
 ) -> PipelineRun:
     """Run (or resume) a pipeline under the run folder's lock; `apply` carries out each step's
-    decision (default apply_decision; a sweep's shares steps between runs). Raises StepFailed on
+    decision in order (default apply_decision; a sweep's shares steps between runs), or
+    `run_steps` carries out all of them (`tinylab run --jobs N`). Raises StepFailed on
     the first failing step, after recording it in the manifest; files.LockHeld (naming the
     holder) while another run holds the folder's RUN/.run.lock, which a killed run's successor
     takes over."""
@@ -156,8 +160,11 @@ def run_pipeline(
         manifest = open_manifest(run_dir, pipeline_path, pipeline)
         forced = _steps_from(pipeline, from_step) if from_step else set()
         decisions = decide_steps(plan, manifest, forced=forced, keep_stale=keep_stale)
-        for name, planned in plan.items():
-            (apply or apply_decision)(planned, decisions[name], run_dir, manifest)
+        if run_steps is not None:
+            run_steps(plan, decisions, run_dir, manifest)
+        else:
+            for name, planned in plan.items():
+                (apply or apply_decision)(planned, decisions[name], run_dir, manifest)
     return PipelineRun(manifest, decisions, wall_s=time.perf_counter() - started)
 
 

@@ -24,6 +24,8 @@ The modules, one job each:
     records.py   the manifest's "cluster" section: job records by step, under the lock
     job.py       inside a job: run one step and record its state (`python -m tinylab.cluster`)
     status.py    `tinylab status`: steps, jobs and each stage's last metrics
+    local.py     `tinylab run --jobs N`: this machine as N slots, each step in a process of its own
+                 through the same one-step entry (`run-step --local`: no job record)
 
     tinylab submit params/pipelines/tinyllama-v1.1.yaml --cluster 2x8-h100 --dry-run
     tinylab status outputs/runs/tinyllama-v1.1

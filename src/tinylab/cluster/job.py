@@ -25,8 +25,10 @@ def run_step_in_job(
     overrides: list[str] | tuple[str, ...] = (),
     notebooks_dir: Path = NOTEBOOKS_DIR,
     launcher: list[str] | None = None,
+    record_job: bool = True,
 ) -> None:
-    """Run `step` as `tinylab run` would, recording the job's state; StepFailed if it fails."""
+    """Run `step` as `tinylab run` would, recording the job's state (unless not `record_job`: a
+    slot of `tinylab run --jobs`); StepFailed if it fails."""
     pipeline = load_config(pipeline_path, PipelineConfig)
     plan = plan_steps(pipeline, run_dir, overrides=overrides, notebooks_dir=notebooks_dir)
     if step not in plan:
@@ -39,17 +41,20 @@ def run_step_in_job(
         )
     if launcher:
         planned.parameters["launcher"] = launcher  # job-specific: not part of the fingerprint
-    with manifest_lock(run_dir):
-        record_jobs(run_dir, {step: job_start_record()})
+    _record(run_dir, step, job_start_record(), record_job)
     manifest = open_manifest(run_dir, pipeline_path, pipeline)
     try:
         execute_step(planned, run_dir, manifest)
     except BaseException:
-        with manifest_lock(run_dir):
-            record_jobs(run_dir, {step: {"state": "FAILED", "updated": now()}})
+        _record(run_dir, step, {"state": "FAILED", "updated": now()}, record_job)
         raise
-    with manifest_lock(run_dir):
-        record_jobs(run_dir, {step: {"state": "COMPLETED", "updated": now()}})
+    _record(run_dir, step, {"state": "COMPLETED", "updated": now()}, record_job)
+
+
+def _record(run_dir: Path, step: str, record: dict[str, Any], record_job: bool) -> None:
+    if record_job:
+        with manifest_lock(run_dir):
+            record_jobs(run_dir, {step: record})
 
 
 def job_start_record() -> dict[str, Any]:
