@@ -114,7 +114,7 @@ def test_runs_table_names_sweep_values_and_shared_steps(runs: list[Path]) -> Non
     record["sweep"] = {"values": {"base.optim.lr": "5e-3"}}
     record["steps"]["prepare"] = {"params": {}, "shared_from": {"run": "a"}}
     manifest.write_text(json.dumps(record))
-    table = runs_table(load_comparison(runs)).set_index("run")
+    table = runs_table(load_comparison(runs))
     assert table.loc["b", "sweep values"] == "base.optim.lr=5e-3"
     assert table.loc["b", "steps shared from"] == "prepare: a"
     assert table.loc["a", "sweep values"] == ""

@@ -296,7 +296,7 @@ def _ordered_stages(comparison: Comparison) -> list[str]:
 
 
 def runs_table(comparison: Comparison) -> pd.DataFrame:
-    """Each run: its folder, pipeline, git commit and stages; for points of a sweep (`tinylab run
+    """Each run (the index): its folder, pipeline, git commit and stages; for points of a sweep (`tinylab run
     --sweep`) also the swept values and the steps taken from another point (columns that no run
     fills are left out)."""
     rows = []
@@ -311,7 +311,7 @@ def runs_table(comparison: Comparison) -> pd.DataFrame:
                      "steps shared from": ", ".join(f"{step}: {record['shared_from']['run']}"
                                                     for step, record in steps
                                                     if "shared_from" in record)})  # fmt: skip
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows).set_index("run")
     return frame.loc[:, frame.astype(bool).any()]
 
 
