@@ -24,7 +24,15 @@ import pandas as pd
 import yaml
 
 from tinylab.analysis import figures
-from tinylab.analysis.effects import EffectsError, Interval, item_scores, paired_effect, window_bpb
+from tinylab.analysis.effects import (
+    BPB_SUFFIX,
+    EffectsError,
+    Interval,
+    item_scores,
+    paired_effect,
+    verdict,
+    window_bpb,
+)
 from tinylab.analysis.publish import notebook_to_html
 from tinylab.analysis.runs import Run, final_scores, final_validation, load_run
 from tinylab.config.loader import project_path
@@ -35,7 +43,6 @@ from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook
 COMPARE_NOTEBOOK = NOTEBOOKS_DIR / "06_compare.ipynb"
 RUN_FOLDER = "a run folder (stages/<stage>/metrics.jsonl, e.g. outputs/runs/demo)"
 ABSENT = "(absent)"
-BPB = " bpb"  # runs.final_scores names a domain's held-out bits per byte "<domain> bpb"
 
 
 class CompareError(UserError):
@@ -144,9 +151,9 @@ def difference_interval(
     over the domain's held-out windows scored by `tinylab eval` (only when as many as validation
     measured in both runs: the same windows). None without per-item data in both runs, or when
     their items differ."""
-    domain = measure.removesuffix(BPB)
+    domain = measure.removesuffix(BPB_SUFFIX)
     try:
-        if measure.endswith(BPB):
+        if measure.endswith(BPB_SUFFIX):
             items = [window_bpb(run.run_dir, stage, domain) for run in (before, after)]
             if any(
                 len(s) != _windows(run, stage, domain)
@@ -171,18 +178,12 @@ def _windows(run: Run, stage: str, domain: str) -> int | None:
     return int(rows["windows"].iloc[0]) if len(rows) else None
 
 
-def _verdict(within_noise: bool | None) -> str:
-    if within_noise is None:
-        return "no per-item data"
-    return "within noise" if within_noise else "beyond noise"
-
-
 def _difference_table(comparison: Comparison, *, bits_per_byte: bool) -> pd.DataFrame:
     """Scores indexed by (stage, measure), stages in the runs' order, with one column per run
     and, per run after the baseline, its difference, the difference's 95% interval and whether
     that interval holds 0 ("within noise")."""
     frame = differences(comparison)
-    frame = frame[frame["measure"].str.endswith(BPB) == bits_per_byte]
+    frame = frame[frame["measure"].str.endswith(BPB_SUFFIX) == bits_per_byte]
     if frame.empty:
         return pd.DataFrame()
     index = ["stage", "measure"]
@@ -197,7 +198,7 @@ def _difference_table(comparison: Comparison, *, bits_per_byte: bool) -> pd.Data
             f"[{low:+.3g}, {high:+.3g}]" if pd.notna(low) else ""
             for low, high in zip(part["low"], part["high"], strict=True)
         ]
-        table[f"{name}: verdict"] = part["within_noise"].map(_verdict)
+        table[f"{name}: verdict"] = part["within_noise"].map(verdict)
     order = {stage: i for i, stage in enumerate(_ordered_stages(comparison))}
     stages = table.index.get_level_values("stage").map(order)
     measures = table.index.get_level_values("measure")
@@ -218,7 +219,9 @@ def bits_per_byte_table(comparison: Comparison) -> pd.DataFrame:
     table = _difference_table(comparison, bits_per_byte=True)
     if table.empty:
         return table
-    table.index = table.index.set_levels(table.index.levels[1].str.removesuffix(BPB), level=1)
+    table.index = table.index.set_levels(
+        table.index.levels[1].str.removesuffix(BPB_SUFFIX), level=1
+    )
     return table.rename_axis(["stage", "domain"])
 
 
@@ -296,9 +299,9 @@ def _ordered_stages(comparison: Comparison) -> list[str]:
 
 
 def runs_table(comparison: Comparison) -> pd.DataFrame:
-    """Each run (the index): its folder, pipeline, git commit and stages; for points of a sweep (`tinylab run
-    --sweep`) also the swept values and the steps taken from another point (columns that no run
-    fills are left out)."""
+    """Each run (the index): its folder, pipeline, git commit and stages; for points of a sweep
+    (`tinylab run --sweep`) also the swept values and the steps taken from another point (columns
+    that no run fills are left out)."""
     rows = []
     for label, run in comparison.runs.items():
         steps = run.manifest.get("steps", {}).items()
