@@ -24,17 +24,9 @@ import pandas as pd
 import yaml
 
 from tinylab.analysis import figures
-from tinylab.analysis.effects import (
-    BPB_SUFFIX,
-    EffectsError,
-    Interval,
-    item_scores,
-    paired_effect,
-    verdict,
-    window_bpb,
-)
+from tinylab.analysis.effects import BPB_SUFFIX, verdict
 from tinylab.analysis.publish import notebook_to_html
-from tinylab.analysis.runs import Run, final_scores, final_validation, load_run
+from tinylab.analysis.runs import Run, delta_interval, final_scores, load_run
 from tinylab.config.loader import project_path
 from tinylab.errors import UserError
 from tinylab.layout import RunLayout
@@ -113,8 +105,9 @@ def differences(comparison: Comparison) -> pd.DataFrame:
     """Every run's final scores (`runs.final_scores`: each task's headline score, each domain's
     last held-out bits per byte) beside the baseline's, for each (stage, measure) both have.
     Columns stage, measure, better, run, baseline, value, difference (value - baseline), low and
-    high (its 95% interval, `difference_interval`; NaN without per-item data), items and
-    within_noise (whether the interval holds 0; None without per-item data)."""
+    high (its 95% paired-bootstrap interval, `runs.delta_interval`: over the task's items or the
+    domain's held-out windows; NaN without per-item data), items and within_noise (whether the
+    interval holds 0; None without per-item data)."""
     base_run = comparison.runs[comparison.baseline]
     scores = {label: final_scores(run) for label, run in comparison.runs.items()}
     base = scores[comparison.baseline][["stage", "measure", "better", "value"]]
@@ -126,10 +119,9 @@ def differences(comparison: Comparison) -> pd.DataFrame:
                             suffixes=("_base", ""))  # fmt: skip
         merged = merged.rename(columns={"value_base": "baseline"})
         merged = merged.assign(run=label, difference=merged["value"] - merged["baseline"])
+        after = comparison.runs[label]
         intervals = [
-            difference_interval(
-                base_run, comparison.runs[label], row.stage, row.measure, row.difference
-            )  # fmt: skip
+            delta_interval(row.measure, (base_run, row.stage), (after, row.stage), row.difference)
             for row in merged.itertuples()
         ]
         rows.append(merged.assign(
@@ -141,41 +133,6 @@ def differences(comparison: Comparison) -> pd.DataFrame:
     columns = ["stage", "measure", "better", "run", "baseline", "value", "difference", "low",
                "high", "items", "within_noise"]  # fmt: skip
     return pd.concat(rows, ignore_index=True)[columns]
-
-
-def difference_interval(
-    before: Run, after: Run, stage: str, measure: str, difference: float
-) -> Interval | None:
-    """The 95% paired-bootstrap interval (tinylab.analysis.effects) of a measure's difference
-    between two runs at one stage, centred on the difference shown: over the task's items, or
-    over the domain's held-out windows scored by `tinylab eval` (only when as many as validation
-    measured in both runs: the same windows). None without per-item data in both runs, or when
-    their items differ."""
-    domain = measure.removesuffix(BPB_SUFFIX)
-    try:
-        if measure.endswith(BPB_SUFFIX):
-            items = [window_bpb(run.run_dir, stage, domain) for run in (before, after)]
-            if any(
-                len(s) != _windows(run, stage, domain)
-                for s, run in zip(items, (before, after), strict=True)
-            ):
-                return None
-        else:
-            items = [item_scores(run.run_dir, stage, measure) for run in (before, after)]
-        interval = paired_effect(*items)
-    except EffectsError:
-        return None
-    if math.isclose(difference, interval.estimate, rel_tol=1e-9, abs_tol=1e-12):
-        return interval  # the same number by another route: keep the bounds as drawn
-    shift = difference - interval.estimate
-    return Interval(difference, interval.low + shift, interval.high + shift, interval.n)
-
-
-def _windows(run: Run, stage: str, domain: str) -> int | None:
-    """How many windows the stage's last validation of `domain` measured."""
-    last = final_validation(run)
-    rows = last[(last["stage"] == stage) & (last["domain"] == domain)]
-    return int(rows["windows"].iloc[0]) if len(rows) else None
 
 
 def _difference_table(comparison: Comparison, *, bits_per_byte: bool) -> pd.DataFrame:
