@@ -418,12 +418,13 @@ def test_cli_dry_run_of_the_paper_pipeline_on_two_nodes() -> None:
     scripts = result.stdout.split("# ===== ")[1:]
     assert len(scripts) == len(load_params(pipeline).steps)
     trains = [s for s in scripts if "#SBATCH --nodes=2" in s]
-    assert len(trains) == 9  # base; continual + cooldown of three variants and of math&code LoRA
+    # base; continual + cooldown of three variants and of math&code LoRA; two counterfactuals
+    assert len(trains) == 11
     assert all("--nproc-per-node=8 --rdzv-backend=c10d" in s for s in trains)
     report = next(
         s for s in scripts if s.startswith("/shared/tinylab/runs/tinyllama-v1.1/cluster/report")
     )
-    assert report.count("<job id of eval-") == 9
+    assert report.count("<job id of eval-") == 11
     assert "parallel.replicate_nodes" in result.stderr
 
 
