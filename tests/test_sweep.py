@@ -21,7 +21,7 @@ import pytest
 
 from tinylab import cli, sweep
 from tinylab.pipeline import read_manifest, run_pipeline
-from tinylab.sweep import SweepPlan, plan_sweep, run_sweep, split_values
+from tinylab.sweep import SweepPlan, own_bookkeeping, plan_sweep, run_sweep, split_values
 
 STEP = """\
 from pathlib import Path
@@ -30,6 +30,7 @@ target.parent.mkdir(parents=True, exist_ok=True)
 with target.open("a") as f:
     f.write(f"{name} {overrides}\\n")
 (target.parent / ".lock").write_text(name)  # a run's own bookkeeping: never shared
+(target.parent / ".metadata").write_text(name)  # an output (a checkpoint's): shared
 with open(log, "a") as f:
     f.write(f"{name} {Path(run_dir).name}\\n")
 """
@@ -123,12 +124,13 @@ def test_each_point_is_a_whole_run_folder_of_its_own(swept: dict) -> None:
         for point in ("one", "two"):
             assert (swept[point] / out).is_file(), (point, out)
             assert (swept[point] / "notebooks" / f"{name}.ipynb").is_file()
-    two = swept["two"]
+    one, two = swept["one"], swept["two"]
     assert not any(p.is_symlink() for p in two.rglob("*"))  # hard links in folders of its own
     assert not (two / "stages" / "base" / ".lock").exists()
+    assert (two / "stages" / "base" / ".metadata").samefile(one / "stages" / "base" / ".metadata")
     assert (two / "stages" / "continual-mathcode" / ".lock").is_file()
     shared = two / "stages" / "base" / "metrics.jsonl"
-    assert shared.samefile(swept["one"] / "stages" / "base" / "metrics.jsonl")
+    assert shared.samefile(one / "stages" / "base" / "metrics.jsonl")
     assert (two / "stages" / "continual-mathcode" / "metrics.jsonl").read_text() == (
         "continual-mathcode ['optim.lr=1e-2']\n"
     )
@@ -211,6 +213,16 @@ def test_the_dry_run_prints_the_points_and_where_each_step_runs(tmp_path: Path) 
     assert rows["base"] == ["runs", "from", "lr-3e-3"]
     assert rows["continual-mathcode"] == ["runs", "runs"]
     assert lines[-1] == "shared (run once): prepare, base, eval-base"
+
+
+@pytest.mark.parametrize(
+    "name,own",
+    [(".lock", True), ("train.lock", True), (".previous", True), ("step-00000008.tmp", True),
+     (".manifest.json.tmp-123", True), (".hf.old-9", True), (".metadata", False),
+     (".verified.json", False), ("meta.json", False), ("latest", False)],
+)  # fmt: skip
+def test_a_runs_own_bookkeeping_is_never_linked(name: str, own: bool) -> None:
+    assert own_bookkeeping(name) is own
 
 
 def test_values_split_on_commas_outside_brackets_and_quotes() -> None:

@@ -376,19 +376,29 @@ def share_step(planned: PlannedStep, owner: Point, run_dir: Path, manifest: dict
 
 def link_tree(source: Path, target: Path) -> None:
     """Hard-link the file `source`, or every file under the folder `source`, at `target`;
-    folders are made anew, dot-files (locks, markers, temporaries: each run keeps its own) left
-    out."""
+    folders are made anew, a run's own bookkeeping (`own_bookkeeping`) left out."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if not source.is_dir():
         os.link(source, target)
         return
     for folder, dirs, files in os.walk(source, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d in dirs if not own_bookkeeping(d)]
         here = target / Path(folder).relative_to(source)
         here.mkdir(exist_ok=True)
         for file in files:
-            if not file.startswith("."):
+            if not own_bookkeeping(file):
                 os.link(Path(folder) / file, here / file)
+
+
+def own_bookkeeping(name: str) -> bool:
+    """Whether a file or folder is a run's own, never linked: a lock (`.lock`, `*.lock`: held by
+    inode), a fresh start's `.previous/`, or what an interrupted write leaves (`*.tmp`,
+    `.NAME.tmp-PID`, `.NAME.old-PID`). Other dot-files are outputs (a checkpoint's `.metadata`)."""
+    return (
+        name == ".previous"
+        or name.endswith((".lock", ".tmp"))
+        or re.search(r"\.(tmp|old)-\d+$", name) is not None
+    )
 
 
 def run_sweep(
