@@ -44,8 +44,10 @@ GIVEN = dict(
     pair.split("=", 1) for pair in os.environ.get("TINYLAB_REPORTS", "").split(",") if pair
 )
 WIDTH = 1280  # CSS pixels of the page the screenshots show
-CLIPS = {  # LABEL-name.png: the page from one heading to the next one (None: the top)
-    "screenshot": ("Held-out bits per byte by domain", "Benchmarks"),
+CLIPS = {  # LABEL-name.png: the page from one heading to the next one named (None: the top)
+    "screenshot": ("Held-out bits per byte by domain", "Stage contributions"),
+    "screenshot-contributions": ("Stage contributions", "Benchmarks"),
+    "screenshot-variants": ("Variant effects", "Beside the paper's numbers"),
     "screenshot-provenance": (None, "Training curves"),
     "screenshot-paper": ("Beside the paper's numbers", "Deviations from the paper"),
 }
