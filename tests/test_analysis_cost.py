@@ -33,7 +33,7 @@ from tinylab.config.loader import PARAMS_DIR, load_config
 from tinylab.config.stage import StageConfig
 from tinylab.model import build_model
 from tinylab.train import lora
-from tinylab.train.checkpoint import TrainState, save_checkpoint
+from tinylab.train.checkpoint import CheckpointWriter, TrainState
 from tinylab.train.parallel import Distributed
 
 PAPER = "params/pipelines/tinyllama-v1.1.yaml"
@@ -90,16 +90,16 @@ def test_when_no_micro_batch_fits_the_row_says_no() -> None:
     assert "no measured micro-batch does" in next(iter(notes))
 
 
-def test_checkpoint_bytes_are_what_save_checkpoint_writes(tmp_path: Path) -> None:
+def test_checkpoint_bytes_are_what_the_checkpoint_writer_writes(tmp_path: Path) -> None:
     stage = stage_config()
     model = build_model(stage.model, device="cpu", seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.zeros(1, 8, dtype=torch.long)).logits.sum().backward()
     optimizer.step()  # creates AdamW's moments
-    folder = save_checkpoint(
-        tmp_path, model=model, optimizer=optimizer, state=TrainState(), model_cfg=stage.model,
-        finished=False, keep_last=1, ctx=Distributed(0, 1, 0, torch.device("cpu"), None),
-    )  # fmt: skip
+    alone = Distributed(0, 1, 0, torch.device("cpu"), None)
+    with CheckpointWriter(tmp_path, ctx=alone, keep_last=1, background=False) as writer:
+        folder = writer.save(model=model, optimizer=optimizer, state=TrainState(),
+                             model_cfg=stage.model, finished=False)  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
     assert checkpoint_bytes(stage) == 12 * params
     written = sum(p.stat().st_size for p in folder.glob("*.distcp"))

@@ -19,6 +19,7 @@ from torch import nn
 
 import tinylab.train.checkpoint as checkpoint
 from tinylab.config.model import ModelConfig
+from tinylab.config.stage import CheckpointConfig
 from tinylab.train import run_stage
 from tinylab.train.checkpoint import (
     LATEST,
@@ -234,3 +235,30 @@ def test_the_stage_saves_in_the_background_and_matches_a_sync_run(
         meta_sync, meta_async = read_meta(sync), read_meta(background)
         assert meta_sync.pop("wall_s") > 0 and meta_async.pop("wall_s") > 0
         assert meta_sync == meta_async
+
+
+def test_every_background_save_stages_afresh_where_torch_clears_its_stager(
+    tmp_path, monkeypatch
+) -> None:
+    """torch 2.11's DefaultStager empties its copy table after its first stage(): a writer that
+    kept one stager failed at its second save on the H200 (KeyError: <class 'type'>)."""
+    real = checkpoint.DefaultStager.stage
+
+    def stage_then_clear(self, state_dict, **kwargs):
+        staged = real(self, state_dict, **kwargs)
+        self._state_dict_stager.close()  # what torch 2.11's _stage does after each stage
+        return staged
+
+    monkeypatch.setattr(checkpoint.DefaultStager, "stage", stage_then_clear)
+    model, optimizer = net()
+    with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=3, background=True) as writer:
+        for step in (1, 2, 3):
+            save(writer, model, optimizer, step)
+            train(model, optimizer)
+    assert names(tmp_path) == ["step-00000001", "step-00000002", "step-00000003"]
+
+
+def test_the_default_checkpoint_mode_is_left_out_of_dumps() -> None:
+    """Stages trained before the mode existed keep their fingerprints; sync is recorded."""
+    assert "mode" not in CheckpointConfig().model_dump()
+    assert CheckpointConfig(mode="sync").model_dump()["mode"] == "sync"

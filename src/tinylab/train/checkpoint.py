@@ -315,7 +315,7 @@ class CheckpointWriter:
         self.folder, self.ctx, self.keep_last = Path(folder), ctx, keep_last
         self.on_commit = on_commit  # rank 0, after each checkpoint is in place
         self._pending: tuple[Future, Path] | None = None
-        self._executor = self._group = self._stager = None
+        self._executor = self._group = self._staging = None
         if background:
             cuda = ctx.device.type == "cuda"
             self._executor = ThreadPoolExecutor(  # on this rank's GPU, as the main thread
@@ -324,7 +324,7 @@ class CheckpointWriter:
             )  # fmt: skip
             if ctx.mesh is not None:
                 self._group = dist.new_group(backend="gloo")
-            self._stager = DefaultStager(StagingOptions(cuda, False, False, cuda))
+            self._staging = StagingOptions(cuda, False, False, cuda)
 
     def __enter__(self) -> CheckpointWriter:
         return self
@@ -379,9 +379,14 @@ class CheckpointWriter:
             torch.save(rng_state(), rng)
             (tmp / f"rng-{self.ctx.rank:05d}.pt").write_bytes(rng.getvalue())
             state_dict = {"model": model_sd, "optim": optim_sd}
-            if self._stager is not None:
-                state_dict = self._stager.stage(state_dict)
-        write = functools.partial(self._write, state_dict, tmp, final, meta, before_commit)
+            stager = None
+            if self._staging is not None:
+                # one stager per save: torch 2.11's DefaultStager clears its copy table after
+                # its first stage(), so a second save with it fails (KeyError: <class 'type'>,
+                # seen on the H200 image); the price is a fresh (pinned) CPU copy per save
+                stager = DefaultStager(self._staging)
+                state_dict = stager.stage(state_dict)
+        write = functools.partial(self._write, state_dict, tmp, final, meta, before_commit, stager)
         if self._executor is None:
             with _saving(tmp, self.ctx):
                 write()
@@ -402,11 +407,17 @@ class CheckpointWriter:
         with _saving(tmp, self.ctx):
             future.result()
 
-    def _write(self, state_dict, tmp: Path, final: Path, meta: dict, before_commit) -> None:
+    def _write(
+        self, state_dict, tmp: Path, final: Path, meta: dict, before_commit, stager=None
+    ) -> None:
         """The shards (DCP, collective over the writer's group), then rank 0's commit."""
-        with _single_process_ok():
-            dcp.save(state_dict, checkpoint_id=tmp, process_group=self._group,
-                     no_dist=self.ctx.mesh is None)  # fmt: skip
+        try:
+            with _single_process_ok():
+                dcp.save(state_dict, checkpoint_id=tmp, process_group=self._group,
+                         no_dist=self.ctx.mesh is None)  # fmt: skip
+        finally:
+            if stager is not None:
+                stager.close()  # its CPU copy goes with the staged dict, once written
         if before_commit is not None:
             before_commit()
         if self.ctx.is_main:
@@ -417,7 +428,6 @@ class CheckpointWriter:
     def _close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-            self._stager.close()
         if self._group is not None:
             dist.destroy_process_group(self._group)
 
