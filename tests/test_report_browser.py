@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from _analysis_fixtures import CHILD, STAGES, write_run, write_stage
+from _debian import apt_install
 
 from tinylab.analysis import deviations
 from tinylab.analysis.compare import write_comparison
@@ -80,21 +80,7 @@ def _chromium() -> str:
     found = shutil.which("chromium")
     if found:
         return found
-    if os.geteuid() != 0:
-        pytest.skip("chromium is not installed and installing it needs root")
-    if shutil.which("apt-get") is None:
-        pytest.skip("chromium is not installed and apt-get is not available to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    update = subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
-    if update.returncode != 0:
-        pytest.skip(f"apt-get update failed (no package registry?): {update.stderr[-500:]}")
-    install = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert install.returncode == 0, f"apt-get install chromium:\n{install.stderr}"
+    apt_install(["chromium"], "chromium")
     return shutil.which("chromium") or "/usr/bin/chromium"
 
 

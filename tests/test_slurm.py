@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from _debian import apt_install
 
 from tinylab.cluster.status import run_status
 from tinylab.config.loader import PROJECT_ROOT
@@ -75,21 +76,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 def _install_slurm() -> None:
     if all(shutil.which(d) or Path("/usr/sbin", d).exists() for d in DAEMONS):
         return
-    if os.geteuid() != 0:
-        pytest.skip("SLURM is not installed and installing it needs root")
-    if shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and apt-get is not available to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    update = subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
-    if update.returncode != 0:
-        pytest.skip(f"apt-get update failed (no package registry?): {update.stderr[-500:]}")
-    install = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert install.returncode == 0, f"apt-get install {' '.join(PACKAGES)}:\n{install.stderr}"
+    apt_install(PACKAGES, "SLURM")
 
 
 def _free_port() -> int:
