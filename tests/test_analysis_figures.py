@@ -210,3 +210,12 @@ def test_stage_contributions_show_intervals_and_grey_out_noise() -> None:
     assert list(grey.get_array().mask.ravel()) == [True, False]
     assert "within noise" in heat.get_title()
     assert [p.get_alpha() for p in bars.patches] == [1.0, 0.35]
+
+
+def test_stage_contributions_of_a_run_with_one_stage_say_so() -> None:
+    """A run with only its first stage has no contributions: the figure says so (it once raised
+    ZeroDivisionError in the report of such a run)."""
+    columns = ["variant", "stage", "measure", "delta", "better", "low", "high", "within_noise"]
+    fig = figures.stage_contributions(pd.DataFrame(columns=columns))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["no stage with a scored parent stage: no contributions yet"]

@@ -501,6 +501,21 @@ def _(w: World, tmp: Path) -> list[str]:
     return ["report", str(tmp)]
 
 
+@case(
+    "cli: report on a run whose resolved.yaml this version cannot read",
+    "resolved.yaml",
+    "parallel.liger",
+    "expected a list of ops",
+)
+def _(w: World, tmp: Path) -> list[str]:
+    run = w.copy_run(tmp)
+    resolved = run / "stages" / "base" / "resolved.yaml"
+    text = resolved.read_text()
+    resolved.write_text(text.replace("liger: []", "liger: 'off'"))  # as tinylab wrote it once
+    assert resolved.read_text() != text
+    return ["report", str(run)]
+
+
 @case("cli: compare one run", "give at least 2 run folders")
 def _(w: World, tmp: Path) -> list[str]:
     return ["compare", str(w.run), "--out", str(tmp / "compare")]

@@ -156,6 +156,12 @@ def stage_contributions(deltas: pd.DataFrame) -> plt.Figure:
     (runs.stage_deltas) each cell shows its 95% interval and bars carry it as error bars, and a
     change within noise is a grey cell and a pale bar; else a `stderr` column is shown as ±."""
     _style()
+    if deltas.empty:  # one stage only, or none with a parent scored
+        fig, ax = plt.subplots(figsize=(7, 1.2))
+        ax.text(0.5, 0.5, "no stage with a scored parent stage: no contributions yet",
+                ha="center", va="center")  # fmt: skip
+        ax.set_axis_off()
+        return fig
     frame = _gains(deltas)
     table = frame.pivot_table(index="measure", columns="stage", values="gain", sort=False)
     frame["label"] = [_cell_label(r) for r in frame.itertuples()]

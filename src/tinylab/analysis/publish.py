@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tinylab.analysis.runs import stage_configs
 from tinylab.config.loader import ConfigError, project_path
 from tinylab.files import write_atomic
 from tinylab.layout import RunLayout
@@ -25,6 +26,7 @@ def render_report(run_dir: Path | str, *, notebook: Path = REPORT_NOTEBOOK) -> P
     run = RunLayout(project_path(run_dir))
     if not run.manifest.is_file() and not run.stages.is_dir():
         raise ConfigError(f"{run.root}: not a run folder (no manifest.json and no stages/)")
+    stage_configs(run)  # a stage file this version cannot read: one message, nothing written
     executed = execute_notebook(
         notebook, run.notebooks / "report.ipynb", {"run_dir": str(run.root)}
     )

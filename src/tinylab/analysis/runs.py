@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from tinylab.analysis.effects import BPB_SUFFIX, EffectsError, Interval, measure_effect
-from tinylab.config.loader import ConfigError, project_path
+from tinylab.config.loader import ConfigError, load_config, project_path
 from tinylab.config.stage import StageConfig
 from tinylab.evaluate.results import load_results
 from tinylab.layout import (
@@ -107,11 +106,12 @@ def stage_results(run: RunLayout) -> list[Path]:
 
 
 def stage_configs(run: RunLayout) -> dict[str, StageConfig]:
-    """The resolved config of every stage trained in a run (stages/<name>/resolved.yaml)."""
-    configs = {}
-    for path in sorted(run.stages.glob(f"*/{RESOLVED_FILE}")):
-        configs[path.parent.name] = StageConfig.model_validate(yaml.safe_load(path.read_text()))
-    return configs
+    """The resolved config of every stage trained in a run (stages/<name>/resolved.yaml); a file
+    this version cannot read (e.g. written by an older tinylab) is a ConfigError naming it."""
+    return {
+        path.parent.name: load_config(path, StageConfig)
+        for path in sorted(run.stages.glob(f"*/{RESOLVED_FILE}"))
+    }
 
 
 def load_evals(eval_dir: Path) -> pd.DataFrame:
