@@ -36,17 +36,20 @@ PARAMETERS = (
 )
 
 
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
 def step_notebook(path: Path, *, imports: str = "") -> Path:
     """A notebook that appends `value overrides` to RUN/<name>.txt (then fails, dies or sleeps
     when told to), after a cell with `imports` (e.g. "import tinylab.layout") when given."""
-    params = nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]})
-    cells = [params, *([nbformat.v4.new_code_cell(imports)] if imports else [])]
-    nb = nbformat.v4.new_notebook(cells=[*cells, nbformat.v4.new_code_cell(STEP_SOURCE)])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    return write_notebook(path, PARAMETERS, *([imports] if imports else []), STEP_SOURCE)
+
+
+def write_notebook(path: Path, parameters: str, *sources: str) -> Path:
+    """A Python notebook at `path`: a parameters cell (papermill's tag), then a cell a source."""
+    params = nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})
+    nb = nbformat.v4.new_notebook(cells=[params, *map(nbformat.v4.new_code_cell, sources)])
+    nb.metadata["kernelspec"] = KERNELSPEC
     nbformat.write(nb, path)
     return path
 

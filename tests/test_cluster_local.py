@@ -10,9 +10,15 @@ import re
 import signal
 from pathlib import Path
 
-import nbformat
 import pytest
-from _pipeline_fixtures import children, copy_library, tinylab_in, wait_for, write_pipeline
+from _pipeline_fixtures import (
+    children,
+    copy_library,
+    tinylab_in,
+    wait_for,
+    write_notebook,
+    write_pipeline,
+)
 
 from tinylab.cluster.local import ParallelRun, run_parallel
 from tinylab.layout import RunLayout
@@ -49,15 +55,7 @@ def jobs_notebook(path: Path) -> Path:
     """A step that records when it started, waits for `wait_for` to start (a rendezvous: two
     steps that wait for each other finish only when they run at the same time), sleeps, appends
     its span to RUN/<name>.spans and fails when told to."""
-    params = nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]})
-    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(SOURCE)])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(path, PARAMETERS, SOURCE)
 
 
 @pytest.fixture

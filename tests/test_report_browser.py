@@ -136,13 +136,24 @@ def _open(browser, html: Path, *, label: str | None = None) -> tuple[dict, list[
 
 
 def _screenshots(page, folder: Path, label: str) -> None:
-    page.screenshot(path=folder / f"{label}-full.png", full_page=True)
+    full = folder / f"{label}-full.png"
+    page.screenshot(path=full, full_page=True)
+    _to_palette(full)  # a whole report is ~17,000 px tall: 2.6 MB in full colour, ~1 MB in 128
     tops = page.evaluate(HEADING_TOPS)
     for name, (first, after) in CLIPS.items():
         if (first is None or first in tops) and after in tops:
             top = 0 if first is None else tops[first]
             clip = {"x": 0, "y": top, "width": WIDTH, "height": tops[after] - top}
             page.screenshot(path=folder / f"{label}-{name}.png", full_page=True, clip=clip)
+
+
+def _to_palette(path: Path, colors: int = 128) -> None:
+    """Rewrite a PNG with `colors` colours (no dithering: flat report colours stay flat)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors, dither=Image.Dither.NONE)
+    small.save(path, optimize=True)
 
 
 def _assert_published(facts: dict, errors: list[str]) -> None:
