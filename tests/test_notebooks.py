@@ -7,12 +7,14 @@ test_analysis_compare.py."""
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 import yaml
+from _pipeline_fixtures import write_notebook
 from _train_fixtures import DATA, write_corpora
 
 from tinylab.config.loader import PROJECT_ROOT
@@ -60,3 +62,17 @@ def test_prepare_data_notebook_writes_the_run_data(tmp_path: Path) -> None:
     outputs = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])]
     shown = " ".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "prose" in shown and "code" in shown  # the token table, one row per source
+
+
+def test_executing_writes_a_new_output_file_not_through_a_hard_link(tmp_path) -> None:
+    """A sweep point's executed notebook is a hard link to the point that ran it: rerunning the
+    step there must leave the other point's copy as it was."""
+    notebook = write_notebook(tmp_path / "n.ipynb", "x = 1", "y = x + 1")
+    output = tmp_path / "run" / "step.ipynb"
+    execute_notebook(notebook, output, {"x": 1})
+    other = tmp_path / "other.ipynb"
+    os.link(output, other)
+    before = other.read_bytes()
+    execute_notebook(notebook, output, {"x": 41})
+    assert other.read_bytes() == before and output.read_bytes() != before
+    assert os.stat(other).st_nlink == 1

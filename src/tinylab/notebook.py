@@ -28,6 +28,9 @@ def execute_notebook(
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    # papermill rewrites the file in place after each cell: start a new one, so an older
+    # execution hard-linked elsewhere (a sweep point's shared step) is never written through
+    output.unlink(missing_ok=True)
     papermill.execute_notebook(
         str(notebook),
         str(output),
