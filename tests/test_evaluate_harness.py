@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import tinylab
 from _evaluate_fixtures import ARC_ITEMS, TINY_MODEL, arc_task, tiny_hf_dir, tiny_tokenizer
 from tokenizers import processors
 from typer.testing import CliRunner
 
-from tinylab import cli
 from tinylab.cli import app
 from tinylab.config.eval import EvalConfig, EvalTask
 from tinylab.config.loader import ConfigError
@@ -164,14 +164,6 @@ def test_numbers_equal_the_lm_eval_command_line(setup: tuple[Path, Path], tmp_pa
         assert row["metrics"][metric] == theirs[f"{metric},none"]
     assert row["stderr"] == pytest.approx(theirs["acc_norm_stderr,none"])
     assert row["n"] == cli["n-samples"][TASK.name]["effective"]
-
-
-def tinylab(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    """Run `tinylab ARGS` as the console script does (UserError: one line, exit 2)."""
-    monkeypatch.setattr(sys, "argv", ["tinylab", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run()
-    return exit_info.value.code or 0
 
 
 def test_tinylab_eval_command(

@@ -3,23 +3,14 @@ command runs in this process (the subprocess entry point is covered by tests/tes
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _cli import tinylab
 from _train_fixtures import new_run, prepare_data, stage_config
 
-from tinylab import cli
 from tinylab.config.loader import dump_config
-
-
-def tinylab(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    """Run `tinylab ARGS` as the console script does; its exit code."""
-    monkeypatch.setattr(sys, "argv", ["tinylab", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run()
-    return exit_info.value.code or 0
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint.filesystem as dcp_filesystem
+from _cli import tinylab
 from _train_fixtures import curve, final_weights, new_run, run_module, stage_config, train_records
 
-from tinylab import cli
 from tinylab.config.loader import ConfigError, dump_config
 from tinylab.errors import UserError
 from tinylab.files import LockHeld, hold_lock
@@ -42,14 +42,6 @@ def stage_dir(run: Path) -> RunLayout:
 def shard(checkpoint: Path) -> Path:
     (found,) = checkpoint.glob("*.distcp")
     return found
-
-
-def tinylab(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    """Run `tinylab ARGS` as the console script does; its exit code."""
-    monkeypatch.setattr(sys, "argv", ["tinylab", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run()
-    return exit_info.value.code or 0
 
 
 @pytest.fixture
