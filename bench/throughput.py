@@ -12,7 +12,8 @@ optimizer steps of one micro-batch per GPU (weak scaling), each in its own proce
   (params/stages/tinyllama-v1.1/base.yaml), every parallel option reset to plain and then set by
   the variant: SDPA backend, per-layer compile, Liger-Kernel, micro-batch, activation
   checkpointing, FSDP2 resharding, FSDP2 on one GPU (bf16 parameters instead of autocast),
-  GPU count, inductor's GEMM autotuning (an environment variable).
+  fused q/k/v and gate/up projections, GPU count, inductor's GEMM autotuning (an environment
+  variable).
 
 Tokens are the learnable synthetic stream (`RandomWindows`, pattern zipf-copy) so loss curves
 mean something: the table gives each 1-GPU variant's largest per-step loss difference from the
@@ -65,6 +66,7 @@ PLAIN = (
     "model.attention=sdpa", "parallel.compile=off", "parallel.liger=[]",
     "parallel.sdpa_backend=auto", "parallel.activation_checkpointing=off",
     "parallel.reshard_after_forward=true", "parallel.single_process=plain",
+    "parallel.fused_projections=[]",
 )  # fmt: skip
 ATTENTION_KERNEL = re.compile(r"flash|fmha|cudnn|attention|sdpa|scaled_dot", re.IGNORECASE)
 KERNEL_KINDS = [  # first match wins: where GPU time goes, by kernel name
@@ -124,10 +126,17 @@ FP8_VARIANTS = {  # the default with float8 matmuls (torchao): recipe and layers
     "fp8-keep-kv": ("parallel.fp8.keep_bf16=[lm_head,k_proj,v_proj]",),
     "fp8-keep-down": ("parallel.fp8.keep_bf16=[lm_head,down_proj]",),
 }
+FUSE_VARIANTS = {  # the default with one matmul for q, k, v and/or one for gate, up
+    "fuse": "[qkv,gate_up]",
+    "fuse-qkv": "[qkv]",
+    "fuse-gate-up": "[gate_up]",
+}
 VARIANTS = {v.name: v for v in [
     Variant("hf-compile", "hf", compile=True),
     *[_paper_default(n) for n in (1, 2, 4)],
     *[_paper_default(1, f"default+{name}", FP8, *sets) for name, sets in FP8_VARIANTS.items()],
+    *[_paper_default(1, f"default+{name}", f"parallel.fused_projections={groups}")
+      for name, groups in FUSE_VARIANTS.items()],
     Variant("hf-eager", "hf", compile=False),
     Variant("hf-compile+micro16", "hf", micro=16),
     _tl("plain"),

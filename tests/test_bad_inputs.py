@@ -366,6 +366,12 @@ PARAMS_FILES: list[tuple[str, str, str | bytes, tuple[str, ...]]] = [
     ("eval suite that does not exist", "eval/bad.yaml", "suites: [klingon]\n",
      ("suites.0 = 'klingon'", "'bigbench'")),
     ("pipeline without steps", "pipelines/bad.yaml", "name: p\n", ("steps: required key",)),
+    ("fused projections with fp8", "stages/bad.yaml", STAGE.replace("{precision: fp32}",
+     "{precision: fp8, fused_projections: [qkv]}"),
+     ("parallel.fused_projections = ['qkv']", "precision: fp8")),
+    ("fused projections under LoRA", "stages/bad.yaml", STAGE.replace("{precision: fp32}",
+     "{fused_projections: [gate_up]}") + "init_from: {stage: a, carry: [weights]}\nadapter: lora\n",
+     ("fused_projections = ['gate_up']", "LoRA adapter on gate_proj, up_proj")),
 ]  # fmt: skip
 
 

@@ -38,6 +38,21 @@ def test_default_variants_time_the_committed_base_stage(bench, name, nproc) -> N
     assert stage.global_batch_tokens == committed.micro_batch_size * 2048 * nproc * 4
 
 
+@pytest.mark.parametrize(
+    "name, groups",
+    [("default+fuse", ["qkv", "gate_up"]), ("default+fuse-qkv", ["qkv"]),
+     ("default+fuse-gate-up", ["gate_up"])],
+)  # fmt: skip
+def test_fuse_variants_are_the_default_with_fused_projections(bench, name, groups) -> None:
+    committed = load_config(bench.BASE_STAGE, StageConfig)
+    stage = bench.bench_stage("tinyllama-1.1b", bench.VARIANTS[name], steps=3, device="cuda")
+    assert stage.parallel.fused_projections == groups
+    aside = {"device", "fused_projections"}  # all else is the committed stage's
+    assert stage.parallel.model_dump(exclude=aside) == (
+        committed.parallel.model_dump(exclude=aside)
+    )
+
+
 def test_other_variants_start_from_plain(bench) -> None:
     stage = bench.bench_stage("tinyllama-1.1b", bench.VARIANTS["plain"], steps=3, device="cuda")
     assert (stage.parallel.compile, stage.parallel.liger) == ("off", [])

@@ -169,6 +169,13 @@ class EvalEveryConfig(Schema):
 LigerOp = Literal["rms_norm", "rope", "swiglu", "loss"]
 LIGER_OPS: tuple[str, ...] = get_args(LigerOp)
 
+# The Linear layers of a decoder block that `parallel.fused_projections` computes as one matmul.
+FusedGroup = Literal["qkv", "gate_up"]
+FUSED_PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "gate_up": ("gate_proj", "up_proj"),
+}
+
 
 class Float8Config(Schema):
     """torchao float8 training of the decoder's Linear layers (`parallel.precision: fp8`)."""
@@ -234,6 +241,13 @@ class ParallelConfig(Schema):
         description="Liger-Kernel's fused ops, when installed: rms_norm, rope, swiglu (fused "
         "RMSNorm, RoPE, SwiGLU) and loss (fused linear cross-entropy); [] = off",
     )
+    fused_projections: list[FusedGroup] = Field(
+        [],
+        description="training: each decoder layer computes these groups of projections with one "
+        "matmul over their concatenated weights (qkv: q_proj, k_proj, v_proj; gate_up: "
+        "gate_proj, up_proj); the parameters, checkpoints and export stay as they are; not with "
+        "precision: fp8 or a LoRA adapter on those layers (tinylab.train.fused); [] = off",
+    )
     sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
         "auto",
         description="kernel behind attention: sdpa (auto = PyTorch's choice; flash = its "
@@ -260,9 +274,13 @@ class ParallelConfig(Schema):
         return self
 
     @model_serializer(mode="wrap")
-    def _no_null_fp8(self, handler: Any) -> Any:
-        """Leave out a null fp8 block: a stage in bf16 dumps (and fingerprints) as before."""
-        return _without_nulls(handler(self), "fp8")
+    def _no_unused_options(self, handler: Any) -> Any:
+        """Leave out a null fp8 block and empty fused_projections: a stage without them dumps
+        (and fingerprints) as before those keys existed."""
+        dumped = _without_nulls(handler(self), "fp8")
+        if isinstance(dumped, dict) and dumped.get("fused_projections") == []:
+            del dumped["fused_projections"]
+        return dumped
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -286,6 +304,19 @@ class ParallelConfig(Schema):
         if len(set(ops)) != len(ops):
             raise ValueError("each op may appear once")
         return ops
+
+    @field_validator("fused_projections")
+    @classmethod
+    def _fused_once_without_fp8(cls, groups: list[str], info: ValidationInfo) -> list[str]:
+        if len(set(groups)) != len(groups):
+            raise ValueError("each group may appear once")
+        if groups and info.data.get("precision") == "fp8":
+            raise ValueError(
+                "cannot run with precision: fp8: torchao's Float8Linear computes each Linear "
+                "layer's matmul in float8, and one matmul over their concatenated weights would "
+                "bypass it; use fused_projections: [] with fp8"
+            )
+        return groups
 
 
 # The Linear layers of a Llama decoder block: what a LoRA adapter can target.
@@ -429,6 +460,23 @@ class StageConfig(Schema):
                 "[weights, schedule]"
             )
         return adapter
+
+    @field_validator("parallel")
+    @classmethod
+    def _fused_layers_without_adapter(
+        cls, parallel: ParallelConfig, info: ValidationInfo
+    ) -> ParallelConfig:
+        adapter = info.data.get("adapter")
+        fused = [n for g in parallel.fused_projections for n in FUSED_PROJECTIONS[g]]
+        wrapped = [n for n in fused if adapter is not None and n in adapter.target_modules]
+        if wrapped:
+            raise ValueError(
+                f"fused_projections = {parallel.fused_projections} computes {', '.join(fused)} "
+                f"as one matmul over their weights, which would skip the LoRA adapter on "
+                f"{', '.join(wrapped)} (adapter.target_modules); remove those layers from "
+                "target_modules or use fused_projections: []"
+            )
+        return parallel
 
     @model_validator(mode="after")
     def _ramp_fits_stage(self) -> StageConfig:

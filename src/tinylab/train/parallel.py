@@ -18,7 +18,8 @@ when the package is installed; lm_head stays in the root FSDP unit. `precision: 
 Linear layers (all but `parallel.fp8.keep_bf16`'s, lm_head by default) for torchao's Float8Linear
 before compile and sharding: float8 matmuls with dynamic scales, bf16 elsewhere, fp32 master
 weights; with `fp8.all_gather` FSDP2 gathers those weights in float8. A peft wrapper (LoRA) is
-looked through: its Llama is what is sharded.
+looked through: its Llama is what is sharded. `fused_projections` gives each layer one matmul
+for q, k and v and one for gate and up, over the same parameters (tinylab.train.fused).
 `compute_context` wraps each forward (and so the backward it records) in bf16
 autocast for the unsharded model and in the SDPA backend that `parallel.sdpa_backend` picks.
 
@@ -47,6 +48,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tinylab.config.loader import ConfigError
 from tinylab.config.stage import Float8Config, ParallelConfig
+from tinylab.train.fused import fuse_projections
 
 
 @dataclass
@@ -147,14 +149,16 @@ def _device(parallel: ParallelConfig, local_rank: int) -> torch.device:
 
 
 def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) -> nn.Module:
-    """Apply kernels, activation checkpointing, compile and FSDP2 to a built model (the Llama
-    inside a peft wrapper), in place."""
+    """Apply kernels (Liger, float8, fused projections), activation checkpointing, compile and
+    FSDP2 to a built model (the Llama inside a peft wrapper), in place."""
     unwrap = getattr(model, "get_base_model", None)  # duck-typed: full stages never import peft
     model = model if unwrap is None else unwrap()
-    if parallel.liger:
-        apply_liger(model, ctx.device, parallel.liger)
+    liger = bool(parallel.liger) and apply_liger(model, ctx.device, parallel.liger)
     if parallel.precision == "fp8":
         apply_float8(model, parallel.fp8, ctx.device)
+    if parallel.fused_projections:
+        swiglu = liger and "swiglu" in parallel.liger
+        fuse_projections(model, parallel.fused_projections, liger_swiglu=swiglu)
     layers = list(model.model.layers)
     for i, layer in enumerate(layers):
         if parallel.activation_checkpointing == "full" or (
