@@ -176,6 +176,22 @@ def test_a_dead_kernel_is_recorded_as_failed(project: dict[str, Path]) -> None:
     assert "c" not in manifest["steps"]
 
 
+def test_a_step_whose_html_cannot_be_rendered_is_recorded_as_failed(
+    project: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU image's report step once died in nbconvert (no 'lab' template) after its notebook
+    ran, and the manifest kept the step as running."""
+
+    def no_template(executed: Path, html: Path) -> Path:
+        raise ValueError("No template sub-directory with name 'lab' found")
+
+    monkeypatch.setattr("tinylab.analysis.publish.notebook_to_html", no_template)
+    with pytest.raises(StepFailed, match="step 'c' stopped: ValueError: No template"):
+        _run(project, _pipeline(project, THREE_STEPS))
+    record = json.loads(RunLayout(project["runs"] / "p").manifest.read_text())["steps"]["c"]
+    assert record["status"] == "failed" and "No template" in record["error"]
+
+
 def test_unknown_step_in_from_or_overrides(project: dict[str, Path]) -> None:
     path = _pipeline(project, THREE_STEPS)
     with pytest.raises(ConfigError, match="--from 'z': no such step"):

@@ -370,6 +370,10 @@ def execute_step(
     try:
         _configure_papermill_logging()
         execute_notebook(planned.notebook, output, planned.parameters, log_output=True)
+        if planned.step.html:  # part of the step: a failure here is the step's, recorded
+            from tinylab.analysis.publish import notebook_to_html
+
+            notebook_to_html(output, run_dir / planned.step.html)
     except PapermillExecutionError as err:
         record.update(status="failed", seconds=round(time.perf_counter() - start, 2))
         record["error"] = f"{err.ename}: {err.evalue}"
@@ -385,10 +389,6 @@ def execute_step(
         if not isinstance(err, Exception):
             raise
         raise StepFailed(f"step {name!r} stopped: {record['error']}") from err
-    if planned.step.html:
-        from tinylab.analysis.publish import notebook_to_html
-
-        notebook_to_html(output, run_dir / planned.step.html)
     record.update(status="done", seconds=round(time.perf_counter() - start, 2), finished=_now())
     save_step(run_dir, manifest, name, record)
     _log(f"[{name}] done in {record['seconds']:.1f} s")

@@ -7,11 +7,13 @@ concatenated inside each forward (under FSDP2 a layer's parameters are unsharded
 parameter names, checkpoints, resume and the HF export stay unchanged, on any number of GPUs;
 the copy costs 10 MB (qkv) and 46 MB (gate-up) per layer and forward of the 1.1B in bf16, small
 beside the GEMMs, and the matmul keeps it for the backward (up to 1.25 GB more peak memory over
-22 layers, unless torch.compile recomputes the copy there). The new forwards are transformers' LlamaAttention and LlamaMLP forwards
-(5.17 to 5.24) with the one matmul, for training: a forward with a KV cache is refused. With
-Liger's SwiGLU on, its fused-gate-up kernel reads both halves of the one output in place.
+22 layers, unless torch.compile recomputes the copy there). The new forwards are transformers'
+LlamaAttention and LlamaMLP forwards (5.17 to 5.24) with the one matmul, for training: a forward
+with a KV cache is refused. With Liger's SwiGLU on, its fused-gate-up kernel reads both halves
+of the one output in place.
 
-    python bench/throughput.py --variants default default+fuse default+fuse-qkv default+fuse-gate-up
+    python bench/throughput.py --variants default default+fuse default+fuse-qkv \
+        default+fuse-gate-up
 """
 
 from __future__ import annotations
