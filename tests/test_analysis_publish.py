@@ -33,6 +33,19 @@ def test_html_hides_code_and_embeds_images(tmp_path: Path) -> None:
     assert "mathjax" not in html.lower()
 
 
+def test_html_leaves_out_what_cells_wrote_to_stderr(tmp_path: Path) -> None:
+    """The GPU run's report opened with two library warnings (tqdm without ipywidgets, torchao's
+    SyntaxWarning) in red: the published page shows results; the executed notebook keeps them."""
+    warning = nbformat.v4.new_output("stream", name="stderr", text="TqdmWarning: IProgress\n")
+    said = nbformat.v4.new_output("stream", name="stdout", text="trained 16 steps\n")
+    cell = nbformat.v4.new_code_cell("run()", outputs=[warning, said])
+    executed = tmp_path / "report.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), executed)
+    html = notebook_to_html(executed, tmp_path / "report.html").read_text()
+    assert "trained 16 steps" in html and "TqdmWarning" not in html
+    assert "TqdmWarning" in executed.read_text()
+
+
 def test_a_folder_that_is_no_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a run folder"):
         render_report(tmp_path)

@@ -50,6 +50,8 @@ CLIPS = {  # LABEL-name.png: the page from one heading to the next one named (No
     "screenshot-variants": ("Variant effects", "Beside the paper's numbers"),
     "screenshot-provenance": (None, "Training curves"),
     "screenshot-paper": ("Beside the paper's numbers", "Deviations from the paper"),
+    "screenshot-curves": ("Training curves", "Held-out bits per byte by domain"),
+    "screenshot-benchmarks": ("Benchmarks", "Throughput"),
 }
 
 # what the page says about itself, read in the browser

@@ -34,7 +34,8 @@ def render_report(run_dir: Path | str, *, notebook: Path = REPORT_NOTEBOOK) -> P
 
 
 def notebook_to_html(executed: Path, html_path: Path) -> Path:
-    """Render an executed notebook as HTML with inputs hidden and images embedded."""
+    """Render an executed notebook as HTML with inputs hidden and images embedded, and without
+    what the cells wrote to stderr (library warnings: the executed notebook keeps them)."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -45,6 +46,10 @@ def notebook_to_html(executed: Path, html_path: Path) -> Path:
         exclude_output_prompt=True,
         embed_images=True,
     )
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    notebook = nbformat.read(executed, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [out for out in cell.outputs if out.get("name") != "stderr"]
+    body, _ = exporter.from_notebook_node(notebook)
     write_atomic(html_path, body.encode("utf-8"))
     return html_path
