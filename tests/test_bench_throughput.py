@@ -68,9 +68,31 @@ def test_a_spec_sets_keys_micro_and_nproc(bench) -> None:
     assert stage.parallel.liger == ["swiglu", "loss"] and stage.micro_batch_size == 16
 
 
+def test_a_repeat_is_the_known_variant_under_its_own_name(bench) -> None:
+    again = bench.parse_variant("default#2")
+    assert again.name == "default#2"
+    assert (again.sets, again.micro) == (bench.VARIANTS["default"].sets, 16)
+
+
+def test_the_loss_column_gives_the_settled_and_last_steps(bench) -> None:
+    def result(name: str, losses: list[float]) -> dict:
+        return {"variant": {"name": name, "nproc": 1, "micro": 16}, "losses": losses}
+
+    base = result("default", [10.0] * 5 + [6.0] * 35)
+    other = result("default#2", [13.0] * 5 + [6.1] * 35)
+    assert bench._loss_diff(other, base) == (
+        "3.0000; after step 20 0.1000; last 10 steps +0.1000 (final 6.100 vs 6.000)"
+    )
+
+
 @pytest.mark.parametrize(
     "spec, message",
-    [("nonesuch", "unknown variant 'nonesuch'"), ("x:micro", "'micro' is not key=value")],
+    [
+        ("nonesuch", "unknown variant 'nonesuch'"),
+        ("x:micro", "'micro' is not key=value"),
+        ("nonesuch#2", "unknown variant 'nonesuch#2'"),
+        ("default#x", "unknown variant 'default#x'"),
+    ],
 )
 def test_bad_specs_name_the_problem(bench, spec, message) -> None:
     with pytest.raises(SystemExit, match=message):
