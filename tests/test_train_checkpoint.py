@@ -5,6 +5,7 @@ saves in the background by default and matches a synchronous run bit for bit."""
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import threading
@@ -237,25 +238,90 @@ def test_the_stage_saves_in_the_background_and_matches_a_sync_run(
         assert meta_sync == meta_async
 
 
-def test_every_background_save_stages_afresh_where_torch_clears_its_stager(
-    tmp_path, monkeypatch
-) -> None:
-    """torch 2.11's DefaultStager empties its copy table after its first stage(): a writer that
-    kept one stager failed at its second save on the H200 (KeyError: <class 'type'>)."""
-    real = checkpoint.DefaultStager.stage
+def data_pointers(value, path: str = "") -> dict[str, int]:
+    """`{path: data_ptr}` of every tensor in a (nested) state dict."""
+    if isinstance(value, torch.Tensor):
+        return {path: value.data_ptr()}
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return {}
+    return {k: v for key, item in items for k, v in data_pointers(item, f"{path}/{key}").items()}
 
-    def stage_then_clear(self, state_dict, **kwargs):
-        staged = real(self, state_dict, **kwargs)
-        self._state_dict_stager.close()  # what torch 2.11's _stage does after each stage
-        return staged
 
-    monkeypatch.setattr(checkpoint.DefaultStager, "stage", stage_then_clear)
+@pytest.fixture
+def written(monkeypatch) -> list[dict[str, int]]:
+    """The tensors' data pointers of each state dict that DCP saves (then saved as before)."""
+    pointers, real = [], dcp.save
+
+    def spy(state_dict, **kwargs):
+        pointers.append(data_pointers(state_dict))
+        return real(state_dict, **kwargs)
+
+    monkeypatch.setattr(checkpoint.dcp, "save", spy)
+    return pointers
+
+
+def loaded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """What `path` loads into `model` and `optimizer` (their state dicts after the load)."""
+    load_checkpoint(path, model=model, optimizer=optimizer, ctx=ALONE)
+    return weights(model), copy.deepcopy(optimizer.state_dict())
+
+
+def same(a: dict, b: dict) -> bool:
+    """Two (nested) state dicts hold equal values."""
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_background_saves_copy_into_the_cpu_buffers_of_the_first(tmp_path, written) -> None:
+    """Each background save copies into the same CPU buffers (allocated, and pinned on a GPU, by
+    the first; torch 2.11's DefaultStager, kept for a second save, failed it on the H200 with
+    KeyError: <class 'type'>), and each checkpoint holds its own save's state: the weights,
+    AdamW's moments and step, the learning rate."""
     model, optimizer = net()
+    states = []
     with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=3, background=True) as writer:
         for step in (1, 2, 3):
+            optimizer.param_groups[0]["lr"] = step / 100
+            states.append((weights(model), copy.deepcopy(optimizer.state_dict())))
             save(writer, model, optimizer, step)
-            train(model, optimizer)
+            train(model, optimizer)  # the next save's state differs
     assert names(tmp_path) == ["step-00000001", "step-00000002", "step-00000003"]
+    assert written[0] == written[1] == written[2] and len(written[0]) == 4 + 4 * 3
+    assert not {p.data_ptr() for p in model.parameters()} & set(written[0].values())
+    assert not same(states[0][0], states[2][0]) and not same(states[0][1], states[2][1])
+    for step, state in zip((1, 2, 3), states, strict=True):
+        assert same(loaded(tmp_path / f"step-{step:08d}", *net()), state)
+
+
+def test_a_state_of_other_shapes_gets_fresh_cpu_buffers(tmp_path, written) -> None:
+    """The same keys with other shapes: copied into the old buffers, the new state would be
+    broadcast into them and the checkpoint would not load."""
+
+    def narrow() -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))  # net()'s keys, 1 output
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        train(model, optimizer)
+        return model, optimizer
+
+    model, optimizer = net()
+    other, other_optimizer = narrow()
+    want = weights(other), copy.deepcopy(other_optimizer.state_dict())
+    with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=3, background=True) as writer:
+        save(writer, model, optimizer, 1)
+        save(writer, other, other_optimizer, 2)
+        save(writer, other, other_optimizer, 3)
+    assert written[0].keys() == written[1].keys() and written[1] == written[2]
+    assert same(loaded(tmp_path / "step-00000002", *narrow()), want)
 
 
 def test_the_default_checkpoint_mode_is_left_out_of_dumps() -> None:

@@ -50,9 +50,14 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+
+# Private, but what torch's own BlockingAsyncStager calls, the same in torch 2.11 and 2.13. Its
+# stagers do not serve: DefaultStager empties its copy table after each stage() in torch 2.11 (a
+# kept one failed its second save on the H200: KeyError: <class 'type'>; a fresh one per save pins
+# the 13 GB anew), and BlockingAsyncStager always pins, copies blocking and never reallocates.
+from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -62,6 +67,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
     set_state_dict,
 )
+from torch.distributed.tensor import DTensor
 
 from tinylab.config.loader import ConfigError
 from tinylab.config.model import ModelConfig
@@ -315,16 +321,17 @@ class CheckpointWriter:
         self.folder, self.ctx, self.keep_last = Path(folder), ctx, keep_last
         self.on_commit = on_commit  # rank 0, after each checkpoint is in place
         self._pending: tuple[Future, Path] | None = None
-        self._executor = self._group = self._staging = None
+        self._executor = self._group = None
+        self._buffers: dict[str, Any] | None = None  # the staged copy's CPU tensors
+        self._layout = None  # what they were allocated for (_layout)
+        self._pin = cuda = ctx.device.type == "cuda"
         if background:
-            cuda = ctx.device.type == "cuda"
             self._executor = ThreadPoolExecutor(  # on this rank's GPU, as the main thread
                 1, "checkpoint-writer", initializer=torch.cuda.set_device if cuda else None,
                 initargs=(ctx.device,) if cuda else (),
             )  # fmt: skip
             if ctx.mesh is not None:
                 self._group = dist.new_group(backend="gloo")
-            self._staging = StagingOptions(cuda, False, False, cuda)
 
     def __enter__(self) -> CheckpointWriter:
         return self
@@ -379,14 +386,9 @@ class CheckpointWriter:
             torch.save(rng_state(), rng)
             (tmp / f"rng-{self.ctx.rank:05d}.pt").write_bytes(rng.getvalue())
             state_dict = {"model": model_sd, "optim": optim_sd}
-            stager = None
-            if self._staging is not None:
-                # one stager per save: torch 2.11's DefaultStager clears its copy table after
-                # its first stage(), so a second save with it fails (KeyError: <class 'type'>,
-                # seen on the H200 image); the price is a fresh (pinned) CPU copy per save
-                stager = DefaultStager(self._staging)
-                state_dict = stager.stage(state_dict)
-        write = functools.partial(self._write, state_dict, tmp, final, meta, before_commit, stager)
+            if self._executor is not None:
+                state_dict = self._stage(state_dict)
+        write = functools.partial(self._write, state_dict, tmp, final, meta, before_commit)
         if self._executor is None:
             with _saving(tmp, self.ctx):
                 write()
@@ -407,17 +409,28 @@ class CheckpointWriter:
         with _saving(tmp, self.ctx):
             future.result()
 
-    def _write(
-        self, state_dict, tmp: Path, final: Path, meta: dict, before_commit, stager=None
-    ) -> None:
+    def _stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """`state_dict` copied into this writer's CPU buffers: allocated (pinned on a GPU) at the
+        first save and again only when the state's layout changes, overwritten by every other
+        save (on a GPU without blocking, then one synchronize) once the save before is written.
+        The copy is a new dict over the buffers, so its other values (the learning rate) are
+        this save's; a DTensor keeps its placement with its local shard on the CPU, as DCP
+        writes it."""
+        layout = _layout(state_dict)
+        if layout != self._layout:
+            self._buffers = None  # the old buffers go before the new ones are allocated
+            self._buffers = _create_cpu_state_dict(state_dict, pin_memory=self._pin)
+            self._layout = layout
+        staged = _copy_state_dict(state_dict, self._buffers, non_blocking=self._pin)
+        if self._pin:
+            torch.cuda.synchronize(self.ctx.device)
+        return staged
+
+    def _write(self, state_dict, tmp: Path, final: Path, meta: dict, before_commit) -> None:
         """The shards (DCP, collective over the writer's group), then rank 0's commit."""
-        try:
-            with _single_process_ok():
-                dcp.save(state_dict, checkpoint_id=tmp, process_group=self._group,
-                         no_dist=self.ctx.mesh is None)  # fmt: skip
-        finally:
-            if stager is not None:
-                stager.close()  # its CPU copy goes with the staged dict, once written
+        with _single_process_ok():
+            dcp.save(state_dict, checkpoint_id=tmp, process_group=self._group,
+                     no_dist=self.ctx.mesh is None)  # fmt: skip
         if before_commit is not None:
             before_commit()
         if self.ctx.is_main:
@@ -430,6 +443,21 @@ class CheckpointWriter:
             self._executor.shutdown(wait=True)
         if self._group is not None:
             dist.destroy_process_group(self._group)
+        self._buffers = self._layout = None
+
+
+def _layout(value: Any) -> Any:
+    """A state dict's structure and each tensor's dtype and shape (a DTensor's global and local
+    shape and placements): what its staged copy's buffers are allocated for."""
+    if isinstance(value, Mapping):
+        return {key: _layout(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_layout(item) for item in value]
+    if isinstance(value, DTensor):
+        return value.dtype, value.shape, value.to_local().shape, value.placements
+    if isinstance(value, torch.Tensor):
+        return value.dtype, value.shape
+    return None  # a number or a string: the copy takes this save's
 
 
 def _commit(tmp: Path, final: Path, meta: dict[str, Any], *, keep_last: int) -> None:
