@@ -13,7 +13,8 @@ optimizer steps of one micro-batch per GPU (weak scaling), each in its own proce
   the variant: SDPA backend, per-layer compile, Liger-Kernel, micro-batch, activation
   checkpointing, FSDP2 resharding, FSDP2 on one GPU (bf16 parameters instead of autocast),
   fused q/k/v and gate/up projections, GPU count, inductor's GEMM autotuning (an environment
-  variable).
+  variable); `default+fa4` is the default on FlashAttention-4's kernels (flash-attn-4:
+  `scripts/gpu_env.sh fa4`) instead of cuDNN's SDPA.
 
 Tokens are the learnable synthetic stream (`RandomWindows`, pattern zipf-copy) so loss curves
 mean something: the table gives each 1-GPU variant's largest per-step loss difference from the
@@ -139,6 +140,7 @@ VARIANTS = {v.name: v for v in [
     *[_paper_default(1, f"default+{name}", FP8, *sets) for name, sets in FP8_VARIANTS.items()],
     *[_paper_default(1, f"default+{name}", f"parallel.fused_projections={groups}")
       for name, groups in FUSE_VARIANTS.items()],
+    _paper_default(1, "default+fa4", "model.attention=flash_attention_4"),  # flash-attn-4
     Variant("hf-eager", "hf", compile=False),
     Variant("hf-compile+micro16", "hf", micro=16),
     _tl("plain"),

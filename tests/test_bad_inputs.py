@@ -581,6 +581,13 @@ def _(w: World, tmp: Path) -> list[str]:
     return ["train", w.stage(), "--run-dir", str(w.copy_run(tmp)), "--set", "optim.lr=-3"]
 
 
+@case("cli: train on FlashAttention-4 where it cannot run", "attention = 'flash_attention_4'",
+      "attention: sdpa")  # fmt: skip
+def _(w: World, tmp: Path) -> list[str]:  # no CUDA (CI), or no flash-attn-4 on a GPU machine
+    run = w.copy_run(tmp)
+    return ["train", w.stage(), "--run-dir", str(run), "--set", "model.attention=flash_attention_4"]
+
+
 @case("cli: prepare a data file that does not exist", "nope.yaml: file not found")
 def _(w: World, tmp: Path) -> list[str]:
     return ["prepare", str(tmp / "params" / "data" / "nope.yaml"), "--out", str(tmp / "data")]

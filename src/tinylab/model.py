@@ -15,13 +15,17 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, AttentionMaskInterface, LlamaConfig, LlamaForCausalLM
+from transformers.masking_utils import flash_attention_mask
 
 from tinylab.config.loader import PARAMS_DIR, ConfigError, load_config
 from tinylab.config.model import ModelConfig
 from tinylab.files import replace_dir_atomic
 
-ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2")
+FA4 = "flash_attention_4"  # flash-attn-4 (flash_attn.cute), through fa4_attention_forward
+ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2", FA4)
+_FA4_KEY = "tinylab_fa4"  # its key in transformers' registries: no "flash" in it (transformers
+# takes any name with "flash" in it for one of its own FlashAttention paths)
 
 
 def load_preset(name_or_path: str | Path) -> ModelConfig:
@@ -36,8 +40,9 @@ def load_preset(name_or_path: str | Path) -> ModelConfig:
 
 
 def flash_attn_available() -> bool:
-    """True when the flash-attn package is importable and a CUDA device is present."""
-    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    """True when FlashAttention-2 itself (flash-attn's CUDA extension) is importable and a CUDA
+    device is present; flash-attn-4 installs the `flash_attn` package too, with only `.cute`."""
+    return importlib.util.find_spec("flash_attn_2_cuda") is not None and torch.cuda.is_available()
 
 
 def resolve_attention(requested: str) -> str:
@@ -54,7 +59,69 @@ def resolve_attention(requested: str) -> str:
             "the gpu extra (FLASH_ATTN_CUDA_ARCHS=90 pip install flash-attn --no-build-isolation) "
             "or use attention: sdpa"
         )
+    if requested == FA4:
+        _check_flash_attn_4()
     return requested
+
+
+def hf_attention(name: str) -> str:
+    """transformers' name of a resolved attention: ours for FlashAttention-4 (registered on first
+    use; transformers' own `flash_attention_4` entry stays theirs), else `name` itself."""
+    if name != FA4:
+        return name
+    AttentionInterface.register(_FA4_KEY, fa4_attention_forward)
+    AttentionMaskInterface.register(_FA4_KEY, flash_attention_mask)  # None unless padded
+    return _FA4_KEY
+
+
+def _check_flash_attn_4() -> None:
+    """A ConfigError unless flash-attn-4's `flash_attn.cute` imports and a CUDA GPU is here."""
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"attention = {FA4!r} needs a CUDA GPU (FlashAttention-4's CuTe kernels); use "
+            "attention: sdpa here"
+        )
+    try:
+        importlib.import_module("flash_attn.cute")
+    except ImportError as err:
+        raise ConfigError(
+            f"attention = {FA4!r} needs the flash-attn-4 package (import flash_attn.cute: {err}); "
+            "on a GPU machine with no network: scripts/gpu_env.sh fa4 here, then . "
+            "scripts/gpu_env.sh install there (README, GPU), or use attention: sdpa"
+        ) from err
+
+
+def fa4_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention call on FlashAttention-4: query [B, H, T, D] and key/value
+    [B, H_kv, T, D] (GQA: H_kv divides H) in, [B, T, H, D] out as LlamaAttention reshapes it;
+    causal, with the module's scaling; no padding mask, no dropout."""
+    if attention_mask is not None:
+        raise ConfigError(
+            f"attention = {FA4!r} runs causal attention only, and this batch has a padding mask; "
+            "use attention: sdpa for padded batches"
+        )
+    if dropout or not getattr(module, "is_causal", True):
+        raise ConfigError(f"attention = {FA4!r} runs causal attention without dropout only")
+    out, _lse = _fa4_call(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scaling
+    )
+    return out, None
+
+
+@torch.compiler.disable  # the CuTe DSL compiles and launches its kernels in Python
+def _fa4_call(q, k, v, scaling):
+    from flash_attn.cute import flash_attn_func  # resolve_attention checked that it imports
+
+    return flash_attn_func(q, k, v, softmax_scale=scaling, causal=True)
 
 
 def with_resolved_attention(cfg: ModelConfig) -> ModelConfig:
@@ -91,7 +158,7 @@ def build_model(
 ) -> LlamaForCausalLM:
     """Build LlamaForCausalLM with TinyLlama's init; on the meta device nothing is allocated."""
     hf_config = to_hf_config(cfg)
-    hf_config._attn_implementation = resolve_attention(cfg.attention)
+    hf_config._attn_implementation = hf_attention(resolve_attention(cfg.attention))
     with torch.device(device):
         model = LlamaForCausalLM(hf_config)
     if torch.device(device).type != "meta":
@@ -176,7 +243,7 @@ def load_hf(
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{folder}: not an HF model folder (no config.json)")
     return LlamaForCausalLM.from_pretrained(
-        folder, attn_implementation=resolve_attention(attention), dtype=dtype
+        folder, attn_implementation=hf_attention(resolve_attention(attention)), dtype=dtype
     )
 
 

@@ -40,11 +40,11 @@ class ModelConfig(Schema):
     init_std_residual: PositiveFloat | None = Field(
         None, description="std of o_proj and down_proj; default 1 / (sqrt(d) * L)"
     )
-    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_4"] = Field(
         "auto",
         description="attention kernel; auto = flash_attention_2 if flash-attn is installed and a "
         "CUDA GPU is present, else sdpa, decided once when a stage starts and written into its "
-        "resolved.yaml",
+        "resolved.yaml; flash_attention_4 = flash-attn-4's CuTe kernels (causal, no padding)",
     )
 
     @field_validator("num_attention_heads")

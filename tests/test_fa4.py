@@ -1,0 +1,228 @@
+"""`model.attention: flash_attention_4` (issue 21): FlashAttention-4's kernels (flash-attn-4's
+`flash_attn.cute`) through tinylab's adapter in transformers' attention registry.
+
+On the CPU a fake `flash_attn.cute` stands in (its `flash_attn_func` computes SDPA in FA4's
+layout and records its arguments): the adapter's transposes, GQA heads, causal flag and scaling,
+the refusals, and that flash-attn-4 does not pass for FlashAttention-2. On a CUDA GPU with
+flash-attn-4 installed (`pytest -m gpu`): its kernels against SDPA, forward and backward, and in
+the profile."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import re
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinylab.config.loader import ConfigError
+from tinylab.config.model import ModelConfig
+from tinylab.model import build_model, fa4_attention_forward, resolve_attention
+
+SMALL = ModelConfig(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=176,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    attention="sdpa",
+)
+ROOT = Path(__file__).resolve().parents[1]
+BENCH, GPU_ENV = ROOT / "bench" / "throughput.py", ROOT / "scripts" / "gpu_env.sh"
+# FA4's CuTe DSL kernel names as the profiler shows them (Dao-AILab/flash-attention#2564 quotes
+# them; sm90 as on the H200)
+FA4_KERNELS = re.compile(r"flash_attncuteflash_(fwd|bwd)\w*FlashAttention(Forward|Backward)")
+
+
+def _module(name: str, **attrs) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec sees it installed
+    module.__dict__.update(attrs)
+    return module
+
+
+@pytest.fixture
+def fake_fa4(monkeypatch):
+    """flash-attn-4 as installed (`flash_attn` with only `.cute`), a CUDA GPU "present"; the
+    calls of its `flash_attn_func`."""
+    calls = []
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
+        calls.append({"shapes": (q.shape, k.shape, v.shape), "scale": softmax_scale,
+                      "causal": causal})  # fmt: skip
+        out = F.scaled_dot_product_attention(
+            *(t.transpose(1, 2) for t in (q, k, v)), is_causal=causal, scale=softmax_scale,
+            enable_gqa=True,
+        )  # fmt: skip
+        return out.transpose(1, 2), torch.zeros(q.shape[0], q.shape[2], q.shape[1])
+
+    cute = _module("flash_attn.cute", flash_attn_func=flash_attn_func)
+    monkeypatch.setitem(sys.modules, "flash_attn", _module("flash_attn", cute=cute))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    return calls
+
+
+def test_the_adapter_runs_fa4_in_its_layout_and_matches_sdpa(fake_fa4) -> None:
+    ids = torch.randint(0, SMALL.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    fa4 = build_model(SMALL.model_copy(update={"attention": "flash_attention_4"}), seed=0)
+    sdpa = build_model(SMALL, seed=0)
+    assert fa4.config._attn_implementation == "tinylab_fa4"  # not transformers' own FA4 path
+    losses = [m(ids, labels=ids).loss for m in (fa4, sdpa)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=1e-6)
+    for a, b in zip(fa4.parameters(), sdpa.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5)
+    head_dim = SMALL.hidden_size // SMALL.num_attention_heads
+    q_shape, kv_shape = torch.Size([2, 24, 4, head_dim]), torch.Size([2, 24, 2, head_dim])
+    assert fake_fa4 == [{"shapes": (q_shape, kv_shape, kv_shape), "scale": head_dim**-0.5,
+                         "causal": True}] * SMALL.num_hidden_layers  # fmt: skip
+
+
+def test_the_adapter_refuses_a_padding_mask_and_dropout(fake_fa4) -> None:
+    model = build_model(SMALL.model_copy(update={"attention": "flash_attention_4"}), seed=0)
+    ids = torch.randint(0, SMALL.vocab_size, (2, 8))
+    model(ids, attention_mask=torch.ones_like(ids))  # no padding: no mask reaches FA4
+    padded = torch.ones_like(ids)
+    padded[0, :3] = 0
+    with pytest.raises(ConfigError, match="padding mask.*attention: sdpa"):
+        model(ids, attention_mask=padded)
+    q = torch.zeros(1, 4, 8, 16)
+    with pytest.raises(ConfigError, match="without dropout"):
+        fa4_attention_forward(torch.nn.Module(), q, q, q, None, dropout=0.1)
+
+
+def test_flash_attention_4_needs_a_gpu_and_the_package(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="'flash_attention_4' needs a CUDA GPU"):
+        resolve_attention("flash_attention_4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", None)  # import raises ImportError
+    with pytest.raises(ConfigError, match="needs the flash-attn-4 package.*gpu_env.sh fa4"):
+        resolve_attention("flash_attention_4")
+
+
+def test_flash_attn_4_installed_is_not_flash_attention_2(fake_fa4, monkeypatch) -> None:
+    assert resolve_attention("flash_attention_4") == "flash_attention_4"
+    assert resolve_attention("auto") == "sdpa"  # auto picks FA4 only once it is measured faster
+    with pytest.raises(ConfigError, match="'flash_attention_2' needs the flash-attn package"):
+        resolve_attention("flash_attention_2")
+    monkeypatch.setitem(sys.modules, "flash_attn_2_cuda", _module("flash_attn_2_cuda"))
+    assert resolve_attention("auto") == "flash_attention_2"  # FlashAttention-2 itself
+
+
+def test_the_bench_counts_fa4_kernels_as_attention() -> None:
+    spec = importlib.util.spec_from_file_location("throughput_fa4", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses resolve their module by name
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        del sys.modules[spec.name]
+    assert "model.attention=flash_attention_4" in bench.VARIANTS["default+fa4"].sets
+    names = [
+        f"kernel_cutlass_kernel_flash_attncuteflash_{d}_sm90FlashAttention{k}Sm90_object_"
+        "at__tensor0000o11101213_0"
+        for d, k in (("fwd", "Forward"), ("bwd", "Backward"))
+    ]
+    names.append("kernel_cutlass_kernel_flash_attncuteflash_bwd_preprocessFlashAttentionBackward"
+                 "Preprocess_object_at__tensor_0")  # fmt: skip
+    assert all(FA4_KERNELS.search(name) for name in names[:2])
+    assert bench.kernel_kinds([(name, 1.0) for name in names]) == [("attention", 3.0)]
+
+
+def _gpu_env(call: str) -> subprocess.CompletedProcess:
+    """`call` in bash after sourcing scripts/gpu_env.sh for its functions."""
+    script = f". {GPU_ENV} functions 2>/dev/null; {call}"
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+
+
+def test_the_parts_rebuild_the_wheels_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    files = {"demo/__init__.py": b"x = 1\n" * 3000, "demo-1.0.dist-info/RECORD": b"demo\n",
+             "demo/lib.so": bytes(range(256)) * 64}  # fmt: skip
+    for name, data in files.items():
+        (tmp_path / "tree" / "demo-1.0-py3-none-any" / name).parent.mkdir(
+            parents=True, exist_ok=True
+        )
+        (tmp_path / "tree" / "demo-1.0-py3-none-any" / name).write_bytes(data)
+    fa4 = tmp_path / "fa4"
+    assert _gpu_env(f"_gpu_fa4_pack {tmp_path / 'tree'} {fa4} 300").returncode == 0
+    parts = sorted(p.name for p in fa4.iterdir())
+    assert len(parts) > 1 and parts[0] == f"fa4.tar.xz.1-of-{len(parts)}"
+    assert _gpu_env(f"_gpu_fa4_wheels {fa4}").returncode == 0
+    with zipfile.ZipFile(fa4 / "wheels" / "demo-1.0-py3-none-any.whl") as wheel:
+        assert {name: wheel.read(name) for name in wheel.namelist()} == files
+    (fa4 / parts[0]).unlink()
+    missing = _gpu_env(f"_gpu_fa4_wheels {fa4}")
+    assert missing.returncode == 1 and f"parts missing in {fa4}: {parts[0]} " in missing.stderr
+
+
+# ---- on a CUDA GPU with flash-attn-4 -----------------------------------------------------------
+
+
+def needs_fa4(test):
+    """Marked gpu; skipped without CUDA, or without flash-attn-4 where CUDA is."""
+    test = pytest.mark.skipif(
+        torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is None,
+        reason="needs flash-attn-4: scripts/gpu_env.sh fa4, then . scripts/gpu_env.sh install",
+    )(test)
+    test = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test)
+    return pytest.mark.gpu(test)
+
+
+@needs_fa4
+@pytest.mark.parametrize("batch, seq, heads, kv_heads, dim", [(2, 256, 32, 4, 64),  # the 1.1B's
+                                                              (1, 512, 4, 4, 128)])  # fmt: skip
+def test_fa4_matches_sdpa_forward_and_backward(batch, seq, heads, kv_heads, dim) -> None:
+    """Each of FA4's out, dq, dk, dv is off fp32 SDPA by at most twice what bf16 SDPA is, plus
+    1e-3 (the bound of flash-attention's own tests)."""
+    resolve_attention("flash_attention_4")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(batch, heads, seq, dim), (batch, kv_heads, seq, dim), (batch, kv_heads, seq, dim)]
+    q, k, v = (torch.randn(s, device="cuda", generator=gen) for s in shapes)
+    grad_out = torch.randn(batch, seq, heads, dim, device="cuda", generator=gen)
+
+    def run(fn, dtype):
+        inputs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*inputs)
+        out.backward(grad_out.to(dtype))
+        return [out.float(), *(t.grad.float() for t in inputs)]
+
+    def sdpa(q, k, v):
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return out.transpose(1, 2)
+
+    def fa4(q, k, v):
+        module = types.SimpleNamespace(is_causal=True)
+        return fa4_attention_forward(module, q, k, v, None, scaling=dim**-0.5)[0]
+
+    got, want, low = run(fa4, torch.bfloat16), run(sdpa, torch.float32), run(sdpa, torch.bfloat16)
+    for name, a, b, c in zip(("out", "dq", "dk", "dv"), got, want, low, strict=True):
+        err, bound = (a - b).abs().max().item(), 2 * (c - b).abs().max().item() + 1e-3
+        assert err <= bound, f"{name}: FA4 off fp32 SDPA by {err:.2e} > {bound:.2e}"
+
+
+@needs_fa4
+def test_the_profile_shows_fa4_kernels_forward_and_backward() -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = SMALL.model_copy(
+        update={"hidden_size": 256, "intermediate_size": 704, "attention": "flash_attention_4"}
+    )  # head_dim 64; fmt: skip
+    model = build_model(cfg, device="cuda", seed=0).to(torch.bfloat16)
+    ids = torch.randint(0, cfg.vocab_size, (2, 64), device="cuda")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model(ids, labels=ids).loss.backward()
+        torch.cuda.synchronize()
+    kinds = {m.group(1) for e in prof.key_averages() if (m := FA4_KERNELS.search(e.key))}
+    assert kinds == {"fwd", "bwd"}, sorted(e.key for e in prof.key_averages())[:40]
