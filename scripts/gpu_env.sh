@@ -24,6 +24,10 @@
 #                                       $TINYLAB_FA4 (default .fa4/) holds flash-attn-4's parts,
 #                                       all of them must be there: their wheels are installed too
 #                                       and `import flash_attn.cute` checked
+#   . scripts/gpu_env.sh fa4-install [DIR]  there: flash-attn-4 alone from DIR's parts (default
+#                                       .fa4/) into $TINYLAB_FA4_SITE (default
+#                                       /tmp/tinylab-fa4-site), on PYTHONPATH, import checked: for
+#                                       a call that carries the parts without .whl/
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _python="${PYTHON:-python3}"
 _call_bytes=67108864  # what one GPU call carries: the repository's files and its carried paths
@@ -142,6 +146,23 @@ PY
     echo "$parts" >"$dir/wheels/.parts"
 }
 
+_gpu_fa4_install() {
+    local fa4="${1:-${TINYLAB_FA4:-$_root/.fa4}}" site="${TINYLAB_FA4_SITE:-/tmp/tinylab-fa4-site}"
+    if ! ls "$fa4"/fa4.tar.xz.*-of-* >/dev/null 2>&1; then
+        echo "gpu_env: no flash-attn-4 parts in $fa4 (scripts/gpu_env.sh fa4 makes them)" >&2
+        return 1
+    fi
+    _gpu_fa4_wheels "$fa4" || return 1
+    "$_python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$site" "$fa4"/wheels/*.whl || return 1
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    "$_python" - <<'PY'
+import importlib.metadata, torch, flash_attn.cute
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+print(f"gpu_env: flash-attn-4 {importlib.metadata.version('flash-attn-4')} imports; {gpu}")
+PY
+}
+
 _gpu_install() {
     local dir="${1:-$_root/.whl}"
     export TINYLAB_SITE="${TINYLAB_SITE:-/tmp/tinylab-site}"
@@ -194,7 +215,9 @@ case "${1:-}" in
     wheels) _gpu_wheels "${2:-}" ;;
     cache) _gpu_cache "${2:-}" ;;
     fa4) _gpu_fa4 "${2:-}" ;;
+    fa4-install) _gpu_fa4_install "${2:-}" ;;
     install) _gpu_install "${2:-}" ;;
-    *) echo "usage: scripts/gpu_env.sh wheels [DIR] | cache [FILE] | fa4 [DIR] | . scripts/gpu_env.sh install [DIR]" >&2
+    *) echo "usage: scripts/gpu_env.sh wheels [DIR] | cache [FILE] | fa4 [DIR]" \
+            "| . scripts/gpu_env.sh install [DIR] | . scripts/gpu_env.sh fa4-install [DIR]" >&2
        return 2 2>/dev/null || exit 2 ;;
 esac

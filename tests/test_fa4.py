@@ -17,6 +17,7 @@ import sys
 import types
 import zipfile
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -24,7 +25,12 @@ import torch.nn.functional as F
 
 from tinylab.config.loader import ConfigError
 from tinylab.config.model import ModelConfig
-from tinylab.model import build_model, fa4_attention_forward, resolve_attention
+from tinylab.model import (
+    ATTENTION_BACKENDS,
+    build_model,
+    fa4_attention_forward,
+    resolve_attention,
+)
 
 SMALL = ModelConfig(
     vocab_size=300,
@@ -102,6 +108,11 @@ def test_the_adapter_refuses_a_padding_mask_and_dropout(fake_fa4) -> None:
         fa4_attention_forward(torch.nn.Module(), q, q, q, None, dropout=0.1)
 
 
+def test_the_params_schema_allows_every_backend() -> None:
+    allowed = get_args(ModelConfig.model_fields["attention"].annotation)
+    assert set(allowed) == {"auto", *ATTENTION_BACKENDS} and "flash_attention_4" in allowed
+
+
 def test_flash_attention_4_needs_a_gpu_and_the_package(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="'flash_attention_4' needs a CUDA GPU"):
@@ -163,17 +174,24 @@ def test_the_parts_rebuild_the_wheels_and_a_missing_one_is_named(tmp_path: Path)
     with zipfile.ZipFile(fa4 / "wheels" / "demo-1.0-py3-none-any.whl") as wheel:
         assert {name: wheel.read(name) for name in wheel.namelist()} == files
     (fa4 / parts[0]).unlink()
-    missing = _gpu_env(f"_gpu_fa4_wheels {fa4}")
+    missing = _gpu_env(f"_gpu_fa4_install {fa4}")  # `. scripts/gpu_env.sh fa4-install`
     assert missing.returncode == 1 and f"parts missing in {fa4}: {parts[0]} " in missing.stderr
 
 
 # ---- on a CUDA GPU with flash-attn-4 -----------------------------------------------------------
 
 
+def _fa4_installed() -> bool:
+    try:
+        return importlib.util.find_spec("flash_attn.cute") is not None
+    except ModuleNotFoundError:  # no flash_attn at all
+        return False
+
+
 def needs_fa4(test):
     """Marked gpu; skipped without CUDA, or without flash-attn-4 where CUDA is."""
     test = pytest.mark.skipif(
-        torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is None,
+        torch.cuda.is_available() and not _fa4_installed(),
         reason="needs flash-attn-4: scripts/gpu_env.sh fa4, then . scripts/gpu_env.sh install",
     )(test)
     test = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test)
