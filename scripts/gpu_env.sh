@@ -146,6 +146,17 @@ PY
     echo "$parts" >"$dir/wheels/.parts"
 }
 
+# what the .pth files in $1 add to sys.path (pip --target leaves them unread; the CuTe DSL's
+# `cutlass` package is found only through one), as a PYTHONPATH fragment
+_gpu_pth_paths() {
+    "$_python" - "$1" <<'PY'
+import os, site, sys
+folder, before = os.path.abspath(sys.argv[1]), set(sys.path)
+site.addsitedir(folder)
+print(":".join(p for p in sys.path if p not in before and p != folder))
+PY
+}
+
 _gpu_fa4_install() {
     local fa4="${1:-${TINYLAB_FA4:-$_root/.fa4}}" site="${TINYLAB_FA4_SITE:-/tmp/tinylab-fa4-site}"
     if ! ls "$fa4"/fa4.tar.xz.*-of-* >/dev/null 2>&1; then
@@ -155,7 +166,9 @@ _gpu_fa4_install() {
     _gpu_fa4_wheels "$fa4" || return 1
     "$_python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$site" "$fa4"/wheels/*.whl || return 1
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    local pth
+    pth="$(_gpu_pth_paths "$site")" || return 1
+    export PYTHONPATH="$site${pth:+:$pth}${PYTHONPATH:+:$PYTHONPATH}"
     "$_python" - <<'PY'
 import importlib.metadata, torch, flash_attn.cute
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
@@ -189,7 +202,9 @@ _gpu_install() {
     printf '#!/bin/sh\nexec %s -m tinylab.cli "$@"\n' "$(command -v "$_python")" \
         >"$TINYLAB_SITE/bin/tinylab"
     chmod +x "$TINYLAB_SITE/bin/tinylab"
-    export PYTHONPATH="$_root/src:$TINYLAB_SITE${PYTHONPATH:+:$PYTHONPATH}"
+    local pth
+    pth="$(_gpu_pth_paths "$TINYLAB_SITE")" || return 1
+    export PYTHONPATH="$_root/src:$TINYLAB_SITE${pth:+:$pth}${PYTHONPATH:+:$PYTHONPATH}"
     export PATH="$TINYLAB_SITE/bin:$PATH"
     # pip --target puts the wheels' data files (nbconvert's HTML templates) under share/jupyter
     export JUPYTER_PATH="$TINYLAB_SITE/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"

@@ -178,6 +178,14 @@ def test_the_parts_rebuild_the_wheels_and_a_missing_one_is_named(tmp_path: Path)
     assert missing.returncode == 1 and f"parts missing in {fa4}: {parts[0]} " in missing.stderr
 
 
+def test_the_pth_files_that_pip_target_leaves_unread_are_on_the_path(tmp_path: Path) -> None:
+    inner = tmp_path / "pkg" / "dsl_packages"  # as nvidia-cutlass-dsl's .pth finds `cutlass`
+    (tmp_path / "pkg.pth").write_text(f"import sys; sys.path.insert(0, {str(inner)!r})\n")
+    found = _gpu_env(f"_gpu_pth_paths {tmp_path}")
+    assert (found.returncode, found.stdout) == (0, f"{inner}\n")
+    assert _gpu_env(f"_gpu_pth_paths {tmp_path / 'nothing'}").stdout == "\n"
+
+
 # ---- on a CUDA GPU with flash-attn-4 -----------------------------------------------------------
 
 
