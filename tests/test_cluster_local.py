@@ -20,7 +20,8 @@ from _pipeline_fixtures import (
     write_pipeline,
 )
 
-from tinylab.cluster.local import ParallelRun, run_parallel
+from tinylab.cluster.local import ParallelRun, record_stopped, run_parallel
+from tinylab.files import write_json_atomic
 from tinylab.layout import RunLayout
 from tinylab.pipeline import Decision, PipelineRun, StepFailed, run_pipeline
 
@@ -209,6 +210,20 @@ def test_cli_jobs_with_sweep_or_below_one_exits_2_and_dry_run_shows_the_plan(
     assert dry.returncode == 0 == plain.returncode, dry.stderr
     assert dry.stdout == plain.stdout  # --jobs changes how steps run, not which
     assert not (root / "outputs").exists()
+
+
+def test_a_step_whose_slot_was_killed_is_recorded_as_failed(tmp_path: Path) -> None:
+    """Under load a slot may not record its end within STOP_GRACE_S of the SIGINT and is
+    killed (CI once left both sleepers `running`): the parent records it; a step the slot
+    recorded itself stays as it is."""
+    manifest = {"steps": {"a": {"status": "running", "fingerprint": "fa"},
+                          "b": {"status": "failed", "error": "KeyboardInterrupt: "}}}  # fmt: skip
+    write_json_atomic(RunLayout(tmp_path).manifest, manifest)
+    record_stopped(tmp_path, manifest, ["a", "b"])
+    steps = json.loads(RunLayout(tmp_path).manifest.read_text())["steps"]
+    assert steps["a"]["status"] == "failed" and steps["a"]["fingerprint"] == "fa"
+    assert "before its slot recorded its end" in steps["a"]["error"]
+    assert steps["b"] == {"status": "failed", "error": "KeyboardInterrupt: "}
 
 
 SLEEPERS = """\

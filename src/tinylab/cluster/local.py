@@ -40,6 +40,7 @@ from tinylab.pipeline import (
     apply_decision,
     read_manifest,
     run_pipeline,
+    save_step,
 )
 
 STOP_GRACE_S = 30.0  # after SIGINT, a slot's time to record its step and shut its kernel down
@@ -153,6 +154,7 @@ class Slots:
                     failure = failure or error
             except BaseException:
                 self._stop(list(running.values()))
+                record_stopped(run_dir, manifest, list(running))
                 raise
             finally:
                 manifest.update(read_manifest(run_dir))  # the records the slots wrote
@@ -234,6 +236,17 @@ class Slots:
             if slot.process.poll() is None:
                 slot.process.kill()
                 slot.process.wait()
+
+
+def record_stopped(run_dir: Path, manifest: dict[str, Any], names: list[str]) -> None:
+    """Record as failed each of the stopped steps `names` that is still `running` in the run's
+    manifest: its slot was killed (or died) before it could record its end itself."""
+    on_disk = read_manifest(run_dir)["steps"]
+    for name in names:
+        record = on_disk.get(name, {})
+        if record.get("status") == "running":
+            error = "stopped (SIGTERM or Ctrl-C) before its slot recorded its end"
+            save_step(run_dir, manifest, name, {**record, "status": "failed", "error": error})
 
 
 def _first_to_end(running: dict[str, _Slot]) -> str:
