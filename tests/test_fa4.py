@@ -22,6 +22,7 @@ from typing import get_args
 import pytest
 import torch
 import torch.nn.functional as F
+from _model_fixtures import SMALL
 
 from tinylab.config.loader import ConfigError
 from tinylab.config.model import ModelConfig
@@ -32,16 +33,6 @@ from tinylab.model import (
     resolve_attention,
 )
 
-SMALL = ModelConfig(
-    vocab_size=300,
-    hidden_size=64,
-    intermediate_size=176,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    attention="sdpa",
-)
 ROOT = Path(__file__).resolve().parents[1]
 BENCH, GPU_ENV = ROOT / "bench" / "throughput.py", ROOT / "scripts" / "gpu_env.sh"
 # FA4's CuTe DSL kernel names as the profiler shows them (Dao-AILab/flash-attention#2564 quotes

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _model_fixtures import SMALL
 from transformers import AutoModelForCausalLM
 
 from tinylab.config.loader import ConfigError
-from tinylab.config.model import ModelConfig
 from tinylab.model import (
     build_model,
     count_parameters,
@@ -20,17 +20,6 @@ from tinylab.model import (
     resolve_attention,
     save_hf,
     with_resolved_attention,
-)
-
-SMALL = ModelConfig(
-    vocab_size=300,
-    hidden_size=64,
-    intermediate_size=176,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    attention="sdpa",
 )
 
 
