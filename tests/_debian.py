@@ -1,8 +1,10 @@
 """Debian packages that a test needs (SLURM, chromium), installed with apt-get when missing: the
-test skips with the reason where that cannot be done (not root, no apt-get, no registry)."""
+test skips with the reason where that cannot be done (not root, no apt-get, no registry). The
+test workers (pytest-xdist) take turns: apt-get holds dpkg's lock while it installs."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -16,6 +18,12 @@ def apt_install(packages: list[str], what: str) -> None:
         pytest.skip(f"{what} is not installed and installing it needs root")
     if shutil.which("apt-get") is None:
         pytest.skip(f"{what} is not installed and apt-get is not available to install it")
+    with open("/tmp/tinylab-tests-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        _apt_get(packages)
+
+
+def _apt_get(packages: list[str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     update = subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
     if update.returncode != 0:
