@@ -157,8 +157,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps without a save")
     parser.add_argument("--out", help="folder for the checkpoints (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a stage override, e.g. parallel.precision=fp8 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a stage override, e.g. parallel.precision=fp8 (repeatable)",
+    )
     args = parser.parse_args()
     rows = run(args)
     print(table(rows, device=args.device, model=args.model))

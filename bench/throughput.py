@@ -13,8 +13,9 @@ optimizer steps of one micro-batch per GPU (weak scaling), each in its own proce
   the variant: SDPA backend, per-layer compile, Liger-Kernel, micro-batch, activation
   checkpointing, FSDP2 resharding, FSDP2 on one GPU (bf16 parameters instead of autocast),
   fused q/k/v and gate/up projections, GPU count, inductor's GEMM autotuning (an environment
-  variable); `default+fa4` is the default on FlashAttention-4's kernels (flash-attn-4:
-  `scripts/gpu_env.sh fa4`) instead of cuDNN's SDPA.
+  variable). `default` is the stage as committed, attention included (`auto`: FlashAttention-4
+  on a Hopper GPU where flash-attn-4 is installed, `scripts/gpu_env.sh fa4`, else SDPA);
+  `default+fa4` and `default+sdpa` force one of the two.
 
 Tokens are the learnable synthetic stream (`RandomWindows`, pattern zipf-copy) so loss curves
 mean something: the table gives each 1-GPU variant's largest per-step loss difference from the
@@ -104,10 +105,12 @@ def _tl(name: str, *sets: str, micro: int = 8, nproc: int = 1) -> Variant:
 
 
 def _paper_default(nproc: int = 1, name: str = "default", *more: str) -> Variant:
-    """The base stage as committed: its own `parallel` settings and micro-batch, then `more`."""
+    """The base stage as committed: its attention and `parallel` settings and micro-batch, then
+    `more`."""
     stage = load_config(BASE_STAGE, StageConfig)
     chosen = stage.parallel.model_dump(mode="json", exclude_unset=True)
-    sets = [f"parallel.{key}={json.dumps(value)}" for key, value in chosen.items()]
+    sets = [f"model.attention={stage.model.attention}"]
+    sets += [f"parallel.{key}={json.dumps(value)}" for key, value in chosen.items()]
     name = name if nproc == 1 else f"{name}@{nproc}"
     return _tl(name, *sets, *more, micro=stage.micro_batch_size, nproc=nproc)
 
@@ -141,6 +144,7 @@ VARIANTS = {v.name: v for v in [
     *[_paper_default(1, f"default+{name}", f"parallel.fused_projections={groups}")
       for name, groups in FUSE_VARIANTS.items()],
     _paper_default(1, "default+fa4", "model.attention=flash_attention_4"),  # flash-attn-4
+    _paper_default(1, "default+sdpa", "model.attention=sdpa"),  # cuDNN's attention on Hopper
     Variant("hf-eager", "hf", compile=False),
     Variant("hf-compile+micro16", "hf", micro=16),
     _tl("plain"),

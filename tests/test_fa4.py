@@ -115,12 +115,24 @@ def test_flash_attention_4_needs_a_gpu_and_the_package(monkeypatch) -> None:
 
 
 def test_flash_attn_4_installed_is_not_flash_attention_2(fake_fa4, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))  # an A100
     assert resolve_attention("flash_attention_4") == "flash_attention_4"
-    assert resolve_attention("auto") == "sdpa"  # auto picks FA4 only once it is measured faster
+    assert resolve_attention("auto") == "sdpa"  # FA4 was measured faster on Hopper alone
     with pytest.raises(ConfigError, match="'flash_attention_2' needs the flash-attn package"):
         resolve_attention("flash_attention_2")
     monkeypatch.setitem(sys.modules, "flash_attn_2_cuda", _module("flash_attn_2_cuda"))
     assert resolve_attention("auto") == "flash_attention_2"  # FlashAttention-2 itself
+
+
+@pytest.mark.parametrize("fa2", [False, True])
+def test_auto_picks_fa4_on_hopper_where_it_was_measured_fastest(fake_fa4, monkeypatch, fa2):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))  # H100, H200
+    if fa2:
+        monkeypatch.setitem(sys.modules, "flash_attn_2_cuda", _module("flash_attn_2_cuda"))
+    assert resolve_attention("auto") == "flash_attention_4"
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # no flash-attn-4: import fails
+    monkeypatch.delitem(sys.modules, "flash_attn.cute")
+    assert resolve_attention("auto") == ("flash_attention_2" if fa2 else "sdpa")
 
 
 def test_the_bench_counts_fa4_kernels_as_attention() -> None:
@@ -210,7 +222,7 @@ def test_fa4_matches_sdpa_forward_and_backward(batch, seq, heads, kv_heads, dim)
     grad_out = torch.randn(batch, seq, heads, dim, device="cuda", generator=gen)
 
     def run(fn, dtype):
-        inputs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]  # leaves, each run
         out = fn(*inputs)
         out.backward(grad_out.to(dtype))
         return [out.float(), *(t.grad.float() for t in inputs)]

@@ -104,23 +104,41 @@ def fake_liger(monkeypatch, swiglu: types.ModuleType) -> None:
 
 
 def test_liger_swiglu_gets_the_one_gate_up_output(monkeypatch) -> None:
-    """Liger's fused-gate-up kernel (here its math in torch) takes [gate | up] whole."""
+    """Liger's fused-gate-up kernel (here its math in torch, with liger 0.8.5's shapes: the
+    gradient comes back as [rows, 2I] whatever the input's shape) takes [gate | up] whole;
+    the loss and gradients are the unfused model's."""
     seen: list[tuple] = []
 
-    class Fused:
+    class Fused(torch.autograd.Function):
         @staticmethod
-        def apply(y: torch.Tensor) -> torch.Tensor:
-            seen.append(y.shape)
-            gate, up = y.chunk(2, dim=-1)
-            return F.silu(gate) * up
+        def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(y.shape))
+            rows = y.reshape(-1, y.shape[-1])
+            ctx.save_for_backward(rows)
+            gate, up = rows.chunk(2, dim=-1)
+            return (F.silu(gate) * up).view(*y.shape[:-1], -1)
+
+        @staticmethod
+        def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+            (rows,) = ctx.saved_tensors
+            with torch.enable_grad():
+                rows = rows.detach().requires_grad_()
+                gate, up = rows.chunk(2, dim=-1)
+                out = F.silu(gate) * up
+                (grad_rows,) = torch.autograd.grad(out, rows, grad.reshape(out.shape))
+            return grad_rows  # as liger's kernel: rows, not the input's shape
 
     module = types.ModuleType("liger_kernel.ops.swiglu")
     module.LigerFusedGateUpSiLUMulFunction = Fused
     fake_liger(monkeypatch, module)
     plain, fused = tiny_pair("sdpa", ["gate_up"], liger_swiglu=True)
     ids = torch.arange(12).view(1, 12)
-    torch.testing.assert_close(run(fused, ids)[0], run(plain, ids)[0], rtol=1e-5, atol=1e-5)
-    assert seen == [(1, 12, 2 * MODEL["intermediate_size"])] * MODEL["num_hidden_layers"]
+    (logits, loss, grads), (want_logits, want_loss, want_grads) = run(fused, ids), run(plain, ids)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert seen == [(12, 2 * MODEL["intermediate_size"])] * MODEL["num_hidden_layers"]
 
 
 def test_an_older_liger_without_the_fused_kernel_is_a_config_error(monkeypatch) -> None:

@@ -43,7 +43,7 @@ def test_environment_installs_the_package_with_its_extras() -> None:
 
 def test_gpu_extra_holds_the_fused_kernels() -> None:
     gpu = {_split(r)[0] for r in _pyproject()["project"]["optional-dependencies"]["gpu"]}
-    assert gpu == {"flash-attn", "liger-kernel"}
+    assert gpu == {"flash-attn", "liger-kernel", "torchao"}
 
 
 def test_jupyterlab_is_an_extra_not_a_core_dependency() -> None:

@@ -45,9 +45,24 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn_2_cuda") is not None and torch.cuda.is_available()
 
 
+def flash_attn_4_preferred() -> bool:
+    """True on a Hopper GPU (compute capability 9.x: H100, H200) with flash-attn-4 installed,
+    where its kernels were measured faster than cuDNN's SDPA (bench/RESULTS.md, issue 21)."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        return False
+    try:
+        return importlib.util.find_spec("flash_attn.cute") is not None
+    except ImportError:  # no `flash_attn` package at all
+        return False
+
+
 def resolve_attention(requested: str) -> str:
-    """The attention implementation to ask transformers for; errors if it cannot run here."""
+    """The attention implementation to ask transformers for; errors if it cannot run here.
+    `auto`: FlashAttention-4 where it was measured fastest (Hopper), else FlashAttention-2 when
+    installed, else SDPA (PyTorch picks cuDNN's or its own FlashAttention-2 kernel)."""
     if requested == "auto":
+        if flash_attn_4_preferred():
+            return FA4
         return "flash_attention_2" if flash_attn_available() else "sdpa"
     if requested not in ATTENTION_BACKENDS:
         raise ConfigError(
@@ -125,7 +140,7 @@ def _fa4_call(q, k, v, scaling):
 
 
 def with_resolved_attention(cfg: ModelConfig) -> ModelConfig:
-    """`cfg` with its attention decided (auto -> flash_attention_2 or sdpa): what a stage
+    """`cfg` with its attention decided (auto: resolve_attention): what a stage
     resolves once when it starts and writes into its resolved.yaml."""
     return cfg.model_copy(update={"attention": resolve_attention(cfg.attention)})
 

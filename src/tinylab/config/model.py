@@ -42,9 +42,11 @@ class ModelConfig(Schema):
     )
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_4"] = Field(
         "auto",
-        description="attention kernel; auto = flash_attention_2 if flash-attn is installed and a "
-        "CUDA GPU is present, else sdpa, decided once when a stage starts and written into its "
-        "resolved.yaml; flash_attention_4 = flash-attn-4's CuTe kernels (causal, no padding)",
+        description="attention kernel; auto = flash_attention_4 on a Hopper GPU (H100, H200) "
+        "with flash-attn-4 installed (measured fastest there), else flash_attention_2 if "
+        "flash-attn is installed and a CUDA GPU is present, else sdpa; decided once when a stage "
+        "starts and written into its resolved.yaml; flash_attention_4 = flash-attn-4's CuTe "
+        "kernels (causal, no padding)",
     )
 
     @field_validator("num_attention_heads")

@@ -10,7 +10,7 @@ beside the GEMMs, and the matmul keeps it for the backward (up to 1.25 GB more p
 22 layers, unless torch.compile recomputes the copy there). The new forwards are transformers'
 LlamaAttention and LlamaMLP forwards (5.17 to 5.24) with the one matmul, for training: a forward
 with a KV cache is refused. With Liger's SwiGLU on, its fused-gate-up kernel reads both halves
-of the one output in place.
+of the one output in place, given as rows (its backward returns the gradient as rows).
 
     python bench/throughput.py --variants default default+fuse default+fuse-qkv \
         default+fuse-gate-up
@@ -96,8 +96,9 @@ def _mlp_forward(swiglu: type[torch.autograd.Function] | None) -> Callable:
 
     def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         gate_up = _one_matmul(x, self.gate_proj, self.up_proj)
-        if swiglu is not None:
-            return self.down_proj(swiglu.apply(gate_up))
+        if swiglu is not None:  # given rows: its backward returns [rows, 2I] (liger 0.8.5)
+            rows = swiglu.apply(gate_up.reshape(-1, gate_up.shape[-1]))
+            return self.down_proj(rows.view(*gate_up.shape[:-1], -1))
         gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(self.act_fn(gate) * up)
 
