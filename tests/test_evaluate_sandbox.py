@@ -136,8 +136,9 @@ def test_memory_hog_fails() -> None:
         chunks = []
         while True:
             chunks.append(bytearray(64 * 1024 * 1024))
-        """
-    )
+        """,
+        Limits(timeout_s=60.0),  # the address-space limit is under test: filling 2 GiB took
+    )  # over the 3-s default on a loaded 2-core CI machine (the test saw 'timeout')
     assert result.status == "failed" and "MemoryError" in result.stderr
 
 
