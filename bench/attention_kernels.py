@@ -152,7 +152,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--check-batch", type=int, default=2)
-    parser.add_argument("--kernels", nargs="+", default=[*SDPA_BACKENDS, "sdpa-auto", "fa4"])
+    names = [*SDPA_BACKENDS, "sdpa-auto", "fa4"]
+    parser.add_argument("--kernels", nargs="+", default=names, choices=names)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/attention_kernels.py needs a CUDA GPU")
