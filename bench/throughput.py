@@ -104,15 +104,17 @@ def _tl(name: str, *sets: str, micro: int = 8, nproc: int = 1) -> Variant:
     return Variant(name, "tinylab", tuple(sets), micro, nproc)
 
 
-def _paper_default(nproc: int = 1, name: str = "default", *more: str) -> Variant:
-    """The base stage as committed: its attention and `parallel` settings and micro-batch, then
-    `more`."""
+def _paper_default(
+    nproc: int = 1, name: str = "default", *more: str, micro: int | None = None
+) -> Variant:
+    """The base stage as committed: its attention and `parallel` settings and micro-batch (or
+    `micro`), then `more`."""
     stage = load_config(BASE_STAGE, StageConfig)
     chosen = stage.parallel.model_dump(mode="json", exclude_unset=True)
     sets = [f"model.attention={stage.model.attention}"]
     sets += [f"parallel.{key}={json.dumps(value)}" for key, value in chosen.items()]
     name = name if nproc == 1 else f"{name}@{nproc}"
-    return _tl(name, *sets, *more, micro=stage.micro_batch_size, nproc=nproc)
+    return _tl(name, *sets, *more, micro=micro or stage.micro_batch_size, nproc=nproc)
 
 
 COMPILE, COMPILE_MODEL = "parallel.compile=layers", "parallel.compile=model"
@@ -124,13 +126,15 @@ FSDP_BF16 = "parallel.single_process=fsdp"
 AUTOTUNE = "TORCHINDUCTOR_MAX_AUTOTUNE=1"
 FP8 = "parallel.precision=fp8"
 FP8_VARIANTS = {  # the default with float8 matmuls (torchao): recipe and layers kept in bf16
-    "fp8": (),
+    "fp8": (),  # parallel.fp8's defaults: lm_head and down_proj kept (before 2026-12-02: lm_head)
+    "fp8-down": ("parallel.fp8.keep_bf16=[lm_head]",),  # down_proj in float8 too
     "fp8-rowwise": ("parallel.fp8.recipe=rowwise",),
     "fp8-rowwise-gw-hp": ("parallel.fp8.recipe=rowwise_with_gw_hp",),
     "fp8-allgather": ("parallel.fp8.all_gather=true",),
     "fp8-lm-head": ("parallel.fp8.keep_bf16=[]",),
     "fp8-keep-kv": ("parallel.fp8.keep_bf16=[lm_head,k_proj,v_proj]",),
     "fp8-keep-down": ("parallel.fp8.keep_bf16=[lm_head,down_proj]",),
+    "fp8-mlp": ("parallel.fp8.keep_bf16=[lm_head,q_proj,k_proj,v_proj,o_proj]",),
 }
 FUSE_VARIANTS = {  # the default with one matmul for q, k, v and/or one for gate, up
     "fuse": "[qkv,gate_up]",
@@ -145,6 +149,9 @@ VARIANTS = {v.name: v for v in [
       for name, groups in FUSE_VARIANTS.items()],
     _paper_default(1, "default+fa4", "model.attention=flash_attention_4"),  # flash-attn-4
     _paper_default(1, "default+sdpa", "model.attention=sdpa"),  # cuDNN's attention on Hopper
+    _paper_default(1, "default+reshard-bwd", "parallel.reshard_after_backward=true"),
+    *[_paper_default(1, f"default+micro{n}", micro=n) for n in (24, 32)],
+    _paper_default(1, "default+autotune", AUTOTUNE),  # inductor benchmarks GEMM templates
     Variant("hf-eager", "hf", compile=False),
     Variant("hf-compile+micro16", "hf", micro=16),
     _tl("plain"),

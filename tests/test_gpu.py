@@ -31,7 +31,7 @@ needs_liger = pytest.mark.skipif(  # on a machine without CUDA the reason above 
 )
 # The paper stages' kernels (params/stages/tinyllama-v1.1/base.yaml), and eager bf16 beside them.
 DEFAULT = {"precision": "bf16", "compile": "layers", "liger": ["loss"], "single_process": "fsdp",
-           "reshard_after_forward": False}  # fmt: skip
+           "reshard_after_forward": False, "reshard_after_backward": False}  # fmt: skip
 EAGER = {"precision": "bf16", "compile": "off", "liger": [], "single_process": "plain"}
 MODEL = {"hidden_size": 128, "intermediate_size": 352, "num_attention_heads": 4,
          "num_key_value_heads": 2, "max_position_embeddings": 64}  # fmt: skip

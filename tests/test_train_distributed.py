@@ -14,15 +14,20 @@ import sys
 
 import pytest
 import torch
-from _train_fixtures import final_weights, new_run, stage_config, train_records
+from _train_fixtures import MODEL, final_weights, new_run, stage_config, train_records
+from torch.distributed.tensor import DTensor
 
 from tinylab.config.loader import ConfigError, dump_config
+from tinylab.config.model import ModelConfig
+from tinylab.config.stage import ParallelConfig
 from tinylab.errors import UserError
 from tinylab.files import LockHeld, hold_lock
 from tinylab.layout import RunLayout
+from tinylab.model import build_model
 from tinylab.train import run_stage, train_stage
 from tinylab.train.checkpoint import list_checkpoints, read_meta
 from tinylab.train.launch import launcher_world_size
+from tinylab.train.parallel import init_distributed, parallelize, prepare_micro_batch, shutdown
 
 
 def losses(records: list[dict]) -> list[float]:
@@ -64,14 +69,19 @@ def test_fsdp2_on_two_ranks_equals_one_process_and_resumes_on_one(
         torch.testing.assert_close(final_weights(sharded)[name], tensor, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "kept_gathered",
+    [{}, {"reshard_after_forward": False, "reshard_after_backward": False}],
+    ids=["resharded", "kept-gathered"],
+)
 def test_fsdp_on_one_process_equals_the_plain_module_and_resumes_plain(
-    tmp_path, prepared, one_thread, capsys
+    tmp_path, prepared, one_thread, capsys, kept_gathered
 ) -> None:
     plain = new_run(tmp_path, prepared, "plain")
     run_stage(stage_config(), plain, progress=False)
     assert "FSDP2" not in capsys.readouterr().out
     one_rank = new_run(tmp_path, prepared, "one-rank")
-    stage = stage_config(parallel={"single_process": "fsdp"})
+    stage = stage_config(parallel={"single_process": "fsdp", **kept_gathered})
     assert run_stage(stage, one_rank, progress=False).step == 8
     assert "(1 x 8 x 4 x 32) on cpu, FSDP2" in capsys.readouterr().out
     assert not torch.distributed.is_initialized()  # the group of one is left again
@@ -86,6 +96,30 @@ def test_fsdp_on_one_process_equals_the_plain_module_and_resumes_plain(
     shutil.rmtree(ckpts / "step-00000008")
     assert run_stage(stage_config(), one_rank, progress=False).step == 8
     assert losses(train_records(one_rank)) == pytest.approx(losses(want), abs=1e-6)
+
+
+@pytest.mark.parametrize("reshard_after_backward", [True, False])
+def test_parameters_stay_gathered_between_micro_batches_only_when_asked(
+    one_thread, reshard_after_backward
+) -> None:
+    parallel = ParallelConfig(
+        precision="fp32", single_process="fsdp", device="cpu", reshard_after_forward=False,
+        reshard_after_backward=reshard_after_backward,
+    )  # fmt: skip
+    ctx = init_distributed(parallel)
+    try:
+        model = parallelize(build_model(ModelConfig(**MODEL), seed=0), parallel, ctx)
+        tokens = torch.randint(0, MODEL["vocab_size"], (2, 16))
+
+        def micro_batch(last: bool) -> list[bool]:
+            prepare_micro_batch(model, parallel, last=last)
+            model(input_ids=tokens, labels=tokens, use_cache=False).loss.backward()
+            return [isinstance(p, DTensor) for p in model.parameters()]
+
+        assert set(micro_batch(last=False)) == {reshard_after_backward}
+        assert set(micro_batch(last=True)) == {True}  # the optimizer steps the shards
+    finally:
+        shutdown(ctx)
 
 
 def test_indivisible_batch_fails_before_launching(tmp_path, prepared) -> None:

@@ -180,7 +180,11 @@ def test_fp8_all_gather_needs_the_tensorwise_recipe() -> None:
 def test_fp8_defaults_and_bf16_dumps_without_an_fp8_block() -> None:
     """fp8 fills in its defaults; a bf16 stage dumps (and so fingerprints) as before fp8 existed."""
     fp8 = ParallelConfig(precision="fp8").fp8
-    assert (fp8.recipe, fp8.keep_bf16, fp8.all_gather) == ("tensorwise", ["lm_head"], False)
+    assert (fp8.recipe, fp8.keep_bf16, fp8.all_gather) == (
+        "tensorwise",
+        ["lm_head", "down_proj"],
+        False,
+    )
     assert "fp8" not in ParallelConfig().model_dump()
     assert ParallelConfig(precision="fp8").model_dump()["fp8"]["recipe"] == "tensorwise"
 
@@ -193,6 +197,9 @@ def test_float8_takes_every_linear_but_the_kept_ones_and_odd_shapes() -> None:
     assert not float8_eligible(linear, "model.layers.3.self_attn.k_proj", fp8)
     assert float8_eligible(linear, "model.layers.3.self_attn.kk_proj", fp8)  # suffix by name
     assert not float8_eligible(torch.nn.Linear(64, 100), "model.layers.0.mlp.up_proj", fp8)
+    defaults = ParallelConfig(precision="fp8").fp8
+    assert not float8_eligible(linear, "model.layers.0.mlp.down_proj", defaults)
+    assert float8_eligible(linear, "model.layers.0.mlp.gate_proj", defaults)
     assert not float8_eligible(torch.nn.Embedding(16, 64), "model.embed_tokens", fp8)
 
 

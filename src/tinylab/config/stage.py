@@ -186,9 +186,12 @@ class Float8Config(Schema):
         "rowwise (one per row, CUTLASS), rowwise_with_gw_hp (rowwise, weight gradient in bf16)",
     )
     keep_bf16: list[str] = Field(
-        ["lm_head"],
+        ["lm_head", "down_proj"],
         description="Linear layers left in bf16, by name or name suffix (lm_head, k_proj, ...); "
-        "the rest of the model's Linear layers compute their matmuls in float8",
+        "the rest of the model's Linear layers compute their matmuls in float8. down_proj (its "
+        "input is SwiGLU's output) is kept by default: with it in float8 the 1.1B's loss left "
+        "the spread of two bf16 runs after ~100 steps; kept, it stayed within (bench/RESULTS.md, "
+        "2026-12-02)",
     )
     all_gather: bool = Field(
         False,
@@ -222,6 +225,13 @@ class ParallelConfig(Schema):
         1, description="HSDP replica groups (usually the node count); 1 = plain FSDP"
     )
     reshard_after_forward: bool = Field(True, description="FSDP2 reshard_after_forward")
+    reshard_after_backward: bool = Field(
+        True,
+        description="FSDP2: reshard the bf16 parameters after every micro-batch's backward; "
+        "false keeps them gathered from one micro-batch to the next within a step (no "
+        "all-gather per micro-batch; resharded after the step's last, before the optimizer "
+        "step; with reshard_after_forward: false it raises no peak memory)",
+    )
     single_process: Literal["plain", "fsdp"] = Field(
         "plain",
         description="how ONE process trains (several processes always use FSDP2): plain = the "

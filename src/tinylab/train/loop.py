@@ -79,8 +79,8 @@ from tinylab.train.parallel import (
     grad_norm_and_clip,
     init_distributed,
     parallelize,
+    prepare_micro_batch,
     shutdown,
-    sync_gradients,
 )
 from tinylab.train.schedule import stage_lr
 from tinylab.train.start import (
@@ -454,7 +454,7 @@ def forward_backward(
     """Accumulate gradients of this rank's micro-batches; returns the step's mean loss."""
     total = torch.zeros((), device=ctx.device)
     for micro in range(plan.accum_steps):
-        sync_gradients(model, micro == plan.accum_steps - 1)
+        prepare_micro_batch(model, parallel, last=micro == plan.accum_steps - 1)
         inputs, targets = to_batch(
             source.train(plan.micro_windows(first_window, micro)), ctx.device
         )

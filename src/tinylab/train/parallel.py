@@ -15,13 +15,16 @@ selective: every other layer), torch.compile (`compile: model` compiles the whol
 model instead, fusing across layers and into the loss; under FSDP2 it is a ConfigError), and
 the Liger-Kernel ops `parallel.liger` lists (fused RMSNorm, RoPE, SwiGLU, linear cross-entropy)
 when the package is installed; lm_head stays in the root FSDP unit. `precision: fp8` swaps the
-Linear layers (all but `parallel.fp8.keep_bf16`'s, lm_head by default) for torchao's Float8Linear
-before compile and sharding: float8 matmuls with dynamic scales, bf16 elsewhere, fp32 master
-weights; with `fp8.all_gather` FSDP2 gathers those weights in float8. A peft wrapper (LoRA) is
-looked through: its Llama is what is sharded. `fused_projections` gives each layer one matmul
-for q, k and v and one for gate and up, over the same parameters (tinylab.train.fused).
-`compute_context` wraps each forward (and so the backward it records) in bf16
-autocast for the unsharded model and in the SDPA backend that `parallel.sdpa_backend` picks.
+Linear layers (all but `parallel.fp8.keep_bf16`'s: lm_head and down_proj by default) for
+torchao's Float8Linear before compile and sharding: float8 matmuls with dynamic scales, bf16
+elsewhere, fp32 master weights; with `fp8.all_gather` FSDP2 gathers those weights in float8. A
+peft wrapper (LoRA) is looked through: its Llama is what is sharded. `fused_projections` gives
+each layer one matmul for q, k and v and one for gate and up, over the same parameters
+(tinylab.train.fused). Under gradient accumulation FSDP2 reduces gradients only in a step's last
+backward, and with `reshard_after_backward: false` keeps the gathered parameters between its
+micro-batches (`prepare_micro_batch`). `compute_context` wraps each forward (and so the backward
+it records) in bf16 autocast for the unsharded model and in the SDPA backend that
+`parallel.sdpa_backend` picks.
 
     torchrun --nproc-per-node 2 -m tinylab.train --config resolved.yaml --run-dir RUN
 """
@@ -231,12 +234,14 @@ def after_optimizer_step(model: nn.Module, parallel: ParallelConfig) -> None:
         precompute_float8_dynamic_scale_for_fsdp(model)
 
 
-def sync_gradients(model: nn.Module, enabled: bool) -> None:
-    """Under FSDP2, reduce-scatter gradients in this backward only when `enabled` (the last
-    micro-batch of a step); earlier micro-batches accumulate unsharded fp32 gradients locally."""
+def prepare_micro_batch(model: nn.Module, parallel: ParallelConfig, *, last: bool) -> None:
+    """Under FSDP2, before a micro-batch: reduce-scatter gradients in its backward only when it
+    is the step's `last` (earlier ones accumulate unsharded fp32 gradients locally), and with
+    `parallel.reshard_after_backward` off keep the gathered parameters until that last one."""
     root = next((m for m in model.modules() if isinstance(m, FSDPModule)), None)
     if root is not None:  # the outermost FSDP module (inside a peft wrapper for LoRA)
-        root.set_requires_gradient_sync(enabled)
+        root.set_requires_gradient_sync(last)
+        root.set_reshard_after_backward(last or parallel.reshard_after_backward)
 
 
 def checkpoint_layer(layer: nn.Module) -> None:
