@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 
+import pytest
 import yaml
 
 from tinylab.config.loader import PROJECT_ROOT
@@ -50,3 +54,17 @@ def test_jupyterlab_is_an_extra_not_a_core_dependency() -> None:
     project = _pyproject()["project"]
     assert "jupyterlab" not in {_split(r)[0] for r in project["dependencies"]}
     assert {_split(r)[0] for r in project["optional-dependencies"]["lab"]} == {"jupyterlab"}
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [(None, "expandable_segments:True"), ("backend:native", "backend:native")],
+)
+def test_import_sets_the_measured_cuda_allocator_unless_the_user_did(preset, expected) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+    if preset is not None:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = preset
+    code = "import os, tinylab; print(os.environ['PYTORCH_CUDA_ALLOC_CONF'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
