@@ -7,17 +7,22 @@ moments, then saves the full state a resume reads (weights + AdamW state + RNG) 
 `tinylab.train.checkpoint.CheckpointWriter`, as the stage loop does:
 
 - `sync`: `checkpoint.mode: sync`; training waits for the whole write.
-- `async, 1st`: `checkpoint.mode: async`, its first save: the copy into CPU memory, which
-  allocates (and on a GPU pins) the buffers the later saves reuse.
-- `async, 2nd`: the steady state: the copy into those buffers.
+- `async, prepare`: `checkpoint.mode: async`, as the stage loop starts it: the writer allocates
+  (and on a GPU pins) the CPU buffers of its saves in its own thread while training goes on
+  (`CheckpointWriter.prepare`); `--no-prepare` leaves this out, so that the first save
+  allocates them itself (as before 2026-12-02).
+- `async, 1st`: its first save: the copy into those buffers (or their allocation first).
+- `async, 2nd`: the steady state: the copy into the same buffers.
 
-`stall` is the wall time the training loop is blocked in `save()` (the device synchronized
-before and after). `written` is the time from the call until the shards are on disk (the
-background thread reaches the commit), with the training steps that ran meanwhile and their
-median time beside the median of steps without a save in flight. The checkpoints go to a
+`stall` is the wall time the training loop is blocked in `save()` (or `prepare()`; the device
+synchronized before and after). `written` is the time from the call until the shards are on
+disk (the background thread reaches the commit; for `prepare`, until the buffers are
+allocated), with the training steps that ran meanwhile and their median time beside the median
+of steps without a save in flight. The checkpoints go to a
 temporary folder (or `--out`) and are deleted at the end (keep them with `--keep`).
 
     python bench/checkpoint_stall.py                       # the 1.1B on one GPU
+    python bench/checkpoint_stall.py --no-prepare          # the first save allocates
     python bench/checkpoint_stall.py --set parallel.precision=fp8       # float8 weights
     python bench/checkpoint_stall.py --model params/models/demo.yaml --device cpu   # a check
 """
@@ -97,6 +102,19 @@ def timed_save(writer: CheckpointWriter, model, optimizer, stage, ctx, step: int
     return {"stall": stall, "written": written[0] - start, "steps": steps}
 
 
+def timed_prepare(writer: CheckpointWriter, model, optimizer, stage, ctx) -> dict:
+    """The stage loop's `prepare`: its stall, when the buffers were there, the steps meanwhile."""
+    _sync(ctx.device)
+    start = time.perf_counter()
+    writer.prepare(model=model, optimizer=optimizer)
+    _sync(ctx.device)
+    stall = time.perf_counter() - start
+    steps = []
+    while writer.preparing:
+        steps.append(train_step(model, optimizer, stage, ctx, 90_000 + len(steps)))
+    return {"stall": stall, "written": time.perf_counter() - start, "steps": steps}
+
+
 def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
     stage = bench_stage(args.model, device=args.device, micro=args.micro, seq_len=args.seq_len,
                         sets=args.set)  # fmt: skip
@@ -113,6 +131,9 @@ def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
         rows[-1][1]["bytes"] = _size(out / "sync")
         shutil.rmtree(out / "sync")
         with CheckpointWriter(out / "async", ctx=ctx, keep_last=1, background=True) as writer:
+            if not args.no_prepare:
+                rows.append(("async, prepare",
+                             timed_prepare(writer, model, optimizer, stage, ctx)))  # fmt: skip
             for step, name in ((2, "async, 1st"), (3, "async, 2nd")):
                 rows.append((name, timed_save(writer, model, optimizer, stage, ctx, step)))
         return rows
@@ -128,12 +149,12 @@ def table(rows: list[tuple[str, dict]], *, device: str, model: str) -> str:
     lines = [
         f"checkpoint stall: {model} on {device}, {size / 1e9:.2f} GB per checkpoint; "
         f"a training step takes {plain:.3f} s without a save",
-        f"{'save':<12} {'stall s':>8} {'written s':>10} {'steps meanwhile':>16} {'step s':>8}",
+        f"{'save':<14} {'stall s':>8} {'written s':>10} {'steps meanwhile':>16} {'step s':>8}",
     ]
     for name, r in rows[1:]:
         steps = r["steps"]
         median = f"{statistics.median(steps):.3f}" if steps else "-"
-        lines.append(f"{name:<12} {r['stall']:>8.2f} {r['written']:>10.2f} {len(steps):>16} "
+        lines.append(f"{name:<14} {r['stall']:>8.2f} {r['written']:>10.2f} {len(steps):>16} "
                      f"{median:>8}")  # fmt: skip
     return "\n".join(lines)
 
@@ -157,6 +178,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps without a save")
     parser.add_argument("--out", help="folder for the checkpoints (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    parser.add_argument(
+        "--no-prepare", action="store_true", help="the first async save allocates its buffers"
+    )
     parser.add_argument(
         "--set",
         action="append",

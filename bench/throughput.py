@@ -152,6 +152,7 @@ VARIANTS = {v.name: v for v in [
     _paper_default(1, "default+reshard-bwd", "parallel.reshard_after_backward=true"),
     *[_paper_default(1, f"default+micro{n}", micro=n) for n in (24, 28, 32)],  # 28 divides 896
     _paper_default(1, "default+autotune", AUTOTUNE),  # inductor benchmarks GEMM templates
+    _paper_default(1, "default+no-expandable", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False"),
     Variant("hf-eager", "hf", compile=False),
     Variant("hf-compile+micro16", "hf", micro=16),
     _tl("plain"),

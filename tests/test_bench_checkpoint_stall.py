@@ -1,5 +1,6 @@
-"""bench/checkpoint_stall.py runs end to end on CPU (a tiny model): one sync and two async saves
-through the trainer's CheckpointWriter, timed, and its checkpoints deleted afterwards."""
+"""bench/checkpoint_stall.py runs end to end on CPU (a tiny model): one sync save, the async
+writer's prepare (or not) and two async saves through the trainer's CheckpointWriter, timed, and
+its checkpoints deleted afterwards."""
 
 from __future__ import annotations
 
@@ -35,15 +36,18 @@ def test_the_1b_is_built_with_the_base_stages_parallel_block(bench) -> None:
     assert fp8.parallel.precision == "fp8"
 
 
-def test_a_cpu_run_times_a_sync_and_two_async_saves(bench, tmp_path, one_thread) -> None:
+@pytest.mark.parametrize("no_prepare", [False, True])
+def test_a_cpu_run_times_a_sync_and_two_async_saves(bench, tmp_path, one_thread, no_prepare):
     model = tmp_path / "tiny.yaml"
     model.write_text(yaml.safe_dump(MODEL))
     out = tmp_path / "checkpoints"
     args = argparse.Namespace(model=str(model), device="cpu", micro=2, seq_len=32, warmup=1,
-                              steps=2, out=str(out), keep=False, set=["seed=7"])  # fmt: skip
+                              steps=2, out=str(out), keep=False, set=["seed=7"],
+                              no_prepare=no_prepare)  # fmt: skip
     rows = bench.run(args)
     assert [name for name, _ in rows] == [
-        "training steps, no save", "sync", "async, 1st", "async, 2nd"
+        "training steps, no save", "sync", *(["async, prepare"] * (not no_prepare)),
+        "async, 1st", "async, 2nd",
     ]  # fmt: skip
     for _, row in rows[1:]:
         assert row["stall"] > 0 and row["written"] > 0

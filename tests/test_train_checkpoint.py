@@ -302,17 +302,18 @@ def test_background_saves_copy_into_the_cpu_buffers_of_the_first(tmp_path, writt
         assert same(loaded(tmp_path / f"step-{step:08d}", *net()), state)
 
 
+def narrow() -> tuple[nn.Module, torch.optim.Optimizer]:
+    """net()'s keys with other shapes (1 output), AdamW state."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train(model, optimizer)
+    return model, optimizer
+
+
 def test_a_state_of_other_shapes_gets_fresh_cpu_buffers(tmp_path, written) -> None:
     """The same keys with other shapes: copied into the old buffers, the new state would be
     broadcast into them and the checkpoint would not load."""
-
-    def narrow() -> tuple[nn.Module, torch.optim.Optimizer]:
-        torch.manual_seed(1)
-        model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))  # net()'s keys, 1 output
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        train(model, optimizer)
-        return model, optimizer
-
     model, optimizer = net()
     other, other_optimizer = narrow()
     want = weights(other), copy.deepcopy(other_optimizer.state_dict())
@@ -322,6 +323,87 @@ def test_a_state_of_other_shapes_gets_fresh_cpu_buffers(tmp_path, written) -> No
         save(writer, other, other_optimizer, 3)
     assert written[0].keys() == written[1].keys() and written[1] == written[2]
     assert same(loaded(tmp_path / "step-00000002", *narrow()), want)
+
+
+@pytest.fixture
+def allocations(monkeypatch) -> list[tuple[str, dict[str, int]]]:
+    """(thread name, data pointers) of each set of CPU buffers the writer allocates."""
+    made, real = [], checkpoint._create_cpu_state_dict
+
+    def spy(state_dict, **kwargs):
+        buffers = real(state_dict, **kwargs)
+        made.append((threading.current_thread().name, data_pointers(buffers)))
+        return buffers
+
+    monkeypatch.setattr(checkpoint, "_create_cpu_state_dict", spy)
+    return made
+
+
+def test_prepare_allocates_in_the_writers_thread_and_the_first_save_copies_into_it(
+    tmp_path, written, allocations
+) -> None:
+    """The buffers of the first save come from `prepare` (allocated in the writer's thread, off
+    the training's), once, however often it is called; each checkpoint holds its own state."""
+    model, optimizer = net()
+    states = []
+    with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=3, background=True) as writer:
+        for _ in range(2):
+            writer.prepare(model=model, optimizer=optimizer)
+        for step in (1, 2):
+            states.append((weights(model), copy.deepcopy(optimizer.state_dict())))
+            save(writer, model, optimizer, step)
+            writer.prepare(model=model, optimizer=optimizer)  # the buffers are there: nothing
+            train(model, optimizer)
+    [(thread, buffers)] = allocations
+    assert thread.startswith("checkpoint-writer")
+    assert written == [buffers, buffers]
+    for step, state in zip((1, 2), states, strict=True):
+        assert same(loaded(tmp_path / f"step-{step:08d}", *net()), state)
+
+
+def test_prepared_buffers_of_other_shapes_are_not_used(tmp_path, written, allocations) -> None:
+    """Buffers prepared for one state, then a save of a state of other shapes: it gets fresh
+    buffers of its own and the checkpoint loads."""
+    model, optimizer = net()
+    other, other_optimizer = narrow()
+    want = weights(other), copy.deepcopy(other_optimizer.state_dict())
+    with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=3, background=True) as writer:
+        writer.prepare(model=model, optimizer=optimizer)
+        save(writer, other, other_optimizer, 1)
+    assert len(allocations) == 2 and written == [allocations[1][1]]
+    assert same(loaded(tmp_path / "step-00000001", *narrow()), want)
+
+
+def test_a_synchronous_writer_prepares_nothing(tmp_path, allocations) -> None:
+    model, optimizer = net()
+    with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=3, background=False) as writer:
+        writer.prepare(model=model, optimizer=optimizer)
+        save(writer, model, optimizer, 1)
+    assert allocations == []
+
+
+@pytest.mark.parametrize(
+    ("saves", "allocated"),
+    [({"every_steps": 3}, True), ({"every_steps": None, "at_end": False}, False),
+     ({"every_steps": 100, "at_end": False}, False)],  # 8 steps: no save ahead
+)  # fmt: skip
+def test_the_stage_prepares_the_buffers_before_its_first_save(
+    tmp_path, prepared, one_thread, monkeypatch, allocations, saves, allocated
+) -> None:
+    """The loop has the writer allocate its buffers in the background after its first step, and
+    only when a save is ahead (a benchmark without saves keeps its host memory)."""
+    events, real = [], checkpoint.dcp.save
+
+    def counted(*args, **kwargs):
+        events.append(len(allocations))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.dcp, "save", counted)
+    run = new_run(tmp_path, prepared)
+    run_stage(stage_config(checkpoint=saves), run, progress=False)
+    assert [thread[:17] for thread, _ in allocations] == ["checkpoint-writer"] * allocated
+    if allocated:
+        assert events[0] == 1  # the first save found the buffers allocated
 
 
 def test_the_default_checkpoint_mode_is_left_out_of_dumps() -> None:

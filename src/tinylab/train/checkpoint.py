@@ -21,8 +21,9 @@ a load that fails raises CheckpointError too (the same on every rank).
 Trade-off: DCP stores every tensor with its global shape and offsets, so a checkpoint written by
 2 ranks loads on 1 (or 8) without a conversion step, at the price of one file per rank and a
 planning collective on save; the HF export at the end of a stage is the portable format. An async
-save holds a second copy of this rank's state in host memory (pinned on a GPU, kept for the next
-save) and a gloo group of its own; in exchange training stops for the copy, not the write.
+save holds a second copy of this rank's state in host memory (pinned on a GPU, allocated in the
+background after the first step and kept for every save) and a gloo group of its own; in
+exchange training stops for the copy, not the write.
 
     ls outputs/runs/demo/stages/base/checkpoints/
 """
@@ -324,6 +325,7 @@ class CheckpointWriter:
         self._executor = self._group = None
         self._buffers: dict[str, Any] | None = None  # the staged copy's CPU tensors
         self._layout = None  # what they were allocated for (_layout)
+        self._allocating: tuple[Future, Any] | None = None  # prepare()'s buffers, their layout
         self._pin = cuda = ctx.device.type == "cuda"
         if background:
             self._executor = ThreadPoolExecutor(  # on this rank's GPU, as the main thread
@@ -396,6 +398,27 @@ class CheckpointWriter:
             self._pending = (self._executor.submit(write), tmp)
         return final
 
+    def prepare(
+        self, *, model: nn.Module, optimizer: torch.optim.Optimizer, trainable_only: bool = False
+    ) -> None:
+        """Background saves only: allocate (and on a GPU pin) the CPU buffers of the staged copy
+        now, in the writer's thread while training goes on, so that the first save only copies
+        into them (for the 1.1B's 13 GB, allocating and pinning at the first save stopped
+        training for 5-10 s; bench/RESULTS.md). Call it when the optimizer has its state (after
+        a step); it does nothing once the buffers are there or on their way."""
+        if self._executor is None or self._buffers is not None or self._allocating is not None:
+            return
+        options = StateDictOptions(ignore_frozen_params=trainable_only)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
+        state_dict = {"model": model_sd, "optim": optim_sd}
+        future = self._executor.submit(_create_cpu_state_dict, state_dict, pin_memory=self._pin)
+        self._allocating = future, _layout(state_dict)
+
+    @property
+    def preparing(self) -> bool:
+        """Whether `prepare`'s buffers are still being allocated."""
+        return self._allocating is not None and not self._allocating[0].done()
+
     @property
     def in_flight(self) -> bool:
         """Whether a background save is still being written or committed."""
@@ -410,13 +433,18 @@ class CheckpointWriter:
             future.result()
 
     def _stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        """`state_dict` copied into this writer's CPU buffers: allocated (pinned on a GPU) at the
-        first save and again only when the state's layout changes, overwritten by every other
-        save (on a GPU without blocking, then one synchronize) once the save before is written.
-        The copy is a new dict over the buffers, so its other values (the learning rate) are
-        this save's; a DTensor keeps its placement with its local shard on the CPU, as DCP
-        writes it."""
+        """`state_dict` copied into this writer's CPU buffers: allocated (pinned on a GPU) by
+        `prepare` (waited for here) or else at the first save, and again only when the state's
+        layout changes, overwritten by every other save (on a GPU without blocking, then one
+        synchronize) once the save before is written. The copy is a new dict over the buffers,
+        so its other values (the learning rate) are this save's; a DTensor keeps its placement
+        with its local shard on the CPU, as DCP writes it."""
         layout = _layout(state_dict)
+        if self._allocating is not None:
+            (future, prepared), self._allocating = self._allocating, None
+            buffers = future.result()
+            if prepared == layout:
+                self._buffers, self._layout = buffers, layout
         if layout != self._layout:
             self._buffers = None  # the old buffers go before the new ones are allocated
             self._buffers = _create_cpu_state_dict(state_dict, pin_memory=self._pin)
@@ -439,6 +467,7 @@ class CheckpointWriter:
                 self.on_commit()
 
     def _close(self) -> None:
+        self._allocating = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         if self._group is not None:

@@ -197,6 +197,9 @@ def fit(
             lr = stage_lr(state.tokens + plan.step_tokens, stage, stage_start=stage_start)
             optimizer_step(optimizer, lr)
             after_optimizer_step(model, stage.parallel)
+            if _saves_ahead(stage, state.stage_step, num_steps):  # the buffers, off the clock
+                writer.prepare(model=model, optimizer=optimizer,
+                               trainable_only=stage.adapter is not None)  # fmt: skip
             state = advance(state, plan)
             _fault("kill-after-step", state.step)
             seconds = time.perf_counter() - tick
@@ -685,6 +688,14 @@ def final_loss(loss: float | None, metrics: Path, ctx: Distributed) -> float | N
         return None
     records = read_metrics(metrics, "train")
     return records[-1]["loss"] if records else None
+
+
+def _saves_ahead(stage: StageConfig, stage_step: int, num_steps: int) -> bool:
+    """Whether this stage saves a checkpoint after `stage_step` (the step in progress)."""
+    every = stage.checkpoint.every_steps
+    return stage.checkpoint.at_end or (
+        every is not None and every * (stage_step // every + 1) <= num_steps
+    )
 
 
 def _due(stage_step: int, every_steps: int | None) -> bool:
