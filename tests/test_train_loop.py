@@ -21,7 +21,7 @@ from tinylab.config.stage import StageConfig
 from tinylab.data import PackedData
 from tinylab.layout import read_metrics
 from tinylab.model import flash_attn_available
-from tinylab.train import NonFiniteLossError, lr_at, run_stage
+from tinylab.train import NonFiniteLossError, loop, lr_at, run_stage
 from tinylab.train.checkpoint import list_checkpoints, read_meta
 from tinylab.train.loop import build
 from tinylab.train.parallel import Distributed
@@ -221,14 +221,44 @@ def test_missing_data_is_an_error(tmp_path) -> None:
         run_stage(stage_config(), tmp_path, progress=False)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, prepared, monkeypatch) -> None:
+@pytest.mark.parametrize("step", [5, 6])  # 6: a checkpoint is due there
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path, prepared, monkeypatch, step
+) -> None:
     run = new_run(tmp_path, prepared)
-    monkeypatch.setenv("TINYLAB_FAULT", "nan-at-step:5")
-    with pytest.raises(NonFiniteLossError, match=r"loss = nan, .* at step 5 .*step-00000003"):
+    monkeypatch.setenv("TINYLAB_FAULT", f"nan-at-step:{step}")
+    with pytest.raises(NonFiniteLossError, match=rf"loss = nan, .* at step {step} .*step-00000003"):
         run_stage(stage_config(), run, progress=False)
     ckpts = run / "stages" / "base" / "checkpoints"
     assert [p.name for p in list_checkpoints(ckpts)] == ["step-00000003"]
-    assert [r["step"] for r in train_records(run)] == [1, 2, 3, 4]
+    assert [r["step"] for r in train_records(run)] == list(range(1, step))
+
+
+def test_a_steps_numbers_are_read_once_the_next_step_is_queued(
+    tmp_path, prepared, monkeypatch
+) -> None:
+    """The host reads a step's loss and gradient norm after the next step's forward and backward
+    (so on a GPU it never waits with the queue empty), except before a checkpoint (3, 6), a
+    validation (4, 8) and the end (8), where they are read at once."""
+    events = []
+    real_forward_backward, real_ensure_finite = loop.forward_backward, loop.ensure_finite
+
+    def forward_backward(*args, **kwargs):
+        events.append(("forward-backward", sum(kind != "read" for kind, _ in events) + 1))
+        return real_forward_backward(*args, **kwargs)
+
+    def ensure_finite(loss, grad_norm, *, state, **kwargs):
+        events.append(("read", state.step + 1))
+        return real_ensure_finite(loss, grad_norm, state=state, **kwargs)
+
+    monkeypatch.setattr(loop, "forward_backward", forward_backward)
+    monkeypatch.setattr(loop, "ensure_finite", ensure_finite)
+    run_stage(stage_config(), new_run(tmp_path, prepared), progress=False)
+    assert [f"{kind} {n}" for kind, n in events] == [
+        "forward-backward 1", "forward-backward 2", "read 1", "forward-backward 3", "read 2",
+        "read 3", "forward-backward 4", "read 4", "forward-backward 5", "forward-backward 6",
+        "read 5", "read 6", "forward-backward 7", "forward-backward 8", "read 7", "read 8",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])

@@ -3,9 +3,10 @@
 A stage trains `max_tokens` tokens of its mixture in optimizer steps of `global_batch_tokens`,
 starting where its start plan says (tinylab.train.start: scratch, its own latest checkpoint, or
 its parent stage's last one, carrying weights / optimizer state / schedule position as the
-params say). Each step: read this rank's micro-batches, forward + backward each, clip, stop on a
-non-finite loss, set the LR from tokens seen, AdamW step; then a metrics line, maybe a
-per-domain validation, maybe a checkpoint. At the end: a final checkpoint and an HF export.
+params say). Each step: read this rank's micro-batches, forward + backward each, clip, set the LR
+from tokens seen, AdamW step; its loss and gradient norm are read (a non-finite one stops the
+stage) and its metrics line written once the next step is queued, or at once before a
+per-domain validation, a checkpoint and the end. At the end: a final checkpoint and an HF export.
 With `adapter: lora` the same loop trains a LoRA adapter on the parent's frozen weights: `build`
 applies the transform (tinylab.train.lora), the checkpoints hold the trainable parameters only,
 and the export merges it.
@@ -40,6 +41,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -175,10 +177,13 @@ def fit(
     saved = start.resume_from.path if finished_before else None
     bar = tqdm(total=num_steps, initial=state.stage_step, desc=stage.name, unit="step",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)  # fmt: skip
-    loss = None
     writer = CheckpointWriter(
         layout.checkpoints, ctx=ctx, keep_last=stage.checkpoint.keep_last,
         background=stage.checkpoint.mode == "async", on_commit=lambda: drop_previous(layout, ctx),
+    )  # fmt: skip
+    readout = StepReadout(
+        stage=stage, layout=layout, plan=plan, source=source, metrics=metrics, bar=bar,
+        flops=flops, peak=peak, ctx=ctx, before_stop=writer.wait,
     )  # fmt: skip
     with writer:  # leaving it waits for the save in flight
         while state.stage_step < num_steps:
@@ -187,12 +192,8 @@ def fit(
             loss = forward_backward(
                 model, source, plan, first_window, parallel=stage.parallel, ctx=ctx
             )
+            readout.read()  # the step before, with this one's kernels queued behind it
             grad_norm = grad_norm_and_clip(model, stage.optim.grad_clip)
-            loss, grad_norm = torch.stack([loss.float(), grad_norm.float()]).tolist()  # one sync
-            if _fault("nan-at-step", state.step + 1):
-                loss = loss * float("nan")
-            ensure_finite(loss, grad_norm, stage=stage, state=state, layout=layout, ctx=ctx,
-                          before_stop=writer.wait)  # fmt: skip
             stage_start = state.tokens - state.stage_tokens
             lr = stage_lr(state.tokens + plan.step_tokens, stage, stage_start=stage_start)
             optimizer_step(optimizer, lr)
@@ -200,22 +201,19 @@ def fit(
             if _saves_ahead(stage, state.stage_step, num_steps):  # the buffers, off the clock
                 writer.prepare(model=model, optimizer=optimizer,
                                trainable_only=stage.adapter is not None)  # fmt: skip
-            state = advance(state, plan)
-            _fault("kill-after-step", state.step)
-            seconds = time.perf_counter() - tick
+            before, state = state, advance(state, plan)
             finished = state.stage_step == num_steps
-            if finished or state.stage_step % stage.log_every_steps == 0:
-                record = train_record(state, loss, lr, grad_norm, seconds, plan, flops, peak, ctx)
-                record["mixture"] = source.realized(
-                    first_window, first_window + plan.windows_per_step
-                )
-                metrics.write(record)
-                bar.set_postfix(live_postfix(record, ctx.world_size), refresh=False)
-            _fault("kill-after-log", state.step)
-            maybe_validate(model, source, plan, stage, state, metrics, ctx, force=finished, say=say)
-            if (finished and stage.checkpoint.at_end) or _due(
+            readout.hold(loss, grad_norm, before=before, after=state, lr=lr, tick=tick,
+                         first_window=first_window,
+                         log=finished or state.stage_step % stage.log_every_steps == 0)  # fmt: skip
+            _fault("kill-after-step", state.step)
+            saving = (finished and stage.checkpoint.at_end) or _due(
                 state.stage_step, stage.checkpoint.every_steps
-            ):
+            )
+            if finished or saving or _due(state.stage_step, stage.validation.every_steps):
+                readout.read()  # checked before anything is validated or saved
+            maybe_validate(model, source, plan, stage, state, metrics, ctx, force=finished, say=say)
+            if saving:
                 wall_s = wall_before + time.perf_counter() - started
                 saved = writer.save(
                     model=model, optimizer=optimizer, state=state, model_cfg=stage.model,
@@ -226,10 +224,10 @@ def fit(
             bar.update(1)
         bar.close()
         metrics.close()
-        hf_dir = maybe_export(model, stage, layout, source, ctx, trained=loss is not None)
+        hf_dir = maybe_export(model, stage, layout, source, ctx, trained=readout.loss is not None)
     result = StageResult(
         stage.name, layout.root, state.step, state.tokens, state.stage_tokens,
-        final_loss(loss, layout.metrics, ctx), wall_before + time.perf_counter() - started,
+        final_loss(readout.loss, layout.metrics, ctx), wall_before + time.perf_counter() - started,
         saved, hf_dir, **counts, recipe_changes=changes or None,
     )  # fmt: skip
     if ctx.is_main:
@@ -473,6 +471,72 @@ def forward_backward(
     return ctx.mean(total / plan.accum_steps)
 
 
+@dataclass(frozen=True)
+class HeldStep:
+    """A step whose loss and gradient norm are on their way to the host."""
+
+    values: torch.Tensor  # [loss, grad norm], on the CPU once `ready` has passed
+    ready: torch.cuda.Event | None  # None: on the CPU, there already
+    before: TrainState
+    after: TrainState
+    lr: float
+    first_window: int
+    tick: float  # when the step began
+    log: bool  # whether it writes a metrics line
+
+
+class StepReadout:
+    """A step's loss and gradient norm reach the host without stopping the GPU: `hold` starts
+    their copy when the step is queued; `read` waits for them once the next step's forward and
+    backward are queued behind it (or at once, before a validation, a save and the end), stops
+    the stage on a non-finite one, and writes the step's metrics line. The host's one wait per
+    step so falls where the GPU has work in hand. A stop comes one step's kernels later than a
+    read before the optimizer step, and nothing of the stopped step is saved."""
+
+    def __init__(self, *, stage: StageConfig, layout: StageLayout, plan: BatchPlan,
+                 source: WindowSource, metrics: MetricsLog, bar: tqdm, flops: int,
+                 peak: float | None, ctx: Distributed, before_stop) -> None:  # fmt: skip
+        self.stage, self.layout, self.plan, self.source = stage, layout, plan, source
+        self.metrics, self.bar, self.flops, self.peak, self.ctx = metrics, bar, flops, peak, ctx
+        self.before_stop = before_stop
+        self.loss: float | None = None  # the last step read
+        self._held: HeldStep | None = None
+        self._last_read = 0.0
+
+    def hold(self, loss: torch.Tensor, grad_norm: torch.Tensor, **step) -> None:
+        """Start copying a queued step's numbers to the host (`step`: HeldStep's other fields)."""
+        values, ready = torch.stack([loss.float(), grad_norm.float()]), None
+        if values.is_cuda:
+            values = values.to("cpu", non_blocking=True)  # into pinned memory
+            ready = torch.cuda.Event()
+            ready.record()
+        self._held = HeldStep(values, ready, **step)
+
+    def read(self) -> None:
+        """Read the step held, if any: NonFiniteLossError on NaN or inf, else its metrics line."""
+        if self._held is None:
+            return
+        held, self._held = self._held, None
+        if held.ready is not None:
+            held.ready.synchronize()
+        loss, grad_norm = held.values.tolist()
+        seconds = time.perf_counter() - max(self._last_read, held.tick)
+        self._last_read = time.perf_counter()
+        if _fault("nan-at-step", held.after.step):
+            loss = loss * float("nan")
+        ensure_finite(loss, grad_norm, stage=self.stage, state=held.before, layout=self.layout,
+                      ctx=self.ctx, before_stop=self.before_stop)  # fmt: skip
+        self.loss = loss
+        if held.log:
+            record = train_record(held.after, loss, held.lr, grad_norm, seconds, self.plan,
+                                  self.flops, self.peak, self.ctx)  # fmt: skip
+            windows = held.first_window, held.first_window + self.plan.windows_per_step
+            record["mixture"] = self.source.realized(*windows)
+            self.metrics.write(record)
+            self.bar.set_postfix(live_postfix(record, self.ctx.world_size), refresh=False)
+        _fault("kill-after-log", held.after.step)
+
+
 def ensure_finite(
     loss: float,
     grad_norm: float,
@@ -483,9 +547,10 @@ def ensure_finite(
     ctx: Distributed,
     before_stop=None,
 ) -> None:
-    """Stop before the optimizer step when the loss or gradient norm is NaN or inf; the error
-    names the command that resumes from the last good checkpoint with half the learning rate.
-    `before_stop` runs first (the checkpoint writer's wait: a save in flight is that checkpoint)."""
+    """Stop the stage when the loss or gradient norm is NaN or inf (`state`: before that step);
+    the error names the command that resumes from the last good checkpoint with half the
+    learning rate. `before_stop` runs first (the checkpoint writer's wait: a save in flight is
+    that checkpoint)."""
     if math.isfinite(loss) and math.isfinite(grad_norm):
         return
     if before_stop is not None:
@@ -501,7 +566,7 @@ def ensure_finite(
     ]  # fmt: skip
     raise NonFiniteLossError(
         f"stage {stage.name!r}: loss = {loss}, grad norm = {grad_norm} at step "
-        f"{state.step + 1} (tokens {state.tokens:,}); stopped before the optimizer step. The "
+        f"{state.step + 1} (tokens {state.tokens:,}); stopped, nothing of this step saved. The "
         f"last good checkpoint is {last or 'none (nothing saved yet)'}. To go on from it with "
         f"a lower learning rate (or check the data first): {shlex.join(command)}"
     )
