@@ -1,8 +1,9 @@
 """On a CUDA GPU (`pytest -m gpu`; skipped elsewhere): the attention kernel that runs, the paper
 stages' kernels (per-layer compile + Liger's fused loss, FSDP2 over one device) against eager,
-resume, LoRA under the same kernels, evaluation in bf16 against fp32, and the 1.1B forward against
-transformers' eager reference. Tiny models on the tiny corpora of _train_fixtures, except the 1.1B
-forward. Tolerances are stated in each test; bench/RESULTS.md records a run's summary."""
+resume, LoRA under the same kernels, evaluation in bf16 against fp32, the loop's step readout
+without a sync, and the 1.1B forward against transformers' eager reference. Tiny models on the
+tiny corpora of _train_fixtures, except the 1.1B forward. Tolerances are stated in each test;
+bench/RESULTS.md records a run's summary."""
 
 from __future__ import annotations
 
@@ -206,3 +207,42 @@ def test_the_1b_forward_matches_transformers_eager_reference() -> None:
     print(f"1.1B logits vs eager reference: fp32 {rel(got):.2e}, bf16 autocast {rel(low):.2e}")
     assert rel(got) < 1e-3
     assert rel(low) < 3e-2
+
+
+def test_a_steps_numbers_reach_the_host_without_a_sync(tmp_path) -> None:
+    """The loop's StepReadout copies a step's loss and gradient norm off the GPU without a
+    synchronization (CUDA's sync debug mode raises on one) and reads back exactly those."""
+    from tqdm import tqdm
+
+    from tinylab.layout import RunLayout, read_metrics
+    from tinylab.train.batching import BatchPlan
+    from tinylab.train.checkpoint import TrainState
+    from tinylab.train.loop import StepReadout
+    from tinylab.train.metrics import MetricsLog
+
+    class Mixture:
+        def realized(self, start: int, stop: int) -> dict[str, float]:
+            return {"prose": 1.0}
+
+    stage = stage_config()
+    layout = RunLayout(tmp_path).stage("base")
+    layout.root.mkdir(parents=True)
+    metrics = MetricsLog(layout.metrics, enabled=True)
+    readout = StepReadout(
+        stage=stage, layout=layout, plan=BatchPlan.from_stage(stage, world_size=1, rank=0),
+        source=Mixture(), metrics=metrics, bar=tqdm(disable=True), flops=1, peak=None,
+        ctx=Distributed(0, 1, 0, torch.device("cuda"), None), before_stop=None,
+    )  # fmt: skip
+    loss, grad_norm = torch.tensor(2.5, device="cuda"), torch.tensor(0.75, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        readout.hold(loss, grad_norm, before=TrainState(), after=TrainState(step=1, stage_step=1),
+                     lr=1e-3, first_window=0, tick=0.0, log=True)  # fmt: skip
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    readout.read()
+    metrics.close()
+    (record,) = read_metrics(layout.metrics, "train")
+    assert (record["step"], record["loss"], record["grad_norm"]) == (1, 2.5, 0.75)
+    assert readout.loss == 2.5

@@ -503,14 +503,26 @@ class StepReadout:
         self._held: HeldStep | None = None
         self._last_read = 0.0
 
-    def hold(self, loss: torch.Tensor, grad_norm: torch.Tensor, **step) -> None:
-        """Start copying a queued step's numbers to the host (`step`: HeldStep's other fields)."""
+    def hold(
+        self,
+        loss: torch.Tensor,
+        grad_norm: torch.Tensor,
+        *,
+        before: TrainState,
+        after: TrainState,
+        lr: float,
+        first_window: int,
+        tick: float,
+        log: bool,
+    ) -> None:
+        """Start copying a queued step's numbers to the host; the next `read` reads them."""
         values, ready = torch.stack([loss.float(), grad_norm.float()]), None
         if values.is_cuda:
-            values = values.to("cpu", non_blocking=True)  # into pinned memory
+            pinned = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            values = pinned.copy_(values, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record()
-        self._held = HeldStep(values, ready, **step)
+        self._held = HeldStep(values, ready, before, after, lr, first_window, tick, log)
 
     def read(self) -> None:
         """Read the step held, if any: NonFiniteLossError on NaN or inf, else its metrics line."""
@@ -520,8 +532,9 @@ class StepReadout:
         if held.ready is not None:
             held.ready.synchronize()
         loss, grad_norm = held.values.tolist()
-        seconds = time.perf_counter() - max(self._last_read, held.tick)
-        self._last_read = time.perf_counter()
+        now = time.perf_counter()
+        seconds = now - max(self._last_read, held.tick)  # steady state: read to read
+        self._last_read = now
         if _fault("nan-at-step", held.after.step):
             loss = loss * float("nan")
         ensure_finite(loss, grad_norm, stage=self.stage, state=held.before, layout=self.layout,
