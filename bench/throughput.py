@@ -24,7 +24,8 @@ LR up), beside the baseline-eager difference as the bf16 reference. Speed is the
 steps after `--skip` (compile happens in the first): tokens/s per GPU, MFU against 989 TFLOP/s
 with 7.314 GFLOP/token for tinyllama-1.1b (tinylab.model.flops_per_token), and the peak memory
 allocated on GPU 0 (torch.cuda.max_memory_allocated). `--profile` runs a few steps of the given
-variants under torch.profiler and prints the attention kernels that ran and the top kernels.
+variants under torch.profiler and prints the attention kernels that ran, the top kernels, and
+the ATen ops that launched kernels with their input shapes.
 
     python bench/throughput.py --list
     python bench/throughput.py --variants hf-compile hf-eager plain compile+liger-loss --concurrent
@@ -343,7 +344,7 @@ def profile_kernels(stage: StageConfig, variant: Variant, *, steps: int = 2) -> 
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available() and stage.parallel.device != "cpu":
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         started = time.perf_counter()
         for i in range(3, 3 + steps):
             step(i)
@@ -359,10 +360,23 @@ def profile_kernels(stage: StageConfig, variant: Variant, *, steps: int = 2) -> 
     return {
         "attention": [r for r in rows if ATTENTION_KERNEL.search(r[0])][:6],
         "top": rows[:20],
+        "ops": aten_ops(prof, key, total),
         "kinds": kernel_kinds(rows),
         "kernel_ms_per_step": total / 1e3 / steps,  # profiler times are in microseconds
         "wall_ms_per_step": wall * 1e3 / steps,
     }
+
+
+def aten_ops(prof, key: str, total: float, n: int = 10) -> list[tuple[str, str, float]]:
+    """The ATen ops whose own kernels take the most time, with their input shapes: who launched
+    an eager kernel (an `add` of parameter-shaped tensors, say), and the GEMMs' shapes.
+    Inductor's fused kernels, FlashAttention-4's and Liger's are not ATen ops."""
+    rows = [
+        (e.key, str(e.input_shapes), getattr(e, key) / total)
+        for e in prof.key_averages(group_by_input_shape=True)
+        if e.key.startswith("aten::") and getattr(e, key) > 0
+    ]
+    return sorted(rows, key=lambda row: -row[2])[:n]
 
 
 def _annotation(name: str) -> bool:
@@ -601,6 +615,9 @@ def profile_report(results: list[dict]) -> str:
                 f"{r['wall_ms_per_step']:.0f} ms (profiled); by kind: {kinds}"
             )
         out += [f"    {share:6.1%}  {k[:110]}" for k, share in r["top"]]
+        if r.get("ops"):
+            out.append("    ATen ops by their own kernels' time, with input shapes:")
+            out += [f"    {share:6.1%}  {op} {shapes[:100]}" for op, shapes, share in r["ops"]]
     return "\n".join(out)
 
 

@@ -1,5 +1,6 @@
 """bench/throughput.py builds the stages it times as promised: the `default` variants are the
-committed base stage, other variants start from plain, bad specs stop with a clear message."""
+committed base stage, other variants start from plain, bad specs stop with a clear message; a
+CPU profile names the top kernels and the ATen ops with their input shapes."""
 
 from __future__ import annotations
 
@@ -97,3 +98,21 @@ def test_the_loss_column_gives_the_settled_and_last_steps(bench) -> None:
 def test_bad_specs_name_the_problem(bench, spec, message) -> None:
     with pytest.raises(SystemExit, match=message):
         bench.parse_variant(spec)
+
+
+def test_a_cpu_profile_names_the_top_kernels_and_the_aten_ops_with_shapes(bench, one_thread):
+    """`--profile` on CPU (the demo model, one step): the top kernels and, for each ATen op
+    that launched some, its input shapes, e.g. the lm_head's matmul [2048 tokens, 128]."""
+    variant = bench.VARIANTS["plain"]
+    stage = bench.bench_stage("demo", variant, steps=5, device="cpu")
+    stage = stage.model_copy(
+        update={"parallel": stage.parallel.model_copy(update={"precision": "fp32"})}
+    )
+    result = bench.profile_kernels(stage, variant, steps=1)
+    result["variant"] = {"name": "plain"}
+    assert result["top"] and 0 < sum(share for _, share in result["top"]) <= 1 + 1e-9
+    ops = {(op, shapes) for op, shapes, _ in result["ops"]}
+    assert any(op == "aten::mm" and "2048" in shapes for op, shapes in ops)
+    report = bench.profile_report([result]).splitlines()
+    assert report[0].startswith("plain: attention kernels:")
+    assert "    ATen ops by their own kernels' time, with input shapes:" in report
