@@ -136,6 +136,8 @@ FP8_VARIANTS = {  # the default with float8 matmuls (torchao): recipe and layers
     "fp8-keep-kv": ("parallel.fp8.keep_bf16=[lm_head,k_proj,v_proj]",),
     "fp8-keep-down": ("parallel.fp8.keep_bf16=[lm_head,down_proj]",),
     "fp8-mlp": ("parallel.fp8.keep_bf16=[lm_head,q_proj,k_proj,v_proj,o_proj]",),
+    # down_proj's input in bf16: its input-gradient matmul alone in float8
+    "fp8-down-gi": ("parallel.fp8.keep_bf16=[lm_head]", "parallel.fp8.bf16_inputs=[down_proj]"),
 }
 FUSE_VARIANTS = {  # the default with one matmul for q, k, v and/or one for gate, up
     "fuse": "[qkv,gate_up]",

@@ -3,6 +3,9 @@ streams of the benchmarks and the trainer's live readout: same math on CPU, clea
 
 from __future__ import annotations
 
+import copy
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +15,10 @@ from torch._dynamo.utils import counters
 from tinylab.config.kinds import load_params
 from tinylab.config.loader import PARAMS_DIR, ConfigError
 from tinylab.config.stage import ParallelConfig
+from tinylab.model import build_model, load_preset
 from tinylab.train import RandomWindows, run_stage, train_stage
 from tinylab.train.loop import live_postfix
-from tinylab.train.parallel import Distributed, compute_context, float8_eligible
+from tinylab.train.parallel import Distributed, compute_context, convert_float8, float8_role
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,8 +161,12 @@ def test_the_live_readout_shows_loss_lr_tokens_per_device_and_mfu() -> None:
         ("parallel.precision=fp4", "'fp32', 'bf16' or 'fp8'"),
         ("parallel.fp8.recipe=blockwise", "'tensorwise', 'rowwise' or 'rowwise_with_gw_hp'"),
         ("parallel.fp8.keep_bf16=[lm_head]", "fp8: options are set but precision is bf16"),
+        ("parallel.fp8.recipe=rowwise parallel.fp8.bf16_inputs=[down_proj]",
+         "bf16_inputs: ['down_proj'] needs recipe: tensorwise"),
+        ("parallel.fp8.bf16_inputs=[down_proj]",
+         "['down_proj'] in both keep_bf16 (['lm_head', 'down_proj']) and bf16_inputs"),
     ],
-)
+)  # fmt: skip
 def test_bad_fp8_options_name_the_key_and_what_is_allowed(override, message) -> None:
     base = PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml"
     extra = (
@@ -167,7 +175,7 @@ def test_bad_fp8_options_name_the_key_and_what_is_allowed(override, message) -> 
         else ["parallel.precision=fp8"]
     )
     with pytest.raises(ConfigError) as err:
-        load_params(base, overrides=[*extra, override])
+        load_params(base, overrides=[*extra, *override.split(" ")])
     assert message in str(err.value)
 
 
@@ -190,17 +198,60 @@ def test_fp8_defaults_and_bf16_dumps_without_an_fp8_block() -> None:
 
 
 def test_float8_takes_every_linear_but_the_kept_ones_and_odd_shapes() -> None:
-    fp8 = ParallelConfig(precision="fp8", fp8={"keep_bf16": ["lm_head", "k_proj"]}).fp8
+    fp8 = ParallelConfig(
+        precision="fp8", fp8={"keep_bf16": ["lm_head", "k_proj"], "bf16_inputs": ["down_proj"]}
+    ).fp8
     linear = torch.nn.Linear(64, 128)
-    assert float8_eligible(linear, "model.layers.0.mlp.up_proj", fp8)
-    assert not float8_eligible(linear, "lm_head", fp8)
-    assert not float8_eligible(linear, "model.layers.3.self_attn.k_proj", fp8)
-    assert float8_eligible(linear, "model.layers.3.self_attn.kk_proj", fp8)  # suffix by name
-    assert not float8_eligible(torch.nn.Linear(64, 100), "model.layers.0.mlp.up_proj", fp8)
+    assert float8_role(linear, "model.layers.0.mlp.up_proj", fp8) == "all"
+    assert float8_role(linear, "lm_head", fp8) is None
+    assert float8_role(linear, "model.layers.3.self_attn.k_proj", fp8) is None
+    assert float8_role(linear, "model.layers.3.self_attn.kk_proj", fp8) == "all"  # by name
+    assert float8_role(linear, "model.layers.3.mlp.down_proj", fp8) == "input_gradient"
+    assert float8_role(torch.nn.Linear(64, 100), "model.layers.0.mlp.up_proj", fp8) is None
+    assert float8_role(torch.nn.Linear(100, 64), "model.layers.0.mlp.down_proj", fp8) is None
     defaults = ParallelConfig(precision="fp8").fp8
-    assert not float8_eligible(linear, "model.layers.0.mlp.down_proj", defaults)
-    assert float8_eligible(linear, "model.layers.0.mlp.gate_proj", defaults)
-    assert not float8_eligible(torch.nn.Embedding(16, 64), "model.embed_tokens", fp8)
+    assert float8_role(linear, "model.layers.0.mlp.down_proj", defaults) is None
+    assert float8_role(linear, "model.layers.0.mlp.gate_proj", defaults) == "all"
+    assert float8_role(torch.nn.Embedding(16, 64), "model.embed_tokens", fp8) is None
+
+
+def test_empty_bf16_inputs_dump_as_before_the_key() -> None:
+    assert "bf16_inputs" not in ParallelConfig(precision="fp8").model_dump()["fp8"]
+    fp8 = {"keep_bf16": ["lm_head"], "bf16_inputs": ["down_proj"]}
+    dumped = ParallelConfig(precision="fp8", fp8=fp8).model_dump()["fp8"]
+    assert dumped["bf16_inputs"] == ["down_proj"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="needs torchao")
+def test_bf16_inputs_keep_the_forward_and_weight_gradient_in_bf16() -> None:
+    """With `bf16_inputs: [down_proj]` (torchao's float8 emulated on CPU): down_proj's forward
+    and weight gradient equal plain bf16's bit for bit and only its input gradient differs (it
+    went through float8); gate_proj computes its forward in float8; lm_head stays a Linear."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    cfg = load_preset("demo").model_copy(update={"num_hidden_layers": 1, "hidden_size": 64,
+                                                 "intermediate_size": 128})  # fmt: skip
+    model = build_model(cfg, device="cpu", seed=0).to(torch.bfloat16)
+    reference = copy.deepcopy(model)
+    fp8 = ParallelConfig(precision="fp8", fp8={"keep_bf16": ["lm_head"],
+                                               "bf16_inputs": ["down_proj"]}).fp8  # fmt: skip
+    convert_float8(model, fp8, emulate=True)
+    mlp, plain = model.model.layers[0].mlp, reference.model.layers[0].mlp
+    assert type(model.lm_head) is torch.nn.Linear
+    assert isinstance(mlp.down_proj, Float8Linear) and isinstance(mlp.gate_proj, Float8Linear)
+    x = torch.randn(8, 32, 128, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    grad = torch.randn(8, 32, 64, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(1))
+    inputs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    outputs = mlp.down_proj(inputs[0]), plain.down_proj(inputs[1])
+    for out in outputs:
+        out.backward(grad)
+    assert torch.equal(outputs[0], outputs[1])
+    assert torch.equal(mlp.down_proj.weight.grad, plain.down_proj.weight.grad)
+    error = (inputs[0].grad - inputs[1].grad).float().norm() / inputs[1].grad.float().norm()
+    assert 0 < error < 0.2  # e5m2 gradients: 2 mantissa bits
+    h = torch.randn(8, 32, 64, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert not torch.equal(mlp.gate_proj(h), plain.gate_proj(h))
 
 
 def test_fp8_on_cpu_is_refused_with_what_it_needs(tmp_path, prepared) -> None:

@@ -193,18 +193,48 @@ class Float8Config(Schema):
         "the spread of two bf16 runs after ~100 steps; kept, it stayed within (bench/RESULTS.md, "
         "2026-12-02)",
     )
+    bf16_inputs: list[str] = Field(
+        [],
+        description="Linear layers, by name or name suffix, whose input is never cast to "
+        "float8: their forward and weight-gradient matmuls stay in bf16 and only the "
+        "input-gradient matmul (output gradient x weight) runs in float8, tensorwise. Meant "
+        "for down_proj, whose input (SwiGLU's output) is what float8 scales worst; a third of "
+        "its matmuls in float8 instead of none (not yet measured on a GPU)",
+    )
     all_gather: bool = Field(
         False,
         description="FSDP2 all-gathers the float8 layers' weights in float8 (tensorwise only): "
         "half the bytes of bf16 on several GPUs; one GPU gathers nothing",
     )
 
+    @model_serializer(mode="wrap")
+    def _no_empty_bf16_inputs(self, handler: Any) -> Any:
+        """Leave out empty bf16_inputs: an fp8 block without them dumps (and fingerprints) as
+        before the key existed."""
+        dumped = handler(self)
+        if isinstance(dumped, dict) and dumped.get("bf16_inputs") == []:
+            del dumped["bf16_inputs"]
+        return dumped
+
     @model_validator(mode="after")
-    def _all_gather_needs_tensorwise(self) -> Float8Config:
-        if self.all_gather and self.recipe != "tensorwise":
+    def _options_need_tensorwise(self) -> Float8Config:
+        tensorwise_only = {
+            "all_gather": "torchao gathers float8 weights with one scale per tensor",
+            "bf16_inputs": "their input-gradient matmul is tensorwise",
+        }
+        for option, why in tensorwise_only.items():
+            value = getattr(self, option)
+            if value and self.recipe != "tensorwise":
+                shown = "true" if value is True else value
+                raise ValueError(
+                    f"{option}: {shown} needs recipe: tensorwise ({why}), not {self.recipe}"
+                )
+        both = sorted(set(self.keep_bf16) & set(self.bf16_inputs))
+        if both:
             raise ValueError(
-                f"all_gather: true needs recipe: tensorwise (torchao gathers float8 weights "
-                f"with one scale per tensor), not {self.recipe}"
+                f"{both} in both keep_bf16 ({self.keep_bf16}) and bf16_inputs: a layer is kept "
+                "in bf16 or has its input gradient in float8, not both; set keep_bf16 without "
+                f"{', '.join(both)}"
             )
         return self
 

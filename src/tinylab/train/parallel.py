@@ -17,7 +17,8 @@ the Liger-Kernel ops `parallel.liger` lists (fused RMSNorm, RoPE, SwiGLU, linear
 when the package is installed; lm_head stays in the root FSDP unit. `precision: fp8` swaps the
 Linear layers (all but `parallel.fp8.keep_bf16`'s: lm_head and down_proj by default) for
 torchao's Float8Linear before compile and sharding: float8 matmuls with dynamic scales, bf16
-elsewhere, fp32 master weights; with `fp8.all_gather` FSDP2 gathers those weights in float8. A
+elsewhere, fp32 master weights (`fp8.bf16_inputs`' layers: only the input-gradient matmul in
+float8); with `fp8.all_gather` FSDP2 gathers those weights in float8. A
 peft wrapper (LoRA) is looked through: its Llama is what is sharded. `fused_projections` gives
 each layer one matmul for q, k and v and one for gate and up, over the same parameters
 (tinylab.train.fused). Under gradient accumulation FSDP2 reduces gradients only in a step's last
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import importlib.util
 import os
 import warnings
@@ -206,23 +206,55 @@ def apply_float8(model: nn.Module, fp8: Float8Config, device: torch.device) -> N
             "parallel.precision = 'fp8' needs torchao (pip install 'tinylab[gpu]'); "
             "use precision: bf16 without it"
         )
+    convert_float8(model, fp8)
+
+
+def convert_float8(model: nn.Module, fp8: Float8Config, *, emulate: bool = False) -> None:
+    """The swap itself: `fp8.bf16_inputs` layers with float8 in their input-gradient matmul
+    only, then the other eligible layers with `fp8.recipe` in all three matmuls (`emulate`:
+    torchao's float8 emulation, which runs anywhere: for tests)."""
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
     config = Float8LinearConfig.from_recipe_name(fp8.recipe)
     if fp8.all_gather:
         config = dataclasses.replace(config, enable_fsdp_float8_all_gather=True)
-    convert_to_float8_training(
-        model, config=config, module_filter_fn=functools.partial(float8_eligible, fp8=fp8)
-    )
+    for role, role_config in (("input_gradient", input_gradient_only()), ("all", config)):
+        convert_to_float8_training(
+            model, config=dataclasses.replace(role_config, emulate=emulate),
+            module_filter_fn=lambda module, name, role=role: float8_role(module, name, fp8) == role,
+        )  # fmt: skip
 
 
-def float8_eligible(module: nn.Module, name: str, fp8: Float8Config) -> bool:
-    """A Linear layer computes in float8 unless `fp8.keep_bf16` names it (by name or suffix) or
-    its dimensions are not multiples of 16 (what float8 matmuls need)."""
-    if not isinstance(module, nn.Linear):
-        return False
-    kept = any(name == k or name.endswith("." + k) for k in fp8.keep_bf16)
-    return module.in_features % 16 == 0 and module.out_features % 16 == 0 and not kept
+def input_gradient_only():
+    """torchao's config for a Linear layer whose input stays in bf16: the forward (input x
+    weight) and weight-gradient (output gradient x input) matmuls in bf16, the input-gradient
+    matmul (output gradient x weight) in float8 with one scale per tensor."""
+    from torchao.float8 import Float8LinearConfig
+    from torchao.float8.config import CastConfig, ScalingType
+
+    def off() -> CastConfig:  # one object per operand: torchao sets each one's dtype
+        return CastConfig(scaling_type=ScalingType.DISABLED)
+
+    return Float8LinearConfig(
+        cast_config_input=off(), cast_config_weight=off(),
+        cast_config_input_for_grad_weight=off(), cast_config_grad_output_for_grad_weight=off(),
+        cast_config_grad_output=CastConfig(), cast_config_weight_for_grad_input=CastConfig(),
+    )  # fmt: skip
+
+
+def float8_role(module: nn.Module, name: str, fp8: Float8Config) -> str | None:
+    """Which of a Linear layer's matmuls run in float8: "all", "input_gradient" (named in
+    `fp8.bf16_inputs`), or None: named in `fp8.keep_bf16` (by name or suffix), not a Linear,
+    or dimensions that are not multiples of 16 (what float8 matmuls need)."""
+    if not isinstance(module, nn.Linear) or module.in_features % 16 or module.out_features % 16:
+        return None
+    if _names(name, fp8.keep_bf16):
+        return None
+    return "input_gradient" if _names(name, fp8.bf16_inputs) else "all"
+
+
+def _names(name: str, names: list[str]) -> bool:
+    return any(name == k or name.endswith("." + k) for k in names)
 
 
 def after_optimizer_step(model: nn.Module, parallel: ParallelConfig) -> None:
