@@ -38,10 +38,11 @@ ALONE = Distributed(0, 1, 0, torch.device("cpu"), None)
 MODEL_CFG = ModelConfig.model_validate(MODEL)  # recorded in meta.json only
 
 
-def net() -> tuple[nn.Module, torch.optim.Optimizer]:
-    """A small module with AdamW state (one step taken)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+def net(outputs: int = 2) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A small module with AdamW state (one step taken); other `outputs`: the same keys with
+    other shapes (and another init)."""
+    torch.manual_seed(2 - outputs)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, outputs))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     train(model, optimizer)
     return model, optimizer
@@ -302,27 +303,18 @@ def test_background_saves_copy_into_the_cpu_buffers_of_the_first(tmp_path, writt
         assert same(loaded(tmp_path / f"step-{step:08d}", *net()), state)
 
 
-def narrow() -> tuple[nn.Module, torch.optim.Optimizer]:
-    """net()'s keys with other shapes (1 output), AdamW state."""
-    torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    train(model, optimizer)
-    return model, optimizer
-
-
 def test_a_state_of_other_shapes_gets_fresh_cpu_buffers(tmp_path, written) -> None:
     """The same keys with other shapes: copied into the old buffers, the new state would be
     broadcast into them and the checkpoint would not load."""
     model, optimizer = net()
-    other, other_optimizer = narrow()
+    other, other_optimizer = net(outputs=1)
     want = weights(other), copy.deepcopy(other_optimizer.state_dict())
     with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=3, background=True) as writer:
         save(writer, model, optimizer, 1)
         save(writer, other, other_optimizer, 2)
         save(writer, other, other_optimizer, 3)
     assert written[0].keys() == written[1].keys() and written[1] == written[2]
-    assert same(loaded(tmp_path / "step-00000002", *narrow()), want)
+    assert same(loaded(tmp_path / "step-00000002", *net(outputs=1)), want)
 
 
 @pytest.fixture
@@ -365,13 +357,13 @@ def test_prepared_buffers_of_other_shapes_are_not_used(tmp_path, written, alloca
     """Buffers prepared for one state, then a save of a state of other shapes: it gets fresh
     buffers of its own and the checkpoint loads."""
     model, optimizer = net()
-    other, other_optimizer = narrow()
+    other, other_optimizer = net(outputs=1)
     want = weights(other), copy.deepcopy(other_optimizer.state_dict())
     with CheckpointWriter(tmp_path, ctx=ALONE, keep_last=3, background=True) as writer:
         writer.prepare(model=model, optimizer=optimizer)
         save(writer, other, other_optimizer, 1)
     assert len(allocations) == 2 and written == [allocations[1][1]]
-    assert same(loaded(tmp_path / "step-00000001", *narrow()), want)
+    assert same(loaded(tmp_path / "step-00000001", *net(outputs=1)), want)
 
 
 def test_a_synchronous_writer_prepares_nothing(tmp_path, allocations) -> None:
