@@ -209,15 +209,21 @@ def test_the_1b_forward_matches_transformers_eager_reference() -> None:
     assert rel(low) < 3e-2
 
 
-def test_a_steps_numbers_reach_the_host_without_a_sync(tmp_path) -> None:
+def test_a_steps_numbers_reach_the_host_without_a_sync_and_its_time_is_the_gpus(
+    tmp_path,
+) -> None:
     """The loop's StepReadout copies a step's loss and gradient norm off the GPU without a
-    synchronization (CUDA's sync debug mode raises on one) and reads back exactly those."""
+    synchronization (CUDA's sync debug mode raises on one) and reads back exactly those; the
+    step's time is the GPU's (tens of ms of spinning), not the host's wait before it reads
+    (0.5 s)."""
+    import time
+
     from tqdm import tqdm
 
     from tinylab.layout import RunLayout, read_metrics
     from tinylab.train.batching import BatchPlan
     from tinylab.train.checkpoint import TrainState
-    from tinylab.train.loop import StepReadout
+    from tinylab.train.loop import StepReadout, StepStart
     from tinylab.train.metrics import MetricsLog
 
     class Mixture:
@@ -235,14 +241,23 @@ def test_a_steps_numbers_reach_the_host_without_a_sync(tmp_path) -> None:
     )  # fmt: skip
     loss, grad_norm = torch.tensor(2.5, device="cuda"), torch.tensor(0.75, device="cuda")
     torch.cuda.synchronize()
+    spin = time.perf_counter()
+    torch.cuda._sleep(10**6)
+    torch.cuda.synchronize()
+    cycles = int(10**6 * 0.05 / (time.perf_counter() - spin))  # 23 ms on an H200: tens of ms
     torch.cuda.set_sync_debug_mode("error")
     try:
+        began = StepStart.now(torch.device("cuda"))
+        torch.cuda._sleep(cycles)
         readout.hold(loss, grad_norm, before=TrainState(), after=TrainState(step=1, stage_step=1),
-                     lr=1e-3, first_window=0, tick=0.0, log=True)  # fmt: skip
+                     lr=1e-3, first_window=0, began=began, log=True)  # fmt: skip
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    time.sleep(0.5)
     readout.read()
     metrics.close()
     (record,) = read_metrics(layout.metrics, "train")
     assert (record["step"], record["loss"], record["grad_norm"]) == (1, 2.5, 0.75)
     assert readout.loss == 2.5
+    print(f"step_s {record['step_s']:.3f} for tens of ms of the GPU's spinning")
+    assert 0.005 < record["step_s"] < 0.25

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -259,6 +260,27 @@ def test_a_steps_numbers_are_read_once_the_next_step_is_queued(
         "read 3", "forward-backward 4", "read 4", "forward-backward 5", "forward-backward 6",
         "read 5", "read 6", "forward-backward 7", "forward-backward 8", "read 7", "read 8",
     ]  # fmt: skip
+
+
+def test_a_steps_time_is_its_own_though_it_is_read_after_the_next(
+    tmp_path, prepared, monkeypatch
+) -> None:
+    """Steps 2 and 5 take 0.3 s longer (their forward-backward sleeps); their metrics lines say
+    so, not those of steps 1 and 4, which are read after steps 2 and 5 have run."""
+    real_forward_backward = loop.forward_backward
+    calls = []
+
+    def forward_backward(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in (2, 5):
+            time.sleep(0.3)
+        return real_forward_backward(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "forward_backward", forward_backward)
+    run = new_run(tmp_path, prepared)
+    run_stage(stage_config(), run, progress=False)
+    slow = [r["step"] for r in train_records(run) if r["step_s"] >= 0.3]
+    assert slow == [2, 5]
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])

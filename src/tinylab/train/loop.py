@@ -187,7 +187,7 @@ def fit(
     )  # fmt: skip
     with writer:  # leaving it waits for the save in flight
         while state.stage_step < num_steps:
-            tick = time.perf_counter()
+            began = StepStart.now(ctx.device)
             first_window = state.stage_tokens // plan.seq_len
             loss = forward_backward(
                 model, source, plan, first_window, parallel=stage.parallel, ctx=ctx
@@ -203,7 +203,7 @@ def fit(
                                trainable_only=stage.adapter is not None)  # fmt: skip
             before, state = state, advance(state, plan)
             finished = state.stage_step == num_steps
-            readout.hold(loss, grad_norm, before=before, after=state, lr=lr, tick=tick,
+            readout.hold(loss, grad_norm, before=before, after=state, lr=lr, began=began,
                          first_window=first_window,
                          log=finished or state.stage_step % stage.log_every_steps == 0)  # fmt: skip
             _fault("kill-after-step", state.step)
@@ -472,16 +472,39 @@ def forward_backward(
 
 
 @dataclass(frozen=True)
+class StepStart:
+    """Where a step began. On a GPU a timing event on the stream: the step's time is then the
+    GPU's, from reaching the step to finishing it, however late the host reads it (a read one
+    step behind, or at once before a save, would otherwise shift the host's clock by up to a
+    step). On the CPU the host's clock, where each step is done when the host gets past it."""
+
+    host: float
+    event: torch.cuda.Event | None
+
+    @classmethod
+    def now(cls, device: torch.device) -> StepStart:
+        event = torch.cuda.Event(enable_timing=True) if device.type == "cuda" else None
+        if event is not None:
+            event.record()
+        return cls(time.perf_counter(), event)
+
+    def seconds_to(self, done: torch.cuda.Event) -> float:
+        """The GPU's time from this start to `done` (an event recorded after it, passed)."""
+        return self.event.elapsed_time(done) / 1e3
+
+
+@dataclass(frozen=True)
 class HeldStep:
     """A step whose loss and gradient norm are on their way to the host."""
 
     values: torch.Tensor  # [loss, grad norm], on the CPU once `ready` has passed
     ready: torch.cuda.Event | None  # None: on the CPU, there already
+    began: StepStart
+    seconds: float | None  # on the CPU: the step's time, known when it is held
     before: TrainState
     after: TrainState
     lr: float
     first_window: int
-    tick: float  # when the step began
     log: bool  # whether it writes a metrics line
 
 
@@ -491,7 +514,8 @@ class StepReadout:
     backward are queued behind it (or at once, before a validation, a save and the end), stops
     the stage on a non-finite one, and writes the step's metrics line. The host's one wait per
     step so falls where the GPU has work in hand. A stop comes one step's kernels later than a
-    read before the optimizer step, and nothing of the stopped step is saved."""
+    read before the optimizer step, and nothing of the stopped step is saved. The step's time
+    is the GPU's (`StepStart`), so a read one step late or at once does not shift it."""
 
     def __init__(self, *, stage: StageConfig, layout: StageLayout, plan: BatchPlan,
                  source: WindowSource, metrics: MetricsLog, bar: tqdm, flops: int,
@@ -501,7 +525,6 @@ class StepReadout:
         self.before_stop = before_stop
         self.loss: float | None = None  # the last step read
         self._held: HeldStep | None = None
-        self._last_read = 0.0
 
     def hold(
         self,
@@ -512,17 +535,19 @@ class StepReadout:
         after: TrainState,
         lr: float,
         first_window: int,
-        tick: float,
+        began: StepStart,
         log: bool,
     ) -> None:
         """Start copying a queued step's numbers to the host; the next `read` reads them."""
-        values, ready = torch.stack([loss.float(), grad_norm.float()]), None
-        if values.is_cuda:
+        values, ready, seconds = torch.stack([loss.float(), grad_norm.float()]), None, None
+        if began.event is not None:
             pinned = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             values = pinned.copy_(values, non_blocking=True)
-            ready = torch.cuda.Event()
+            ready = torch.cuda.Event(enable_timing=True)
             ready.record()
-        self._held = HeldStep(values, ready, before, after, lr, first_window, tick, log)
+        else:
+            seconds = time.perf_counter() - began.host
+        self._held = HeldStep(values, ready, began, seconds, before, after, lr, first_window, log)
 
     def read(self) -> None:
         """Read the step held, if any: NonFiniteLossError on NaN or inf, else its metrics line."""
@@ -532,9 +557,7 @@ class StepReadout:
         if held.ready is not None:
             held.ready.synchronize()
         loss, grad_norm = held.values.tolist()
-        now = time.perf_counter()
-        seconds = now - max(self._last_read, held.tick)  # steady state: read to read
-        self._last_read = now
+        seconds = held.seconds if held.ready is None else held.began.seconds_to(held.ready)
         if _fault("nan-at-step", held.after.step):
             loss = loss * float("nan")
         ensure_finite(loss, grad_norm, stage=self.stage, state=held.before, layout=self.layout,
