@@ -126,17 +126,20 @@ NO_RESHARD = "parallel.reshard_after_forward=false"
 FSDP_BF16 = "parallel.single_process=fsdp"
 AUTOTUNE = "TORCHINDUCTOR_MAX_AUTOTUNE=1"
 FP8 = "parallel.precision=fp8"
+NO_BF16_INPUTS = "parallel.fp8.bf16_inputs=[]"
 FP8_VARIANTS = {  # the default with float8 matmuls (torchao): recipe and layers kept in bf16
-    "fp8": (),  # parallel.fp8's defaults: lm_head and down_proj kept (before 2026-12-02: lm_head)
-    "fp8-down": ("parallel.fp8.keep_bf16=[lm_head]",),  # down_proj in float8 too
-    "fp8-rowwise": ("parallel.fp8.recipe=rowwise",),
+    # parallel.fp8's defaults: lm_head in bf16, down_proj's input-gradient matmul alone in
+    # float8 (before 2026-12-02, later: lm_head and down_proj kept; before that: lm_head)
+    "fp8": (),
+    "fp8-down": ("parallel.fp8.keep_bf16=[lm_head]", NO_BF16_INPUTS),  # down_proj all float8
+    "fp8-rowwise": ("parallel.fp8.recipe=rowwise",),  # down_proj all float8 (rowwise)
     "fp8-rowwise-gw-hp": ("parallel.fp8.recipe=rowwise_with_gw_hp",),
     "fp8-allgather": ("parallel.fp8.all_gather=true",),
-    "fp8-lm-head": ("parallel.fp8.keep_bf16=[]",),
-    "fp8-keep-kv": ("parallel.fp8.keep_bf16=[lm_head,k_proj,v_proj]",),
+    "fp8-lm-head": ("parallel.fp8.keep_bf16=[]", NO_BF16_INPUTS),  # every Linear in float8
+    "fp8-keep-kv": ("parallel.fp8.keep_bf16=[lm_head,k_proj,v_proj]", NO_BF16_INPUTS),
     "fp8-keep-down": ("parallel.fp8.keep_bf16=[lm_head,down_proj]",),
-    "fp8-mlp": ("parallel.fp8.keep_bf16=[lm_head,q_proj,k_proj,v_proj,o_proj]",),
-    # down_proj's input in bf16: its input-gradient matmul alone in float8
+    "fp8-mlp": ("parallel.fp8.keep_bf16=[lm_head,q_proj,k_proj,v_proj,o_proj]", NO_BF16_INPUTS),
+    # the default's recipe spelled out, as first measured
     "fp8-down-gi": ("parallel.fp8.keep_bf16=[lm_head]", "parallel.fp8.bf16_inputs=[down_proj]"),
 }
 FUSE_VARIANTS = {  # the default with one matmul for q, k, v and/or one for gate, up

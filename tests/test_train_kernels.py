@@ -155,27 +155,26 @@ def test_the_live_readout_shows_loss_lr_tokens_per_device_and_mfu() -> None:
     assert "mfu" not in live_postfix({**record, "mfu": None}, world_size=1)
 
 
+FP8 = "parallel.precision=fp8"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("parallel.precision=fp4", "'fp32', 'bf16' or 'fp8'"),
-        ("parallel.fp8.recipe=blockwise", "'tensorwise', 'rowwise' or 'rowwise_with_gw_hp'"),
+        (f"{FP8} parallel.fp8.recipe=blockwise",
+         "'tensorwise', 'rowwise' or 'rowwise_with_gw_hp'"),
         ("parallel.fp8.keep_bf16=[lm_head]", "fp8: options are set but precision is bf16"),
-        ("parallel.fp8.recipe=rowwise parallel.fp8.bf16_inputs=[down_proj]",
+        (f"{FP8} parallel.fp8.recipe=rowwise parallel.fp8.bf16_inputs=[down_proj]",
          "bf16_inputs: ['down_proj'] needs recipe: tensorwise"),
-        ("parallel.fp8.bf16_inputs=[down_proj]",
+        (f"{FP8} parallel.fp8.keep_bf16=[lm_head,down_proj] parallel.fp8.bf16_inputs=[down_proj]",
          "['down_proj'] in both keep_bf16 (['lm_head', 'down_proj']) and bf16_inputs"),
     ],
 )  # fmt: skip
 def test_bad_fp8_options_name_the_key_and_what_is_allowed(override, message) -> None:
     base = PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml"
-    extra = (
-        []
-        if override.startswith("parallel.precision") or "keep_bf16" in override
-        else ["parallel.precision=fp8"]
-    )
     with pytest.raises(ConfigError) as err:
-        load_params(base, overrides=[*extra, *override.split(" ")])
+        load_params(base, overrides=override.split(" "))
     assert message in str(err.value)
 
 
@@ -188,9 +187,10 @@ def test_fp8_all_gather_needs_the_tensorwise_recipe() -> None:
 def test_fp8_defaults_and_bf16_dumps_without_an_fp8_block() -> None:
     """fp8 fills in its defaults; a bf16 stage dumps (and so fingerprints) as before fp8 existed."""
     fp8 = ParallelConfig(precision="fp8").fp8
-    assert (fp8.recipe, fp8.keep_bf16, fp8.all_gather) == (
+    assert (fp8.recipe, fp8.keep_bf16, fp8.bf16_inputs, fp8.all_gather) == (
         "tensorwise",
-        ["lm_head", "down_proj"],
+        ["lm_head"],
+        ["down_proj"],
         False,
     )
     assert "fp8" not in ParallelConfig().model_dump()
@@ -210,16 +210,30 @@ def test_float8_takes_every_linear_but_the_kept_ones_and_odd_shapes() -> None:
     assert float8_role(torch.nn.Linear(64, 100), "model.layers.0.mlp.up_proj", fp8) is None
     assert float8_role(torch.nn.Linear(100, 64), "model.layers.0.mlp.down_proj", fp8) is None
     defaults = ParallelConfig(precision="fp8").fp8
-    assert float8_role(linear, "model.layers.0.mlp.down_proj", defaults) is None
+    assert float8_role(linear, "model.layers.0.mlp.down_proj", defaults) == "input_gradient"
+    assert float8_role(linear, "lm_head", defaults) is None
     assert float8_role(linear, "model.layers.0.mlp.gate_proj", defaults) == "all"
     assert float8_role(torch.nn.Embedding(16, 64), "model.embed_tokens", fp8) is None
 
 
-def test_empty_bf16_inputs_dump_as_before_the_key() -> None:
-    assert "bf16_inputs" not in ParallelConfig(precision="fp8").model_dump()["fp8"]
-    fp8 = {"keep_bf16": ["lm_head"], "bf16_inputs": ["down_proj"]}
-    dumped = ParallelConfig(precision="fp8", fp8=fp8).model_dump()["fp8"]
-    assert dumped["bf16_inputs"] == ["down_proj"]
+@pytest.mark.parametrize(
+    ("block", "inputs"),
+    [
+        ({}, ["down_proj"]),
+        ({"keep_bf16": ["lm_head", "down_proj"]}, []),  # as written before bf16_inputs existed
+        ({"recipe": "rowwise"}, []),  # bf16_inputs is tensorwise only
+        ({"keep_bf16": ["lm_head"], "bf16_inputs": []}, []),
+    ],
+)
+def test_bf16_inputs_left_out_follow_the_recipe_and_keep_bf16(block, inputs) -> None:
+    """Left out, bf16_inputs is [down_proj] less what keep_bf16 keeps, none under rowwise; a
+    block dumps without it exactly where leaving it out gives the same (fingerprints of blocks
+    from before the key are unchanged), and loads back as it was."""
+    parallel = ParallelConfig(precision="fp8", fp8=block)
+    assert parallel.fp8.bf16_inputs == inputs
+    dumped = parallel.model_dump()["fp8"]
+    assert ("bf16_inputs" in dumped) == ("bf16_inputs" in block)
+    assert ParallelConfig(precision="fp8", fp8=dumped) == parallel
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="needs torchao")

@@ -3,6 +3,7 @@ budget, batch, optimizer, schedule, parent, adapter, checkpoints, validation, pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import (
@@ -177,6 +178,16 @@ FUSED_PROJECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# `parallel.fp8.bf16_inputs` where it is left out (tensorwise; less the layers keep_bf16 names).
+BF16_INPUTS_DEFAULT: tuple[str, ...] = ("down_proj",)
+
+
+def _derived_bf16_inputs(recipe: str, keep_bf16: Sequence[str]) -> list[str]:
+    if recipe != "tensorwise":
+        return []
+    return [name for name in BF16_INPUTS_DEFAULT if name not in keep_bf16]
+
+
 class Float8Config(Schema):
     """torchao float8 training of the decoder's Linear layers (`parallel.precision: fp8`)."""
 
@@ -186,20 +197,22 @@ class Float8Config(Schema):
         "rowwise (one per row, CUTLASS), rowwise_with_gw_hp (rowwise, weight gradient in bf16)",
     )
     keep_bf16: list[str] = Field(
-        ["lm_head", "down_proj"],
+        ["lm_head"],
         description="Linear layers left in bf16, by name or name suffix (lm_head, k_proj, ...); "
-        "the rest of the model's Linear layers compute their matmuls in float8. down_proj (its "
-        "input is SwiGLU's output) is kept by default: with it in float8 the 1.1B's loss left "
-        "the spread of two bf16 runs after ~100 steps; kept, it stayed within (bench/RESULTS.md, "
-        "2026-12-02)",
+        "the rest of the model's Linear layers compute their matmuls in float8 (`bf16_inputs`' "
+        "only one of three)",
     )
     bf16_inputs: list[str] = Field(
-        [],
+        list(BF16_INPUTS_DEFAULT),
         description="Linear layers, by name or name suffix, whose input is never cast to "
         "float8: their forward and weight-gradient matmuls stay in bf16 and only the "
-        "input-gradient matmul (output gradient x weight) runs in float8, tensorwise. Meant "
-        "for down_proj, whose input (SwiGLU's output) is what float8 scales worst; a third of "
-        "its matmuls in float8 instead of none (not yet measured on a GPU)",
+        "input-gradient matmul (output gradient x weight) runs in float8, tensorwise. Default "
+        "[down_proj] under the tensorwise recipe (none if keep_bf16 names it; none under the "
+        "rowwise recipes, where down_proj is in float8 unless kept): its input, SwiGLU's "
+        "output, is what float8 scales worst; with down_proj in float8 the 1.1B's loss left "
+        "the spread of two bf16 runs after ~100 steps, with this it stayed within, at "
+        "1.18-1.23x bf16's speed where keeping down_proj whole in bf16 gave 1.15-1.16x "
+        "(bench/RESULTS.md, 2026-12-02)",
     )
     all_gather: bool = Field(
         False,
@@ -207,12 +220,27 @@ class Float8Config(Schema):
         "half the bytes of bf16 on several GPUs; one GPU gathers nothing",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_bf16_inputs(cls, data: Any) -> Any:
+        """bf16_inputs left out: [down_proj] under the tensorwise recipe, less any layer
+        keep_bf16 keeps whole (so a block written before the key existed, keep_bf16: [lm_head,
+        down_proj], loads as it ran); none under the rowwise recipes."""
+        if isinstance(data, dict) and "bf16_inputs" not in data:
+            fields = cls.model_fields
+            data = {**data, "bf16_inputs": _derived_bf16_inputs(
+                data.get("recipe", fields["recipe"].default),
+                data.get("keep_bf16", fields["keep_bf16"].default),
+            )}  # fmt: skip
+        return data
+
     @model_serializer(mode="wrap")
-    def _no_empty_bf16_inputs(self, handler: Any) -> Any:
-        """Leave out empty bf16_inputs: an fp8 block without them dumps (and fingerprints) as
-        before the key existed."""
+    def _no_default_bf16_inputs(self, handler: Any) -> Any:
+        """Leave out bf16_inputs where it is what leaving it out gives: a block from before the
+        key existed dumps (and fingerprints) as it did then."""
         dumped = handler(self)
-        if isinstance(dumped, dict) and dumped.get("bf16_inputs") == []:
+        derived = _derived_bf16_inputs(self.recipe, self.keep_bf16)
+        if isinstance(dumped, dict) and dumped.get("bf16_inputs") == derived:
             del dumped["bf16_inputs"]
         return dumped
 

@@ -15,10 +15,10 @@ selective: every other layer), torch.compile (`compile: model` compiles the whol
 model instead, fusing across layers and into the loss; under FSDP2 it is a ConfigError), and
 the Liger-Kernel ops `parallel.liger` lists (fused RMSNorm, RoPE, SwiGLU, linear cross-entropy)
 when the package is installed; lm_head stays in the root FSDP unit. `precision: fp8` swaps the
-Linear layers (all but `parallel.fp8.keep_bf16`'s: lm_head and down_proj by default) for
-torchao's Float8Linear before compile and sharding: float8 matmuls with dynamic scales, bf16
-elsewhere, fp32 master weights (`fp8.bf16_inputs`' layers: only the input-gradient matmul in
-float8); with `fp8.all_gather` FSDP2 gathers those weights in float8. A
+Linear layers (all but `parallel.fp8.keep_bf16`'s: lm_head by default) for torchao's
+Float8Linear before compile and sharding: float8 matmuls with dynamic scales, bf16 elsewhere,
+fp32 master weights (`fp8.bf16_inputs`' layers, down_proj by default: only the input-gradient
+matmul in float8); with `fp8.all_gather` FSDP2 gathers those weights in float8. A
 peft wrapper (LoRA) is looked through: its Llama is what is sharded. `fused_projections` gives
 each layer one matmul for q, k and v and one for gate and up, over the same parameters
 (tinylab.train.fused). Under gradient accumulation FSDP2 reduces gradients only in a step's last
