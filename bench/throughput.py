@@ -23,9 +23,12 @@ baseline over all steps (same init, same batches, same LR schedule; the first 10
 LR up), beside the baseline-eager difference as the bf16 reference. Speed is the mean over the
 steps after `--skip` (compile happens in the first): tokens/s per GPU, MFU against 989 TFLOP/s
 with 7.314 GFLOP/token for tinyllama-1.1b (tinylab.model.flops_per_token), and the peak memory
-allocated on GPU 0 (torch.cuda.max_memory_allocated). `--profile` runs a few steps of the given
-variants under torch.profiler and prints the attention kernels that ran, the top kernels, and
-the ATen ops that launched kernels with their input shapes.
+allocated on GPU 0 (torch.cuda.max_memory_allocated). `--profile` profiles the given variants
+under torch.profiler: tinylab's inside the trainer's own loop (steps 4-5 of 5, `python -m
+tinylab.train --profile-steps 4-5`: the configuration users run, its idle time included), the
+HF baseline in its own step function; it prints kernel and wall time per step, the shares by
+kind, the attention kernels that ran, the top kernels, and the ATen ops that launched kernels
+with their input shapes (tinylab.train.profiling).
 
     python bench/throughput.py --list
     python bench/throughput.py --variants hf-compile hf-eager plain compile+liger-loss --concurrent
@@ -61,11 +64,14 @@ from tinylab.config.stage import StageConfig
 from tinylab.model import build_model, flops_per_token, load_preset
 from tinylab.train.batching import RandomWindows, to_batch
 from tinylab.train.metrics import H100_BF16_PEAK
+from tinylab.train.profiling import StepRange, summarize
+from tinylab.train.profiling import report as profile_summary
 from tinylab.train.schedule import lr_at
 
 BASE_STAGE = PARAMS_DIR / "stages" / "tinyllama-v1.1" / "base.yaml"
 PATTERN = "zipf-copy"
 WARMUP_STEPS = 10
+PROFILED = StepRange(4, 5)  # the trainer's steps that --profile profiles
 SETTLED_STEP = 2 * WARMUP_STEPS  # loss differences after this step are the table's second figure
 PLAIN = (
     "model.attention=sdpa", "parallel.compile=off", "parallel.liger=[]",
@@ -73,20 +79,6 @@ PLAIN = (
     "parallel.reshard_after_forward=true", "parallel.single_process=plain",
     "parallel.fused_projections=[]",
 )  # fmt: skip
-ATTENTION_KERNEL = re.compile(r"flash|fmha|cudnn|attention|sdpa|scaled_dot", re.IGNORECASE)
-KERNEL_KINDS = [  # first match wins: where GPU time goes, by kernel name
-    ("attention", ATTENTION_KERNEL),
-    ("matmul", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|splitk|aten::b?mm$|aten::addmm",
-                          re.IGNORECASE)),
-    ("optimizer", re.compile(r"adam|multi_tensor|foreach", re.IGNORECASE)),
-    ("communication", re.compile(r"nccl|all_gather|reduce_scatter|chunk_cat|split_with_sizes",
-                                 re.IGNORECASE)),
-    ("Liger", re.compile(r"^_\w+_kernel$|liger", re.IGNORECASE)),
-    ("inductor (fused)", re.compile(r"^triton_")),
-    ("copy / cast", re.compile(r"copy|convert|cast|memcpy|memset|fill", re.IGNORECASE)),
-    ("elementwise / reduce (eager)", re.compile(r"elementwise|vectorized|reduce|unrolled",
-                                                re.IGNORECASE)),
-]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -313,6 +305,26 @@ def _peak_memory(device: torch.device) -> int | None:
 
 def tinylab_run(stage: StageConfig, variant: Variant, workdir: Path, *, skip: int) -> dict:
     """Train `stage` with `python -m tinylab.train` (torchrun for several GPUs)."""
+    lines = (_train(stage, variant, workdir) / "metrics.jsonl").read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if r["kind"] == "train"]
+    timed = records[skip:]
+    return {
+        "losses": [r["loss"] for r in records],
+        "tokens_per_s": stage.global_batch_tokens * len(timed) / sum(r["step_s"] for r in timed),
+        "peak_mem_bytes": max(r["peak_mem_bytes"] for r in records),
+    }
+
+
+def tinylab_profile(stage: StageConfig, variant: Variant, workdir: Path) -> dict:
+    """The trainer's own kernels: steps 4-5 of a 5-step run, profiled inside the training loop
+    (`--profile-steps`), after three steps of warm-up (compile in the first)."""
+    stage = stage.model_copy(update={"max_tokens": stage.global_batch_tokens * PROFILED.last})
+    stage_dir = _train(stage, variant, workdir, "--profile-steps", str(PROFILED))
+    return json.loads((stage_dir / "profile" / "summary.json").read_text())
+
+
+def _train(stage: StageConfig, variant: Variant, workdir: Path, *extra: str) -> Path:
+    """Run the trainer on `stage` in a run folder of its own; the stage's folder."""
     run_dir = workdir / variant.name
     run_dir.mkdir(parents=True)
     config = run_dir / "stage.yaml"
@@ -323,24 +335,18 @@ def tinylab_run(stage: StageConfig, variant: Variant, workdir: Path, *, skip: in
                      f"--nproc-per-node={variant.nproc}"]  # fmt: skip
     _run_logged(
         [*launcher, "-m", "tinylab.train", "--config", str(config), "--run-dir", str(run_dir),
-         "--synthetic", PATTERN],
+         "--synthetic", PATTERN, *extra],
         run_dir / "log.txt",
     )  # fmt: skip
-    lines = (run_dir / "stages" / stage.name / "metrics.jsonl").read_text().splitlines()
-    records = [r for r in map(json.loads, lines) if r["kind"] == "train"]
-    timed = records[skip:]
-    return {
-        "losses": [r["loss"] for r in records],
-        "tokens_per_s": stage.global_batch_tokens * len(timed) / sum(r["step_s"] for r in timed),
-        "peak_mem_bytes": max(r["peak_mem_bytes"] for r in records),
-    }
+    return run_dir / "stages" / stage.name
 
 
 # ---------------------------------------------------------------- the kernels that run
 
 
 def profile_kernels(stage: StageConfig, variant: Variant, *, steps: int = 2) -> dict:
-    """Kernels of `steps` training steps after 3 warm-up steps, by total device time."""
+    """The HF baseline's kernels over `steps` training steps after 3 warm-up steps (tinylab's
+    variants are profiled inside the trainer: `tinylab_run(profile=...)`)."""
     from torch.profiler import ProfilerActivity, profile
 
     step = _profiled_step(stage, variant)
@@ -354,49 +360,7 @@ def profile_kernels(stage: StageConfig, variant: Variant, *, steps: int = 2) -> 
         for i in range(3, 3 + steps):
             step(i)
         wall = time.perf_counter() - started
-    events = [e for e in prof.key_averages() if e.device_type.name in ("CUDA", "CPU")]
-    device_events = [
-        e for e in events if e.device_type.name == "CUDA" and not _annotation(e.key)
-    ] or events
-    key = "self_device_time_total" if device_events is not events else "self_cpu_time_total"
-    total = sum(getattr(e, key) for e in device_events) or 1.0
-    ranked = sorted(device_events, key=lambda e: -getattr(e, key))
-    rows = [(e.key, getattr(e, key) / total) for e in ranked]
-    return {
-        "attention": [r for r in rows if ATTENTION_KERNEL.search(r[0])][:6],
-        "top": rows[:20],
-        "ops": aten_ops(prof, key, total),
-        "kinds": kernel_kinds(rows),
-        "kernel_ms_per_step": total / 1e3 / steps,  # profiler times are in microseconds
-        "wall_ms_per_step": wall * 1e3 / steps,
-    }
-
-
-def aten_ops(prof, key: str, total: float, n: int = 10) -> list[tuple[str, str, float]]:
-    """The ATen ops whose own kernels take the most time, with their input shapes: who launched
-    an eager kernel (an `add` of parameter-shaped tensors, say), and the GEMMs' shapes.
-    Inductor's fused kernels, FlashAttention-4's and Liger's are not ATen ops."""
-    rows = [
-        (e.key, str(e.input_shapes), getattr(e, key) / total)
-        for e in prof.key_averages(group_by_input_shape=True)
-        if e.key.startswith("aten::") and getattr(e, key) > 0
-    ]
-    return sorted(rows, key=lambda row: -row[2])[:n]
-
-
-def _annotation(name: str) -> bool:
-    """A profiler range shown on the GPU timeline (`Optimizer.step#AdamW.step`, `ProfilerStep#3`)
-    rather than a kernel: its time is its kernels' time again."""
-    return "#" in name
-
-
-def kernel_kinds(rows: list[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Shares of kernel time per kind of kernel (KERNEL_KINDS, else 'other'), largest first."""
-    shares: dict[str, float] = {}
-    for name, share in rows:
-        kind = next((k for k, pattern in KERNEL_KINDS if pattern.search(name)), "other")
-        shares[kind] = shares.get(kind, 0.0) + share
-    return sorted(shares.items(), key=lambda item: -item[1])
+    return summarize(prof, steps=steps, wall_s=wall)
 
 
 def _profiled_step(stage: StageConfig, variant: Variant):
@@ -488,8 +452,10 @@ def worker(args: argparse.Namespace) -> None:
     spec = json.loads(args.spec)
     variant = Variant(**{**spec, "sets": tuple(spec["sets"])})
     stage = bench_stage(args.model, variant, steps=args.steps, device=args.device, accum=args.accum)
-    if args.worker_profile:
+    if args.worker_profile and variant.kind == "hf":
         result = profile_kernels(stage, variant)
+    elif args.worker_profile:
+        result = tinylab_profile(stage, variant, args.workdir)
     elif variant.kind == "hf":
         result = hf_baseline(stage, compile=variant.compile, steps=args.steps, skip=args.skip)
     else:
@@ -610,19 +576,8 @@ def profile_report(results: list[dict]) -> str:
         name = r["variant"]["name"]
         if "error" in r:
             out.append(f"{name}: profile failed: {r['error']}")
-            continue
-        attention = "; ".join(f"{k[:90]} ({share:.1%})" for k, share in r["attention"])
-        out.append(f"{name}: attention kernels: {attention or 'none matched'}")
-        kinds = ", ".join(f"{kind} {share:.1%}" for kind, share in r.get("kinds", []))
-        if kinds:
-            out.append(
-                f"    per step: {r['kernel_ms_per_step']:.0f} ms of kernels in "
-                f"{r['wall_ms_per_step']:.0f} ms (profiled); by kind: {kinds}"
-            )
-        out += [f"    {share:6.1%}  {k[:110]}" for k, share in r["top"]]
-        if r.get("ops"):
-            out.append("    ATen ops by their own kernels' time, with input shapes:")
-            out += [f"    {share:6.1%}  {op} {shapes[:100]}" for op, shapes, share in r["ops"]]
+        else:
+            out.append(profile_summary(r, name))
     return "\n".join(out)
 
 

@@ -100,15 +100,20 @@ def test_bad_specs_name_the_problem(bench, spec, message) -> None:
         bench.parse_variant(spec)
 
 
-def test_a_cpu_profile_names_the_top_kernels_and_the_aten_ops_with_shapes(bench, one_thread):
-    """`--profile` on CPU (the demo model, one step): the top kernels and, for each ATen op
-    that launched some, its input shapes, e.g. the lm_head's matmul [2048 tokens, 128]."""
+def test_a_cpu_profile_names_the_top_kernels_and_the_aten_ops_with_shapes(
+    bench, one_thread, tmp_path
+):
+    """`--profile` on CPU (the demo model): the trainer's own steps 4-5, profiled inside its
+    loop; the top kernels and, for each ATen op that launched some, its input shapes, e.g. the
+    lm_head's matmul [2048 tokens, 128]."""
     variant = bench.VARIANTS["plain"]
-    stage = bench.bench_stage("demo", variant, steps=5, device="cpu")
+    stage = bench.bench_stage("demo", variant, steps=50, device="cpu")
     stage = stage.model_copy(
         update={"parallel": stage.parallel.model_copy(update={"precision": "fp32"})}
     )
-    result = bench.profile_kernels(stage, variant, steps=1)
+    result = bench.tinylab_profile(stage, variant, tmp_path)
+    assert (result["steps"], result["steps_profiled"]) == ("4-5", 2)
+    assert min(result["kernel_ms_per_step"], result["wall_ms_per_step"]) > 0
     result["variant"] = {"name": "plain"}
     assert result["top"] and 0 < sum(share for _, share in result["top"]) <= 1 + 1e-9
     ops = {(op, shapes) for op, shapes, _ in result["ops"]}
@@ -116,3 +121,16 @@ def test_a_cpu_profile_names_the_top_kernels_and_the_aten_ops_with_shapes(bench,
     report = bench.profile_report([result]).splitlines()
     assert report[0].startswith("plain: attention kernels:")
     assert "    ATen ops by their own kernels' time, with input shapes:" in report
+
+
+def test_the_hf_baselines_profile_is_summarized_the_same_way(bench, one_thread) -> None:
+    """The HF baseline has no trainer to profile it: its own step function, one step on CPU,
+    gives the same summary (tinylab.train.profiling.summarize)."""
+    variant = bench.VARIANTS["hf-eager"]
+    stage = bench.bench_stage("demo", variant, steps=5, device="cpu")
+    stage = stage.model_copy(
+        update={"parallel": stage.parallel.model_copy(update={"precision": "fp32"})}
+    )
+    result = bench.profile_kernels(stage, variant, steps=1)
+    assert result["top"] and 0 < sum(share for _, share in result["top"]) <= 1 + 1e-9
+    assert any(op == "aten::mm" and "2048" in shapes for op, shapes, _ in result["ops"])

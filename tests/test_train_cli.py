@@ -22,7 +22,8 @@ def config(tmp_path: Path) -> Path:
 
 def test_train_runs_a_stage(tmp_path: Path, config: Path, monkeypatch, capsys) -> None:
     run = new_run(tmp_path, prepare_data(tmp_path / "prepared"))
-    args = ("train", str(config), "--run-dir", str(run), "--set", "optim.lr=2e-3")
+    args = ("train", str(config), "--run-dir", str(run), "--set", "optim.lr=2e-3",
+            "--profile-steps", "2")  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -32,6 +33,17 @@ def test_train_runs_a_stage(tmp_path: Path, config: Path, monkeypatch, capsys) -
     assert code == 0, capsys.readouterr().err
     assert "stage base: step 2, 2,048 tokens" in capsys.readouterr().out
     assert "lr: 0.002" in (run / "stages" / "base" / "resolved.yaml").read_text()
+    assert (run / "stages" / "base" / "profile" / "summary.json").is_file()
+
+
+def test_train_with_bad_profile_steps_exits_2_before_anything(
+    tmp_path, config, monkeypatch, capsys
+) -> None:
+    args = ("train", str(config), "--run-dir", str(tmp_path), "--profile-steps", "3-1")
+    assert tinylab(monkeypatch, *args) == 2
+    err = capsys.readouterr().err
+    assert "--profile-steps '3-1': give FIRST-LAST" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [config]
 
 
 def test_train_without_prepared_data_exits_2(tmp_path, config, monkeypatch, capsys) -> None:

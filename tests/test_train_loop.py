@@ -3,6 +3,7 @@ hand-off, gradient accumulation, AdamW settings, and bad input with clear errors
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import time
@@ -26,6 +27,7 @@ from tinylab.train import NonFiniteLossError, loop, lr_at, run_stage
 from tinylab.train.checkpoint import list_checkpoints, read_meta
 from tinylab.train.loop import build
 from tinylab.train.parallel import Distributed
+from tinylab.train.profiling import StepRange
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -281,6 +283,46 @@ def test_a_steps_time_is_its_own_though_it_is_read_after_the_next(
     run_stage(stage_config(), run, progress=False)
     slow = [r["step"] for r in train_records(run) if r["step_s"] >= 0.3]
     assert slow == [2, 5]
+
+
+def test_profiled_steps_write_a_summary_and_a_trace_and_train_the_same(tmp_path, prepared) -> None:
+    """`profile` steps 2-3 (of 8): summary.json of those two steps (kernel and wall time per
+    step, shares by kind, ATen ops with shapes) and a gzipped Chrome trace; the losses are those
+    of the run without it."""
+    plain = new_run(tmp_path, prepared, "plain")
+    run_stage(stage_config(), plain, progress=False)
+    profiled = new_run(tmp_path, prepared, "profiled")
+    run_stage(stage_config(), profiled, progress=False, profile=StepRange(2, 3))
+    assert curve(train_records(profiled)) == curve(train_records(plain))
+    folder = profiled / "stages" / "base" / "profile"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["steps"], summary["steps_profiled"]) == ("2-3", 2)
+    assert min(summary["kernel_ms_per_step"], summary["wall_ms_per_step"]) > 0
+    assert sum(share for _, share in summary["kinds"]) == pytest.approx(1.0)
+    assert any(op == "aten::mm" for op, _, _ in summary["ops"])
+    with gzip.open(folder / "trace.json.gz") as trace:
+        assert json.load(trace)["traceEvents"]
+
+
+def test_a_profile_cut_short_by_the_stages_end_keeps_what_ran(tmp_path, prepared) -> None:
+    run = new_run(tmp_path, prepared)
+    run_stage(stage_config(), run, progress=False, profile=StepRange(7, 20))
+    summary = json.loads((run / "stages" / "base" / "profile" / "summary.json").read_text())
+    assert (summary["steps"], summary["steps_profiled"]) == ("7-20", 2)
+
+
+def test_a_profile_of_steps_the_stage_never_runs_warns(tmp_path, prepared) -> None:
+    run = new_run(tmp_path, prepared)
+    with pytest.warns(UserWarning, match="--profile-steps 30-31: none of these steps ran"):
+        run_stage(stage_config(), run, progress=False, profile=StepRange(30, 31))
+    assert not (run / "stages" / "base" / "profile").exists()
+
+
+@pytest.mark.parametrize("text", ["0-2", "5-3", "a", "1-2-3", "", "-4", "3-"])
+def test_bad_profile_steps_name_the_value_and_the_form(text) -> None:
+    with pytest.raises(ConfigError, match=rf"--profile-steps '{text}': give FIRST-LAST"):
+        StepRange.parse(text)
+    assert StepRange.parse("6") == StepRange(6, 6) and str(StepRange.parse("6-7")) == "6-7"
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])

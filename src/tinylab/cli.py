@@ -406,15 +406,27 @@ def train_command(
         ),
     ] = None,
     overrides: SetOption = None,
+    profile_steps: Annotated[
+        str | None,
+        typer.Option(
+            "--profile-steps",
+            metavar="FIRST-LAST",
+            help="Profile these stage steps (torch.profiler, rank 0) into "
+            "RUN/stages/<stage>/profile/: summary.json (kernel time by kind, top kernels, ATen "
+            "ops with their input shapes, kernel and wall time per step) and trace.json.gz.",
+        ),
+    ] = None,
 ) -> None:
     """Train one stage into RUN/stages/<stage>/ (resumes from its newest whole checkpoint)."""
     from tinylab.train import train_stage
+    from tinylab.train.profiling import StepRange
 
     if discard and not fresh:
         raise UserError("--discard deletes the old outputs of a fresh start: use it with --fresh")
+    profile = StepRange.parse(profile_steps) if profile_steps else None
     result = train_stage(
         stage.resolve(), run_dir.resolve(), nproc=nproc, overrides=overrides or [],
-        resume=not fresh, discard=discard, accept=accept or [],
+        resume=not fresh, discard=discard, accept=accept or [], profile=profile,
     )  # fmt: skip
     typer.echo(
         f"stage {result.stage}: step {result.step}, {result.tokens:,} tokens, final loss "

@@ -7,6 +7,7 @@ the stage folder in use, a divergence, a full disk: one readable line), 1 on any
     torchrun --standalone --nproc-per-node 2 -m tinylab.train \
         --config RUN/stages/base/resolved.yaml --run-dir RUN
     python -m tinylab.train --config params/stages/demo/base.yaml --run-dir RUN --set optim.lr=1e-3
+    python -m tinylab.train --config STAGE.yaml --run-dir RUN --profile-steps 6-7
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tinylab.config.stage import StageConfig
 from tinylab.errors import UserError
 from tinylab.train.batching import RandomWindows
 from tinylab.train.loop import run_stage
+from tinylab.train.profiling import StepRange
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         help="synthetic tokens instead of <run>/data (benchmarks): uniform (the default) or "
         "zipf-copy (learnable)",
     )
+    parser.add_argument(
+        "--profile-steps",
+        metavar="FIRST-LAST",
+        help="profile these stage steps (torch.profiler, rank 0) into <stage>/profile/: "
+        "summary.json (kernel time by kind, the top kernels, the ATen ops with their input "
+        "shapes, kernel and wall time per step) and trace.json.gz",
+    )
     args = parser.parse_args(argv)
     try:
+        profile = StepRange.parse(args.profile_steps) if args.profile_steps else None
         stage = load_config(args.config, StageConfig, overrides=args.overrides)
         source = None
         if args.synthetic:
@@ -71,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         run_stage(
             stage, args.run_dir, resume=not args.no_resume, discard=args.discard,
-            accept=args.accept, progress=args.progress, source=source,
+            accept=args.accept, progress=args.progress, source=source, profile=profile,
         )  # fmt: skip
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

@@ -42,6 +42,7 @@ from tinylab.release import resolve_stage
 from tinylab.train.batching import BatchPlan
 from tinylab.train.loop import live_postfix, run_stage
 from tinylab.train.parallel import check_parallel
+from tinylab.train.profiling import StepRange
 
 
 def train_stage(
@@ -55,18 +56,19 @@ def train_stage(
     discard: bool = False,
     accept: Sequence[str] = (),
     progress: bool = True,
+    profile: StepRange | None = None,
 ) -> StageResult:
     """Train a stage (params file or loaded config) in `run_dir` on `nproc` local processes, or
     through `launcher` (a torchrun command prefix spanning nodes). Relative paths are resolved
-    against the project root, so notebooks/ and the root agree. `resume`, `discard`, `accept`:
-    as for run_stage."""
+    against the project root, so notebooks/ and the root agree. `resume`, `discard`, `accept`,
+    `profile`: as for run_stage."""
     stage = resolve_stage(load_stage(stage_params, overrides))
     run_dir = project_path(run_dir)
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc}: must be >= 1 (processes on this node)")
     if nproc == 1 and not launcher:
         return run_stage(stage, run_dir, resume=resume, discard=discard, accept=accept,
-                         progress=progress)  # fmt: skip
+                         progress=progress, profile=profile)  # fmt: skip
     world_size = launcher_world_size(launcher) if launcher else nproc
     BatchPlan.from_stage(stage, world_size=world_size)  # an indivisible batch fails before launch
     check_parallel(stage.parallel, world_size)
@@ -78,7 +80,8 @@ def train_stage(
     config.write_text(dump_config(stage))
     try:
         _launch(stage, config, run_dir, launcher=launcher, nproc=nproc, world_size=world_size,
-                resume=resume, discard=discard, accept=accept, progress=progress)  # fmt: skip
+                resume=resume, discard=discard, accept=accept, progress=progress,
+                profile=profile)  # fmt: skip
     finally:
         config.unlink(missing_ok=True)
     return StageResult.read(layout.root)
@@ -96,6 +99,7 @@ def _launch(
     discard: bool,
     accept: Sequence[str],
     progress: bool,
+    profile: StepRange | None,
 ) -> None:
     """torchrun (or `launcher`) over `python -m tinylab.train` with `config`."""
     layout = RunLayout(run_dir).stage(stage.name)
@@ -117,6 +121,7 @@ def _launch(
         *([] if resume else ["--no-resume"]),
         *(["--discard"] if discard else []),
         *[f"--accept-change={field}" for field in accept],
+        *([f"--profile-steps={profile}"] if profile else []),
     ]
     stream_subprocess(
         command, layout.metrics, stage=stage, world_size=world_size, progress=progress

@@ -84,6 +84,7 @@ from tinylab.train.parallel import (
     prepare_micro_batch,
     shutdown,
 )
+from tinylab.train.profiling import StepProfiler, StepRange
 from tinylab.train.schedule import stage_lr
 from tinylab.train.start import (
     ReleaseWeights,
@@ -113,10 +114,12 @@ def run_stage(
     accept: Sequence[str] = (),
     progress: bool = True,
     source: WindowSource | None = None,
+    profile: StepRange | None = None,
 ) -> StageResult:
     """Train one stage in `run_dir` (this process, or one rank of a torchrun job). `resume`
     False starts over, moving the old outputs aside until the first checkpoint (`discard`:
-    deleting them at once); `accept`: params fields a resume may change on purpose."""
+    deleting them at once); `accept`: params fields a resume may change on purpose; `profile`:
+    stage steps to profile into `<stage>/profile/` (tinylab.train.profiling)."""
     stage = resolve_stage(stage)
     stage = stage.model_copy(update={"model": with_resolved_attention(stage.model)})
     ctx = init_distributed(stage.parallel)
@@ -124,7 +127,8 @@ def run_stage(
         layout = RunLayout(run_dir).stage(stage.name)
         with stage_lock(layout, ctx):
             return fit(stage, Path(run_dir), ctx=ctx, resume=resume, discard=discard,
-                       accept=accept, progress=progress, source=source)  # fmt: skip
+                       accept=accept, progress=progress, source=source,
+                       profile=profile)  # fmt: skip
     finally:
         shutdown(ctx)
 
@@ -139,6 +143,7 @@ def fit(
     accept: Sequence[str] = (),
     progress: bool,
     source: WindowSource | None,
+    profile: StepRange | None = None,
 ) -> StageResult:
     """The training loop of one stage (see the module docstring); the caller holds the lock."""
     started = time.perf_counter()
@@ -185,8 +190,10 @@ def fit(
         stage=stage, layout=layout, plan=plan, source=source, metrics=metrics, bar=bar,
         flops=flops, peak=peak, ctx=ctx, before_stop=writer.wait,
     )  # fmt: skip
-    with writer:  # leaving it waits for the save in flight
+    profiler = StepProfiler(profile, layout.root / "profile", ctx)
+    with writer, profiler:  # leaving the writer waits for the save in flight
         while state.stage_step < num_steps:
+            profiler.before(state.stage_step + 1)
             began = StepStart.now(ctx.device)
             first_window = state.stage_tokens // plan.seq_len
             loss = forward_backward(
@@ -206,6 +213,7 @@ def fit(
             readout.hold(loss, grad_norm, before=before, after=state, lr=lr, began=began,
                          first_window=first_window,
                          log=finished or state.stage_step % stage.log_every_steps == 0)  # fmt: skip
+            profiler.after(state.stage_step)
             _fault("kill-after-step", state.step)
             saving = (finished and stage.checkpoint.at_end) or _due(
                 state.stage_step, stage.checkpoint.every_steps
