@@ -346,7 +346,7 @@ def _train(stage: StageConfig, variant: Variant, workdir: Path, *extra: str) -> 
 
 def profile_kernels(stage: StageConfig, variant: Variant, *, steps: int = 2) -> dict:
     """The HF baseline's kernels over `steps` training steps after 3 warm-up steps (tinylab's
-    variants are profiled inside the trainer: `tinylab_run(profile=...)`)."""
+    variants are profiled inside the trainer: `tinylab_profile`)."""
     from torch.profiler import ProfilerActivity, profile
 
     step = _profiled_step(stage, variant)

@@ -32,6 +32,7 @@ from tinylab.model import (
     fa4_attention_forward,
     resolve_attention,
 )
+from tinylab.train.profiling import kernel_kinds
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH, GPU_ENV = ROOT / "bench" / "throughput.py", ROOT / "scripts" / "gpu_env.sh"
@@ -135,7 +136,7 @@ def test_auto_picks_fa4_on_hopper_where_it_was_measured_fastest(fake_fa4, monkey
     assert resolve_attention("auto") == ("flash_attention_2" if fa2 else "sdpa")
 
 
-def test_the_bench_counts_fa4_kernels_as_attention() -> None:
+def test_the_profile_counts_fa4_kernels_as_attention() -> None:
     spec = importlib.util.spec_from_file_location("throughput_fa4", BENCH)
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench  # dataclasses resolve their module by name
@@ -152,7 +153,7 @@ def test_the_bench_counts_fa4_kernels_as_attention() -> None:
     names.append("kernel_cutlass_kernel_flash_attncuteflash_bwd_preprocessFlashAttentionBackward"
                  "Preprocess_object_at__tensor_0")  # fmt: skip
     assert all(FA4_KERNELS.search(name) for name in names[:2])
-    assert bench.kernel_kinds([(name, 1.0) for name in names]) == [("attention", 3.0)]
+    assert kernel_kinds([(name, 1.0) for name in names]) == [("attention", 3.0)]
 
 
 def _gpu_env(call: str) -> subprocess.CompletedProcess:

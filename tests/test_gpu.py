@@ -223,7 +223,7 @@ def test_a_steps_numbers_reach_the_host_without_a_sync_and_its_time_is_the_gpus(
     from tinylab.layout import RunLayout, read_metrics
     from tinylab.train.batching import BatchPlan
     from tinylab.train.checkpoint import TrainState
-    from tinylab.train.loop import StepReadout, StepStart
+    from tinylab.train.loop import StepClock, StepReadout
     from tinylab.train.metrics import MetricsLog
 
     class Mixture:
@@ -247,10 +247,10 @@ def test_a_steps_numbers_reach_the_host_without_a_sync_and_its_time_is_the_gpus(
     cycles = int(10**6 * 0.05 / (time.perf_counter() - spin))  # 23 ms on an H200: tens of ms
     torch.cuda.set_sync_debug_mode("error")
     try:
-        began = StepStart.now(torch.device("cuda"))
+        clock = StepClock.start(torch.device("cuda"))
         torch.cuda._sleep(cycles)
         readout.hold(loss, grad_norm, before=TrainState(), after=TrainState(step=1, stage_step=1),
-                     lr=1e-3, first_window=0, began=began, log=True)  # fmt: skip
+                     lr=1e-3, first_window=0, clock=clock, log=True)  # fmt: skip
     finally:
         torch.cuda.set_sync_debug_mode("default")
     time.sleep(0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -220,20 +221,26 @@ def test_float8_takes_every_linear_but_the_kept_ones_and_odd_shapes() -> None:
     ("block", "inputs"),
     [
         ({}, ["down_proj"]),
-        ({"keep_bf16": ["lm_head", "down_proj"]}, []),  # as written before bf16_inputs existed
+        ({"keep_bf16": ["lm_head", "down_proj"]}, []),
+        ({"keep_bf16": ["mlp.down_proj"]}, []),  # keep_bf16 names it by a longer suffix
         ({"recipe": "rowwise"}, []),  # bf16_inputs is tensorwise only
         ({"keep_bf16": ["lm_head"], "bf16_inputs": []}, []),
     ],
 )
 def test_bf16_inputs_left_out_follow_the_recipe_and_keep_bf16(block, inputs) -> None:
     """Left out, bf16_inputs is [down_proj] less what keep_bf16 keeps, none under rowwise; a
-    block dumps without it exactly where leaving it out gives the same (fingerprints of blocks
-    from before the key are unchanged), and loads back as it was."""
+    dump always writes it (a resolved.yaml says what ran) and loads back as it was."""
     parallel = ParallelConfig(precision="fp8", fp8=block)
     assert parallel.fp8.bf16_inputs == inputs
     dumped = parallel.model_dump()["fp8"]
-    assert ("bf16_inputs" in dumped) == ("bf16_inputs" in block)
+    assert dumped["bf16_inputs"] == inputs
     assert ParallelConfig(precision="fp8", fp8=dumped) == parallel
+
+
+def test_a_layer_kept_and_given_bf16_inputs_by_suffix_is_refused() -> None:
+    fp8 = {"keep_bf16": ["mlp.down_proj"], "bf16_inputs": ["down_proj"]}
+    with pytest.raises(ValueError, match=re.escape("['down_proj'] in both keep_bf16 (['mlp.")):
+        ParallelConfig(precision="fp8", fp8=fp8)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="needs torchao")

@@ -6,7 +6,8 @@ One owner for the layout of `outputs/runs/<run-id>/`, so no other module joins p
     RUN/notebooks/               executed notebooks, one per step
     RUN/data/                    tokenizer/, shards, index.json, data_card.md
     RUN/stages/<stage>/          resolved.yaml, metrics.jsonl, checkpoints/, hf/, adapter/,
-                                 result.json, tensorboard/, .lock, .previous/ (a fresh start)
+                                 result.json, tensorboard/, profile/ (--profile-steps), .lock,
+                                 .previous/ (a fresh start)
     RUN/eval/<name>.json         scores; <name>.samples.jsonl, one line per scored example
     RUN/figures/, RUN/report.html, RUN/cluster/
 
@@ -75,6 +76,11 @@ class StageLayout:
         return self.root / "tensorboard"
 
     @property
+    def profile(self) -> Path:
+        """summary.json and trace.json.gz of the steps `--profile-steps` profiled."""
+        return self.root / "profile"
+
+    @property
     def lock(self) -> Path:
         """Held (flock) by the one process training this stage; records who it is."""
         return self.root / ".lock"
@@ -93,7 +99,7 @@ class StageLayout:
     def outputs(self) -> tuple[Path, ...]:
         """Everything a training of the stage writes (what a fresh start moves aside)."""
         return (self.checkpoints, self.metrics, self.result, self.resolved, self.hf,
-                self.adapter, self.tensorboard)  # fmt: skip
+                self.adapter, self.tensorboard, self.profile)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,13 @@ BF16_INPUTS_DEFAULT: tuple[str, ...] = ("down_proj",)
 def _derived_bf16_inputs(recipe: str, keep_bf16: Sequence[str]) -> list[str]:
     if recipe != "tensorwise":
         return []
-    return [name for name in BF16_INPUTS_DEFAULT if name not in keep_bf16]
+    return [name for name in BF16_INPUTS_DEFAULT if not _named_in(name, keep_bf16)]
+
+
+def _named_in(name: str, names: Sequence[str]) -> bool:
+    """Whether `names` (layer names or name suffixes: down_proj, mlp.down_proj) names `name`
+    or a suffix of it, either way round."""
+    return any(k == name or k.endswith("." + name) or name.endswith("." + k) for k in names)
 
 
 class Float8Config(Schema):
@@ -224,8 +230,9 @@ class Float8Config(Schema):
     @classmethod
     def _default_bf16_inputs(cls, data: Any) -> Any:
         """bf16_inputs left out: [down_proj] under the tensorwise recipe, less any layer
-        keep_bf16 keeps whole (so a block written before the key existed, keep_bf16: [lm_head,
-        down_proj], loads as it ran); none under the rowwise recipes."""
+        keep_bf16 keeps whole; none under the rowwise recipes. Dumps always write the key, so a
+        resolved.yaml says what ran; one written before 2026-12-02 without the key, whose
+        keep_bf16 left down_proj in float8, now loads with down_proj's input in bf16."""
         if isinstance(data, dict) and "bf16_inputs" not in data:
             fields = cls.model_fields
             data = {**data, "bf16_inputs": _derived_bf16_inputs(
@@ -233,16 +240,6 @@ class Float8Config(Schema):
                 data.get("keep_bf16", fields["keep_bf16"].default),
             )}  # fmt: skip
         return data
-
-    @model_serializer(mode="wrap")
-    def _no_default_bf16_inputs(self, handler: Any) -> Any:
-        """Leave out bf16_inputs where it is what leaving it out gives: a block from before the
-        key existed dumps (and fingerprints) as it did then."""
-        dumped = handler(self)
-        derived = _derived_bf16_inputs(self.recipe, self.keep_bf16)
-        if isinstance(dumped, dict) and dumped.get("bf16_inputs") == derived:
-            del dumped["bf16_inputs"]
-        return dumped
 
     @model_validator(mode="after")
     def _options_need_tensorwise(self) -> Float8Config:
@@ -257,12 +254,12 @@ class Float8Config(Schema):
                 raise ValueError(
                     f"{option}: {shown} needs recipe: tensorwise ({why}), not {self.recipe}"
                 )
-        both = sorted(set(self.keep_bf16) & set(self.bf16_inputs))
+        both = [name for name in self.bf16_inputs if _named_in(name, self.keep_bf16)]
         if both:
             raise ValueError(
-                f"{both} in both keep_bf16 ({self.keep_bf16}) and bf16_inputs: a layer is kept "
-                "in bf16 or has its input gradient in float8, not both; set keep_bf16 without "
-                f"{', '.join(both)}"
+                f"{both} in both keep_bf16 ({self.keep_bf16}) and bf16_inputs "
+                f"({self.bf16_inputs}): a layer is kept wholly in bf16 or has its input "
+                "gradient in float8, not both; take it out of one of them"
             )
         return self
 

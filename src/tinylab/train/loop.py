@@ -190,11 +190,11 @@ def fit(
         stage=stage, layout=layout, plan=plan, source=source, metrics=metrics, bar=bar,
         flops=flops, peak=peak, ctx=ctx, before_stop=writer.wait,
     )  # fmt: skip
-    profiler = StepProfiler(profile, layout.root / "profile", ctx)
+    profiler = StepProfiler(profile, layout.profile, ctx)
     with writer, profiler:  # leaving the writer waits for the save in flight
         while state.stage_step < num_steps:
             profiler.before(state.stage_step + 1)
-            began = StepStart.now(ctx.device)
+            clock = StepClock.start(ctx.device)
             first_window = state.stage_tokens // plan.seq_len
             loss = forward_backward(
                 model, source, plan, first_window, parallel=stage.parallel, ctx=ctx
@@ -210,10 +210,10 @@ def fit(
                                trainable_only=stage.adapter is not None)  # fmt: skip
             before, state = state, advance(state, plan)
             finished = state.stage_step == num_steps
-            readout.hold(loss, grad_norm, before=before, after=state, lr=lr, began=began,
+            readout.hold(loss, grad_norm, before=before, after=state, lr=lr, clock=clock,
                          first_window=first_window,
                          log=finished or state.stage_step % stage.log_every_steps == 0)  # fmt: skip
-            profiler.after(state.stage_step)
+            profiler.after(state.stage_step, last_of_stage=finished)
             _fault("kill-after-step", state.step)
             saving = (finished and stage.checkpoint.at_end) or _due(
                 state.stage_step, stage.checkpoint.every_steps
@@ -480,35 +480,44 @@ def forward_backward(
 
 
 @dataclass(frozen=True)
-class StepStart:
-    """Where a step began. On a GPU a timing event on the stream: the step's time is then the
-    GPU's, from reaching the step to finishing it, however late the host reads it (a read one
+class StepClock:
+    """A step's time. On a GPU two timing events on the stream, at the step's start and after
+    its last kernel: the step's time is the GPU's, however late the host reads it (a read one
     step behind, or at once before a save, would otherwise shift the host's clock by up to a
-    step). On the CPU the host's clock, where each step is done when the host gets past it."""
+    step); the end event is also when the step's numbers are on the host. On the CPU the
+    host's clock, where each step is done when the host gets past it."""
 
-    host: float
-    event: torch.cuda.Event | None
+    began: torch.cuda.Event | float
+    ended: torch.cuda.Event | float | None = None
 
     @classmethod
-    def now(cls, device: torch.device) -> StepStart:
-        event = torch.cuda.Event(enable_timing=True) if device.type == "cuda" else None
-        if event is not None:
-            event.record()
-        return cls(time.perf_counter(), event)
+    def start(cls, device: torch.device) -> StepClock:
+        return cls(_clock_mark(device.type == "cuda"))
 
-    def seconds_to(self, done: torch.cuda.Event) -> float:
-        """The GPU's time from this start to `done` (an event recorded after it, passed)."""
-        return self.event.elapsed_time(done) / 1e3
+    def stop(self) -> StepClock:
+        return StepClock(self.began, _clock_mark(isinstance(self.began, torch.cuda.Event)))
+
+    def seconds(self) -> float:
+        """The step's time, once `ended` has passed (its event synchronized, on a GPU)."""
+        if isinstance(self.ended, torch.cuda.Event):
+            return self.began.elapsed_time(self.ended) / 1e3
+        return self.ended - self.began
+
+
+def _clock_mark(gpu: bool) -> torch.cuda.Event | float:
+    if not gpu:
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
 
 
 @dataclass(frozen=True)
 class HeldStep:
     """A step whose loss and gradient norm are on their way to the host."""
 
-    values: torch.Tensor  # [loss, grad norm], on the CPU once `ready` has passed
-    ready: torch.cuda.Event | None  # None: on the CPU, there already
-    began: StepStart
-    seconds: float | None  # on the CPU: the step's time, known when it is held
+    values: torch.Tensor  # [loss, grad norm], on the CPU once `clock.ended` has passed
+    clock: StepClock
     before: TrainState
     after: TrainState
     lr: float
@@ -523,7 +532,7 @@ class StepReadout:
     the stage on a non-finite one, and writes the step's metrics line. The host's one wait per
     step so falls where the GPU has work in hand. A stop comes one step's kernels later than a
     read before the optimizer step, and nothing of the stopped step is saved. The step's time
-    is the GPU's (`StepStart`), so a read one step late or at once does not shift it."""
+    is the GPU's (`StepClock`), so a read one step late or at once does not shift it."""
 
     def __init__(self, *, stage: StageConfig, layout: StageLayout, plan: BatchPlan,
                  source: WindowSource, metrics: MetricsLog, bar: tqdm, flops: int,
@@ -543,29 +552,25 @@ class StepReadout:
         after: TrainState,
         lr: float,
         first_window: int,
-        began: StepStart,
+        clock: StepClock,
         log: bool,
     ) -> None:
         """Start copying a queued step's numbers to the host; the next `read` reads them."""
-        values, ready, seconds = torch.stack([loss.float(), grad_norm.float()]), None, None
-        if began.event is not None:
+        values = torch.stack([loss.float(), grad_norm.float()])
+        if values.is_cuda:
             pinned = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             values = pinned.copy_(values, non_blocking=True)
-            ready = torch.cuda.Event(enable_timing=True)
-            ready.record()
-        else:
-            seconds = time.perf_counter() - began.host
-        self._held = HeldStep(values, ready, began, seconds, before, after, lr, first_window, log)
+        self._held = HeldStep(values, clock.stop(), before, after, lr, first_window, log)
 
     def read(self) -> None:
         """Read the step held, if any: NonFiniteLossError on NaN or inf, else its metrics line."""
         if self._held is None:
             return
         held, self._held = self._held, None
-        if held.ready is not None:
-            held.ready.synchronize()
+        if isinstance(held.clock.ended, torch.cuda.Event):
+            held.clock.ended.synchronize()
         loss, grad_norm = held.values.tolist()
-        seconds = held.seconds if held.ready is None else held.began.seconds_to(held.ready)
+        seconds = held.clock.seconds()
         if _fault("nan-at-step", held.after.step):
             loss = loss * float("nan")
         ensure_finite(loss, grad_norm, stage=self.stage, state=held.before, layout=self.layout,

@@ -17,6 +17,7 @@ the profile is the figure of where the time goes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -71,8 +72,10 @@ class StepRange:
 
 class StepProfiler:
     """torch.profiler over the steps of `steps` (None: off), on rank 0; `before(step)` and
-    `after(step)` bracket each step of the loop, and leaving the context stops a profile that
-    the stage's end cut short (writing what ran) or warns that none of the steps ran."""
+    `after(step)` bracket each step of the loop. A resumed stage profiles the steps of the range
+    it runs; the stage's last step ends a range that runs past it (writing what ran); leaving
+    the context on an error stops the profiler and writes nothing; a range the stage never
+    reached gets a warning."""
 
     def __init__(self, steps: StepRange | None, out_dir: Path, ctx: Distributed) -> None:
         self.steps = steps if ctx.is_main else None
@@ -86,8 +89,10 @@ class StepProfiler:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._prof is not None:
-            self._stop()
+        if self._prof is not None:  # an error inside the range: that error is what matters
+            prof, self._prof = self._prof, None
+            with contextlib.suppress(Exception):
+                prof.__exit__(*exc)
         elif self.steps is not None and self.summary is None and exc[0] is None:
             warnings.warn(
                 f"--profile-steps {self.steps}: none of these steps ran in this stage",
@@ -95,7 +100,9 @@ class StepProfiler:
             )
 
     def before(self, step: int) -> None:
-        if self.steps is None or self._prof is not None or step != self.steps.first:
+        if self.steps is None or self._prof is not None or self.summary is not None:
+            return
+        if not self.steps.first <= step <= self.steps.last:
             return
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.device.type == "cuda":
@@ -105,18 +112,20 @@ class StepProfiler:
         self._prof.__enter__()
         self._started = time.perf_counter()
 
-    def after(self, step: int) -> None:
+    def after(self, step: int, *, last_of_stage: bool = False) -> None:
         if self._prof is None:
             return
         self._ran += 1
-        if step >= self.steps.last:
+        if step >= self.steps.last or last_of_stage:
             self._stop()
 
     def _stop(self) -> None:
-        _sync(self.device)
-        wall_s = time.perf_counter() - self._started
         prof, self._prof = self._prof, None
-        prof.__exit__(None, None, None)
+        try:
+            _sync(self.device)
+            wall_s = time.perf_counter() - self._started
+        finally:
+            prof.__exit__(None, None, None)
         self.summary = {"steps": str(self.steps), "steps_profiled": self._ran,
                         **summarize(prof, steps=self._ran, wall_s=wall_s)}  # fmt: skip
         self.out_dir.mkdir(parents=True, exist_ok=True)
