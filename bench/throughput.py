@@ -149,7 +149,9 @@ VARIANTS = {v.name: v for v in [
     _paper_default(1, "default+sdpa", "model.attention=sdpa"),  # cuDNN's attention on Hopper
     _paper_default(1, "default+reshard-bwd", "parallel.reshard_after_backward=true"),
     *[_paper_default(1, f"default+micro{n}", micro=n) for n in (24, 28, 32)],  # 28 divides 896
-    _paper_default(1, "default+autotune", AUTOTUNE),  # inductor benchmarks GEMM templates
+    _paper_default(1, "default+autotune", AUTOTUNE),  # inductor benchmarks GEMMs and pointwise
+    # GEMMs only: cuBLAS against inductor's Triton templates per shape, a shorter compile
+    _paper_default(1, "default+autotune-gemm", "TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1"),
     _paper_default(1, "default+no-expandable", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False"),
     Variant("hf-eager", "hf", compile=False),
     Variant("hf-compile+micro16", "hf", micro=16),
