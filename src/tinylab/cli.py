@@ -411,6 +411,7 @@ def train_command(
         typer.Option(
             "--profile-steps",
             metavar="FIRST-LAST",
+            # tinylab.train.profiling.PROFILE_STEPS_HELP's text: tinylab.train loads torch
             help="Profile these stage steps (torch.profiler, rank 0) into "
             "RUN/stages/<stage>/profile/: summary.json (kernel time by kind, top kernels, ATen "
             "ops with their input shapes, kernel and wall time per step) and trace.json.gz.",

@@ -21,7 +21,7 @@ from tinylab.config.stage import StageConfig
 from tinylab.errors import UserError
 from tinylab.train.batching import RandomWindows
 from tinylab.train.loop import run_stage
-from tinylab.train.profiling import StepRange
+from tinylab.train.profiling import PROFILE_STEPS_HELP, StepRange
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-steps",
         metavar="FIRST-LAST",
-        help="profile these stage steps (torch.profiler, rank 0) into <stage>/profile/: "
-        "summary.json (kernel time by kind, the top kernels, the ATen ops with their input "
-        "shapes, kernel and wall time per step) and trace.json.gz",
+        help=PROFILE_STEPS_HELP,
     )
     args = parser.parse_args(argv)
     try:

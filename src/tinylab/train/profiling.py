@@ -30,6 +30,11 @@ import torch
 from tinylab.config.loader import ConfigError
 from tinylab.train.parallel import Distributed
 
+PROFILE_STEPS_HELP = (
+    "Profile these stage steps (torch.profiler, rank 0) into RUN/stages/<stage>/profile/: "
+    "summary.json (kernel time by kind, top kernels, ATen ops with their input shapes, kernel "
+    "and wall time per step) and trace.json.gz."
+)
 ATTENTION_KERNEL = re.compile(r"flash|fmha|cudnn|attention|sdpa|scaled_dot", re.IGNORECASE)
 KERNEL_KINDS = [  # first match wins: where GPU time goes, by kernel name
     ("attention", ATTENTION_KERNEL),
