@@ -61,6 +61,7 @@ import torch
 
 from tinylab.config.loader import PARAMS_DIR, apply_overrides, dump_config, load_config
 from tinylab.config.stage import StageConfig
+from tinylab.layout import RunLayout, StageLayout
 from tinylab.model import build_model, flops_per_token, load_preset
 from tinylab.train.batching import RandomWindows, to_batch
 from tinylab.train.metrics import H100_BF16_PEAK
@@ -307,7 +308,7 @@ def _peak_memory(device: torch.device) -> int | None:
 
 def tinylab_run(stage: StageConfig, variant: Variant, workdir: Path, *, skip: int) -> dict:
     """Train `stage` with `python -m tinylab.train` (torchrun for several GPUs)."""
-    lines = (_train(stage, variant, workdir) / "metrics.jsonl").read_text().splitlines()
+    lines = _train(stage, variant, workdir).metrics.read_text().splitlines()
     records = [r for r in map(json.loads, lines) if r["kind"] == "train"]
     timed = records[skip:]
     return {
@@ -321,11 +322,11 @@ def tinylab_profile(stage: StageConfig, variant: Variant, workdir: Path) -> dict
     """The trainer's own kernels: steps 4-5 of a 5-step run, profiled inside the training loop
     (`--profile-steps`), after three steps of warm-up (compile in the first)."""
     stage = stage.model_copy(update={"max_tokens": stage.global_batch_tokens * PROFILED.last})
-    stage_dir = _train(stage, variant, workdir, "--profile-steps", str(PROFILED))
-    return json.loads((stage_dir / "profile" / "summary.json").read_text())
+    layout = _train(stage, variant, workdir, "--profile-steps", str(PROFILED))
+    return json.loads((layout.profile / "summary.json").read_text())
 
 
-def _train(stage: StageConfig, variant: Variant, workdir: Path, *extra: str) -> Path:
+def _train(stage: StageConfig, variant: Variant, workdir: Path, *extra: str) -> StageLayout:
     """Run the trainer on `stage` in a run folder of its own; the stage's folder."""
     run_dir = workdir / variant.name
     run_dir.mkdir(parents=True)
@@ -340,7 +341,7 @@ def _train(stage: StageConfig, variant: Variant, workdir: Path, *extra: str) -> 
          "--synthetic", PATTERN, *extra],
         run_dir / "log.txt",
     )  # fmt: skip
-    return run_dir / "stages" / stage.name
+    return RunLayout(run_dir).stage(stage.name)
 
 
 # ---------------------------------------------------------------- the kernels that run
