@@ -100,6 +100,33 @@ def test_the_adapter_refuses_a_padding_mask_and_dropout(fake_fa4) -> None:
         fa4_attention_forward(torch.nn.Module(), q, q, q, None, dropout=0.1)
 
 
+def test_the_adapter_refuses_packed_position_ids_and_takes_plain_ones(fake_fa4) -> None:
+    model = build_model(SMALL.model_copy(update={"attention": "flash_attention_4"}), seed=0)
+    ids = torch.randint(0, SMALL.vocab_size, (2, 8))
+    model(ids, position_ids=torch.arange(8).expand(2, -1))
+    with pytest.raises(ConfigError, match="packed sequences.*attention: sdpa"):
+        model(ids, position_ids=torch.arange(4).repeat(2).expand(2, -1))  # two documents a row
+
+
+def test_no_mask_is_prepared_for_fa4_so_no_packing_check_syncs(fake_fa4, monkeypatch) -> None:
+    """Training without a KV cache, transformers looks for packed sequences in the position ids
+    it makes itself for an attention with a mask function (a host sync in each forward on a
+    GPU); FA4's has none."""
+    import transformers.masking_utils as masking
+
+    checked = []
+    look = masking.find_packed_sequence_indices
+    monkeypatch.setattr(
+        masking, "find_packed_sequence_indices", lambda ids: checked.append(ids) or look(ids)
+    )
+    ids = torch.randint(0, SMALL.vocab_size, (2, 8))
+    fa4 = build_model(SMALL.model_copy(update={"attention": "flash_attention_4"}), seed=0)
+    fa4(ids, labels=ids, use_cache=False)  # as the training loop calls it
+    assert checked == []
+    build_model(SMALL, seed=0)(ids, labels=ids, use_cache=False)  # SDPA's has: the check runs
+    assert len(checked) == 1
+
+
 def test_the_params_schema_allows_every_backend() -> None:
     allowed = get_args(ModelConfig.model_fields["attention"].annotation)
     assert set(allowed) == {"auto", *ATTENTION_BACKENDS} and "flash_attention_4" in allowed
@@ -256,3 +283,38 @@ def test_the_profile_shows_fa4_kernels_forward_and_backward() -> None:
         torch.cuda.synchronize()
     kinds = {m.group(1) for e in prof.key_averages() if (m := FA4_KERNELS.search(e.key))}
     assert kinds == {"fwd", "bwd"}, sorted(e.key for e in prof.key_averages())[:40]
+
+
+@needs_fa4
+def test_a_compiled_layer_hands_fa4_its_layout_and_takes_its_gradients_as_they_are() -> None:
+    """Under per-layer torch.compile (the paper stages), the compiled backward takes FA4's dq, dk
+    and dv as FA4 returns them: no 4-D copy under CompiledFunctionBackward. Handed transposed
+    views, the backward copied each of them into its own layout, every layer and micro-batch
+    (1.5% of the 1.1B's step on an H200, bench/RESULTS.md)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = SMALL.model_copy(
+        update={"hidden_size": 256, "intermediate_size": 704, "attention": "flash_attention_4"}
+    )  # head_dim 64, as the 1.1B's; fmt: skip
+    model = build_model(cfg, device="cuda", seed=0).to(torch.bfloat16)  # FSDP2's compute dtype
+    for layer in model.model.layers:
+        layer.compile()
+    ids = torch.randint(0, cfg.vocab_size, (2, 128), device="cuda")
+    for _ in range(2):  # compiled in the first
+        model(ids, labels=ids).loss.backward()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        model(ids, labels=ids).loss.backward()
+        torch.cuda.synchronize()
+
+    def in_compiled_backward(event) -> bool:
+        while event := event.cpu_parent:
+            if event.name == "CompiledFunctionBackward":
+                return True
+        return False
+
+    copies = [
+        e.input_shapes[0]
+        for e in prof.events()
+        if e.name == "aten::copy_" and len(e.input_shapes[0]) == 4 and in_compiled_backward(e)
+    ]
+    assert copies == []

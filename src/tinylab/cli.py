@@ -414,7 +414,8 @@ def train_command(
             # tinylab.train.profiling.PROFILE_STEPS_HELP's text: tinylab.train loads torch
             help="Profile these stage steps (torch.profiler, rank 0) into "
             "RUN/stages/<stage>/profile/: summary.json (kernel time by kind, top kernels, ATen "
-            "ops with their input shapes, kernel and wall time per step) and trace.json.gz.",
+            "ops with their input shapes, kernel and wall time per step, the GPU's idle time by "
+            "the host ops it waited for) and trace.json.gz.",
         ),
     ] = None,
 ) -> None:

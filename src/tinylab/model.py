@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import AttentionInterface, AttentionMaskInterface, LlamaConfig, LlamaForCausalLM
-from transformers.masking_utils import flash_attention_mask
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers.masking_utils import find_packed_sequence_indices
 
 from tinylab.config.loader import PARAMS_DIR, ConfigError, load_config
 from tinylab.config.model import ModelConfig
@@ -26,6 +26,10 @@ FA4 = "flash_attention_4"  # flash-attn-4 (flash_attn.cute), through fa4_attenti
 ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2", FA4)
 _FA4_KEY = "tinylab_fa4"  # its key in transformers' registries: no "flash" in it (transformers
 # takes any name with "flash" in it for one of its own FlashAttention paths)
+_FA4_CAUSAL_ONLY = (
+    f"attention = {FA4!r} runs causal attention only, and this batch has a padding mask or packed "
+    "sequences; use attention: sdpa for padded or packed batches"
+)
 
 
 def load_preset(name_or_path: str | Path) -> ModelConfig:
@@ -81,12 +85,33 @@ def resolve_attention(requested: str) -> str:
 
 def hf_attention(name: str) -> str:
     """transformers' name of a resolved attention: ours for FlashAttention-4 (registered on first
-    use; transformers' own `flash_attention_4` entry stays theirs), else `name` itself."""
+    use; transformers' own `flash_attention_4` entry stays theirs), else `name` itself.
+
+    Ours has no mask function in transformers' registry, so its mask preparation hands every layer
+    no mask at once. With one, it looks for packed sequences in the position ids it makes itself,
+    a host sync in every forward: the GPU idled ~10 ms per step of the 1.1B (4 micro-batches on
+    an H200) while the host caught up. `refuse_masked_inputs` refuses the inputs that need a mask
+    instead (hooked in where such a model is built)."""
     if name != FA4:
         return name
     AttentionInterface.register(_FA4_KEY, fa4_attention_forward)
-    AttentionMaskInterface.register(_FA4_KEY, flash_attention_mask)  # None unless padded
     return _FA4_KEY
+
+
+def refuse_masked_inputs(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """A forward pre-hook for a LlamaModel on FlashAttention-4 (causal attention, no mask): a
+    ConfigError for a padding mask or packed position ids, before any layer runs."""
+    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    positions = kwargs.get("position_ids")
+    padded = mask is not None and not bool(mask.all())
+    if padded or (positions is not None and find_packed_sequence_indices(positions) is not None):
+        raise ConfigError(_FA4_CAUSAL_ONLY)
+
+
+def _with_fa4_guard(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    if model.config._attn_implementation == _FA4_KEY:
+        model.model.register_forward_pre_hook(refuse_masked_inputs, with_kwargs=True)
+    return model
 
 
 def _check_flash_attn_4() -> None:
@@ -120,15 +145,18 @@ def fa4_attention_forward(
     [B, H_kv, T, D] (GQA: H_kv divides H) in, [B, T, H, D] out as LlamaAttention reshapes it;
     causal, with the module's scaling; no padding mask, no dropout."""
     if attention_mask is not None:
-        raise ConfigError(
-            f"attention = {FA4!r} runs causal attention only, and this batch has a padding mask; "
-            "use attention: sdpa for padded batches"
-        )
+        raise ConfigError(_FA4_CAUSAL_ONLY)
     if dropout or not getattr(module, "is_causal", True):
         raise ConfigError(f"attention = {FA4!r} runs causal attention without dropout only")
-    out, _lse = _fa4_call(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scaling
-    )
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # FA4's [B, T, H, D]
+    if torch.compiler.is_compiling():
+        # Fresh tensors, not views: a compiled layer's RoPE writes q and k in this memory order
+        # already, but handed on as transposed views of [B, H, T, D]-shaped tensors, the layer's
+        # backward made FA4's dq, dk, dv contiguous in [B, H, T, D] first (1.5% of the 1.1B's
+        # step on an H200, bench/RESULTS.md). Not yet measured: inductor can write RoPE's output
+        # straight into the clones; v's is a copy (an eighth of q's size).
+        q, k, v = q.clone(), k.clone(), v.clone()
+    out, _lse = _fa4_call(q, k, v, scaling)
     return out, None
 
 
@@ -175,7 +203,7 @@ def build_model(
     hf_config = to_hf_config(cfg)
     hf_config._attn_implementation = hf_attention(resolve_attention(cfg.attention))
     with torch.device(device):
-        model = LlamaForCausalLM(hf_config)
+        model = _with_fa4_guard(LlamaForCausalLM(hf_config))
     if torch.device(device).type != "meta":
         init_weights(model, cfg, seed=seed)
     return model
@@ -257,9 +285,10 @@ def load_hf(
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{folder}: not an HF model folder (no config.json)")
-    return LlamaForCausalLM.from_pretrained(
+    model = LlamaForCausalLM.from_pretrained(
         folder, attn_implementation=hf_attention(resolve_attention(attention)), dtype=dtype
     )
+    return _with_fa4_guard(model)
 
 
 def safetensors_problem(folder: Path) -> str | None:

@@ -6,7 +6,8 @@ and rank 0 writes `<stage>/profile/summary.json` and `trace.json.gz` (open it in
 chrome://tracing). `summarize` turns a profile into that summary: kernel time and wall time per
 step (their ratio: how busy the GPU was), shares by kind of kernel (`KERNEL_KINDS`), the top
 kernels, the attention kernels that ran, and the ATen ops that launched kernels with their input
-shapes. bench/throughput.py prints the same summary.
+shapes; `tinylab.train.timeline` adds, from the trace, the GPU's idle time by the host ops it
+waited for and the host's waits on the GPU. bench/throughput.py prints the same summary.
 
 Trade-off: the two synchronizations and the profiler's own overhead make the profiled steps a
 little slower than unprofiled ones; the tokens/s of the metrics lines are the figure of speed,
@@ -29,11 +30,13 @@ import torch
 
 from tinylab.config.loader import ConfigError
 from tinylab.train.parallel import Distributed
+from tinylab.train.timeline import gpu_timeline, read_trace
 
 PROFILE_STEPS_HELP = (
     "Profile these stage steps (torch.profiler, rank 0) into RUN/stages/<stage>/profile/: "
     "summary.json (kernel time by kind, top kernels, ATen ops with their input shapes, kernel "
-    "and wall time per step) and trace.json.gz."
+    "and wall time per step, the GPU's idle time by the host ops it waited for) and "
+    "trace.json.gz."
 )
 ATTENTION_KERNEL = re.compile(r"flash|fmha|cudnn|attention|sdpa|scaled_dot", re.IGNORECASE)
 KERNEL_KINDS = [  # first match wins: where GPU time goes, by kernel name
@@ -131,11 +134,13 @@ class StepProfiler:
             wall_s = time.perf_counter() - self._started
         finally:
             prof.__exit__(None, None, None)
-        self.summary = {"steps": str(self.steps), "steps_profiled": self._ran,
-                        **summarize(prof, steps=self._ran, wall_s=wall_s)}  # fmt: skip
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        trace = self.out_dir / "trace.json.gz"
+        prof.export_chrome_trace(str(trace))
+        self.summary = {"steps": str(self.steps), "steps_profiled": self._ran,
+                        **summarize(prof, steps=self._ran, wall_s=wall_s),
+                        "timeline": gpu_timeline(read_trace(trace), steps=self._ran)}  # fmt: skip
         (self.out_dir / "summary.json").write_text(json.dumps(self.summary, indent=1) + "\n")
-        prof.export_chrome_trace(str(self.out_dir / "trace.json.gz"))
 
 
 def _sync(device: torch.device) -> None:
@@ -208,4 +213,17 @@ def report(summary: dict, name: str) -> str:
     if summary.get("ops"):
         out.append("    ATen ops by their own kernels' time, with input shapes:")
         out += [f"    {share:6.1%}  {op} {shapes[:100]}" for op, shapes, share in summary["ops"]]
+    if timeline := summary.get("timeline"):
+        out.append(
+            f"    GPU per step: {timeline['busy_ms_per_step']:.0f} ms busy, "
+            f"{timeline['idle_ms_per_step']:.1f} ms idle ({timeline['short_gaps_ms_per_step']:.1f}"
+            " in gaps under 20 us); idle after gaps, by the host ops that launched the next work:"
+        )
+        out += [_row(row) for row in timeline["idle_by_launcher"]]
+        out.append("    the host waiting on the GPU, by the ops that waited:")
+        out += [_row(row) for row in timeline["host_waits"]]
     return "\n".join(out)
+
+
+def _row(row: dict) -> str:
+    return f"    {row['ms_per_step']:8.2f} ms  {row['per_step']:5.1f}x  {row['where'][:140]}"

@@ -1,0 +1,81 @@
+"""tinylab.train.timeline: the GPU's idle time charged to the host ops that launched the work
+after each gap, and the host's waits on the GPU, from a Chrome trace as torch.profiler writes
+it (a small one built here: a CPU run has no GPU work to show)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from tinylab.train.profiling import report
+from tinylab.train.timeline import gpu_timeline, read_trace
+
+
+def _op(name: str, ts: float, dur: float, tid: int = 1) -> dict:
+    return {"cat": "cpu_op", "name": name, "ts": ts, "dur": dur, "tid": tid}
+
+
+def _launch(ts: float, correlation: int, name: str = "cudaLaunchKernel", dur: float = 1) -> dict:
+    return {"cat": "cuda_runtime", "name": name, "ts": ts, "dur": dur, "tid": 1,
+            "args": {"correlation": correlation}}  # fmt: skip
+
+
+def _kernel(ts: float, dur: float, correlation: int, stream: int = 7) -> dict:
+    return {"cat": "kernel", "name": f"k{correlation}", "ts": ts, "dur": dur, "tid": stream,
+            "args": {"correlation": correlation}}  # fmt: skip
+
+
+# Two steps. The host launches k1, then waits 100 µs in `aten::item` (a sync), so the GPU
+# idles 50 µs before k2, launched inside `mask > aten::all`; k3 (another stream) overlaps k2;
+# k4 follows after a 5 µs launch gap; k5 comes 30 µs late, launched inside `loss`. A runtime
+# call without a duration (as some traces have) is left out.
+TRACE = {"traceEvents": [
+    _op("step", 0, 1000),
+    _op("aten::mm", 10, 5), _launch(11, 1),
+    _op("aten::item", 20, 110), _launch(21, 90, "cudaStreamSynchronize", dur=100),
+    _op("mask", 130, 20), _op("aten::all", 135, 10), _launch(140, 2),
+    _op("aten::add", 150, 5), _launch(151, 3), _launch(152, 4),
+    _op("loss", 240, 20), _launch(245, 5),
+    _kernel(12, 88, 1), _kernel(150, 40, 2), _kernel(160, 50, 3, stream=9),
+    _kernel(215, 10, 4), _kernel(255, 45, 5),
+    {"cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 400, "tid": 1},  # no dur: skipped
+]}  # fmt: skip
+
+
+def test_gaps_are_charged_to_the_ops_that_launched_the_next_work_and_waits_to_theirs() -> None:
+    timeline = gpu_timeline(TRACE, steps=2)
+    # busy [12, 100] [150, 210] [215, 225] [255, 300]: 88 + 60 + 10 + 45 µs; idle 50 + 5 + 30
+    assert timeline["busy_ms_per_step"] == pytest.approx(0.203 / 2)
+    assert timeline["idle_ms_per_step"] == pytest.approx(0.085 / 2)
+    assert timeline["short_gaps_ms_per_step"] == pytest.approx(0.005 / 2)
+    assert timeline["idle_by_launcher"] == [
+        {"where": "step > mask > aten::all", "ms_per_step": pytest.approx(0.025),
+         "per_step": 0.5},
+        {"where": "step > loss", "ms_per_step": pytest.approx(0.015), "per_step": 0.5},
+    ]  # fmt: skip
+    assert timeline["host_waits"] == [
+        {"where": "step > aten::item > cudaStreamSynchronize",
+         "ms_per_step": pytest.approx(0.05), "per_step": 0.5},
+    ]  # fmt: skip
+    lines = report({"attention": [], "top": [], "timeline": timeline}, "default")
+    assert "idle after gaps" in lines and "step > mask > aten::all" in lines
+
+
+def test_deep_nesting_shows_the_outermost_and_innermost_ops() -> None:
+    names = ["a", "b", "c", "d", "e"]
+    ops = [_op(name, i, 100 - 2 * i) for i, name in enumerate(names)]
+    trace = {"traceEvents": [*ops, _launch(50, 1), _kernel(0, 1, 0), _kernel(60, 1, 1)]}
+    (row,) = gpu_timeline(trace, steps=1)["idle_by_launcher"]
+    assert row["where"] == "a > b > … > d > e"
+
+
+def test_a_cpu_trace_has_no_timeline_and_gzip_traces_read(tmp_path: Path) -> None:
+    cpu_only = {"traceEvents": [_op("aten::mm", 0, 10)]}
+    assert gpu_timeline(cpu_only, steps=1) is None
+    path = tmp_path / "trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump(TRACE, f)
+    assert read_trace(path) == TRACE
