@@ -30,7 +30,9 @@ from tinylab.model import (
     ATTENTION_BACKENDS,
     build_model,
     fa4_attention_forward,
+    load_hf,
     resolve_attention,
+    save_hf,
 )
 from tinylab.train.profiling import kernel_kinds
 
@@ -106,6 +108,27 @@ def test_the_adapter_refuses_packed_position_ids_and_takes_plain_ones(fake_fa4) 
     model(ids, position_ids=torch.arange(8).expand(2, -1))
     with pytest.raises(ConfigError, match="packed sequences.*attention: sdpa"):
         model(ids, position_ids=torch.arange(4).repeat(2).expand(2, -1))  # two documents a row
+
+
+def test_a_static_kv_cache_is_refused_and_a_dynamic_one_runs(fake_fa4) -> None:
+    from transformers import DynamicCache, StaticCache
+
+    model = build_model(SMALL.model_copy(update={"attention": "flash_attention_4"}), seed=0)
+    ids = torch.randint(0, SMALL.vocab_size, (1, 8))
+    model(ids, use_cache=True, cache=DynamicCache(config=model.config))
+    static = StaticCache(config=model.config, max_cache_len=16)  # unfilled slots need a mask
+    with pytest.raises(ConfigError, match="static KV cache.*attention: sdpa"):
+        model(ids, use_cache=True, cache=static)
+
+
+def test_a_model_loaded_from_an_hf_folder_on_fa4_refuses_padding(fake_fa4, tmp_path) -> None:
+    save_hf(build_model(SMALL, seed=0), tmp_path / "hf")
+    model = load_hf(tmp_path / "hf", attention="flash_attention_4")
+    ids = torch.randint(0, SMALL.vocab_size, (2, 8))
+    padded = torch.ones_like(ids)
+    padded[1, :2] = 0
+    with pytest.raises(ConfigError, match="padding mask"):
+        model(ids, attention_mask=padded)
 
 
 def test_no_mask_is_prepared_for_fa4_so_no_packing_check_syncs(fake_fa4, monkeypatch) -> None:

@@ -79,3 +79,48 @@ def test_a_cpu_trace_has_no_timeline_and_gzip_traces_read(tmp_path: Path) -> Non
     with gzip.open(path, "wt") as f:
         json.dump(TRACE, f)
     assert read_trace(path) == TRACE
+
+
+def test_a_gap_after_work_queued_in_time_is_a_wait_on_the_device_and_ops_are_half_open() -> None:
+    """k2 was launched (at 5) long before the GPU idled (20-60): the host was not late, the GPU
+    waited on something on the device. k3's launch at 80 is where sibling `a` [70, 80) ends and
+    `b` [80, 90) begins: it is b's."""
+    trace = {"traceEvents": [
+        _op("a", 70, 10), _op("b", 80, 10),
+        _launch(1, 1), _launch(5, 2), _launch(80, 3),
+        _kernel(10, 10, 1), _kernel(60, 10, 2), _kernel(100, 5, 3),
+    ]}  # fmt: skip
+    timeline = gpu_timeline(trace, steps=1)
+    rows = {row["where"]: row["ms_per_step"] for row in timeline["idle_by_launcher"]}
+    assert rows == {"(launched before the gap: a wait on the device)": pytest.approx(0.04),
+                    "b": pytest.approx(0.03)}  # fmt: skip
+
+
+def test_the_profiler_writes_the_timeline_and_survives_one_that_fails(tmp_path, monkeypatch):
+    """StepProfiler puts the trace's timeline into summary.json (the trace read back is the
+    hand-built one here: a CPU run has no GPU work); a timeline that raises warns and leaves its
+    error there, and the run goes on."""
+    import torch
+
+    from tinylab.train import profiling
+    from tinylab.train.parallel import Distributed
+    from tinylab.train.profiling import StepProfiler, StepRange
+
+    ctx = Distributed(0, 1, 0, torch.device("cpu"), None)
+
+    def profile_one_step(folder: Path) -> dict:
+        with StepProfiler(StepRange(1, 1), folder, ctx) as profiler:
+            profiler.before(1)
+            torch.ones(4) @ torch.ones(4)
+            profiler.after(1)
+        return json.loads((folder / "summary.json").read_text())["timeline"]
+
+    monkeypatch.setattr(profiling, "read_trace", lambda path: TRACE)
+    assert profile_one_step(tmp_path / "ok") == gpu_timeline(TRACE, steps=1)
+
+    def broken(path):
+        raise KeyError("traceEvents")
+
+    monkeypatch.setattr(profiling, "read_trace", broken)
+    with pytest.warns(UserWarning, match="timeline of .* failed: KeyError"):
+        assert profile_one_step(tmp_path / "broken") == {"error": "KeyError('traceEvents')"}

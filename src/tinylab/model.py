@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.masking_utils import find_packed_sequence_indices
 
 from tinylab.config.loader import PARAMS_DIR, ConfigError, load_config
@@ -27,8 +27,8 @@ ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2", FA4)
 _FA4_KEY = "tinylab_fa4"  # its key in transformers' registries: no "flash" in it (transformers
 # takes any name with "flash" in it for one of its own FlashAttention paths)
 _FA4_CAUSAL_ONLY = (
-    f"attention = {FA4!r} runs causal attention only, and this batch has a padding mask or packed "
-    "sequences; use attention: sdpa for padded or packed batches"
+    f"attention = {FA4!r} runs causal attention without a mask only, and this batch has a padding "
+    "mask, packed sequences or a static KV cache; use attention: sdpa for padded or packed batches"
 )
 
 
@@ -89,9 +89,10 @@ def hf_attention(name: str) -> str:
 
     Ours has no mask function in transformers' registry, so its mask preparation hands every layer
     no mask at once. With one, it looks for packed sequences in the position ids it makes itself,
-    a host sync in every forward: the GPU idled ~10 ms per step of the 1.1B (4 micro-batches on
-    an H200) while the host caught up. `refuse_masked_inputs` refuses the inputs that need a mask
-    instead (hooked in where such a model is built)."""
+    a host sync in every forward, after which the GPU idled while the host caught up (about 10 ms
+    per step of the 1.1B at 4 micro-batches on an H200, read from one profile). The inputs that
+    need a mask are refused by `refuse_masked_inputs` instead (hooked in where such a model is
+    built)."""
     if name != FA4:
         return name
     AttentionInterface.register(_FA4_KEY, fa4_attention_forward)
@@ -100,11 +101,24 @@ def hf_attention(name: str) -> str:
 
 def refuse_masked_inputs(module: nn.Module, args: tuple, kwargs: dict) -> None:
     """A forward pre-hook for a LlamaModel on FlashAttention-4 (causal attention, no mask): a
-    ConfigError for a padding mask or packed position ids, before any layer runs."""
-    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-    positions = kwargs.get("position_ids")
+    ConfigError for a padding mask, packed position ids or a KV cache other than transformers'
+    DynamicCache (a static one needs a mask), before any layer runs."""
+
+    def given(name: str, position: int, *aliases: str):
+        for key in (name, *aliases):
+            if kwargs.get(key) is not None:
+                return kwargs[key]
+        return args[position] if len(args) > position else None
+
+    mask, positions = given("attention_mask", 1), given("position_ids", 2)
+    cache = given("cache", 3, "past_key_values")  # its name before transformers 5.2x
     padded = mask is not None and not bool(mask.all())
-    if padded or (positions is not None and find_packed_sequence_indices(positions) is not None):
+    packed = (
+        positions is not None
+        and not torch.compiler.is_compiling()  # traced, the check finds packing everywhere
+        and find_packed_sequence_indices(positions) is not None
+    )
+    if padded or packed or (cache is not None and not isinstance(cache, DynamicCache)):
         raise ConfigError(_FA4_CAUSAL_ONLY)
 
 

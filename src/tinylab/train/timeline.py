@@ -3,9 +3,10 @@ Chrome trace torch.profiler exports (`--profile-steps` writes it as profile/trac
 
 `gpu_timeline` merges the GPU's kernels, copies and memsets into busy intervals. Each gap
 between two of them is charged to the host operations that launched the work after it (the
-CPU ops enclosing its launch: the host was late there), and each time the host blocked on the
-GPU (a stream, device or event synchronization, or a synchronous copy) is charged to the ops
-that made it wait. A host wait drains the GPU's queue, so the gaps that follow it are where the
+CPU ops enclosing its launch: the host was late there), unless that launch ended before the gap
+began (the GPU then waited on the device: another stream, an event). Each time the host blocked
+on the GPU (a stream, device or event synchronization, or a synchronous copy) is charged to the
+ops that made it wait. A host wait drains the GPU's queue, so the gaps that follow it are where the
 time is lost. Both are per step, largest first.
 
 On the 1.1B this found a host sync in every micro-batch inside transformers' mask preparation
@@ -44,7 +45,9 @@ def gpu_timeline(trace: dict, *, steps: int, top: int = 8) -> dict | None:
         return None
     per_step = 1e-3 / max(steps, 1)  # µs over the trace -> ms per step
     busy, after_gap = _merge(work)
-    gaps = [(busy[i][0] - busy[i - 1][1], after_gap[i]) for i in range(1, len(busy))]
+    gaps = [
+        (busy[i][0] - busy[i - 1][1], busy[i - 1][1], after_gap[i]) for i in range(1, len(busy))
+    ]
     ops = _HostOps([e for e in events if e.get("cat") in HOST_OPS])
     launches = {
         e["args"]["correlation"]: e
@@ -53,12 +56,17 @@ def gpu_timeline(trace: dict, *, steps: int, top: int = 8) -> dict | None:
     }
     idle: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     short = 0.0
-    for gap, first in gaps:
+    for gap, gap_start, first in gaps:
         if gap < MIN_GAP_US:
             short += gap
             continue
         launch = launches.get(first.get("args", {}).get("correlation"))
-        where = ops.around(launch) if launch else "(launch not in the trace)"
+        if launch is None:
+            where = "(launch not in the trace)"
+        elif launch["ts"] + launch["dur"] <= gap_start:  # queued in time: the GPU waited on
+            where = "(launched before the gap: a wait on the device)"  # a stream or an event
+        else:
+            where = ops.around(launch)
         idle[where][0] += gap
         idle[where][1] += 1
     waits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -114,7 +122,7 @@ class _HostOps:
         for ops_of_thread in self._ops.values():
             stack: list[dict] = []
             for op in ops_of_thread:
-                while stack and stack[-1]["ts"] + stack[-1]["dur"] < op["ts"]:
+                while stack and stack[-1]["ts"] + stack[-1]["dur"] <= op["ts"]:  # [ts, end)
                     stack.pop()
                 self._parent[id(op)] = stack[-1] if stack else None
                 stack.append(op)
@@ -127,7 +135,7 @@ class _HostOps:
         op = self._ops[tid][i - 1] if i else None
         names = []
         while op is not None:
-            if op["ts"] + op["dur"] >= t:
+            if op["ts"] + op["dur"] > t:
                 names.append(op["name"][:60])
             op = self._parent[id(op)]
         names.reverse()
