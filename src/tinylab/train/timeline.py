@@ -49,6 +49,27 @@ def gpu_timeline(trace: dict, *, steps: int, top: int = 8) -> dict | None:
         (busy[i][0] - busy[i - 1][1], busy[i - 1][1], after_gap[i]) for i in range(1, len(busy))
     ]
     ops = _HostOps([e for e in events if e.get("cat") in HOST_OPS])
+    idle, short = _idle_by_launcher(gaps, events, ops)
+    waits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.get("cat") in LAUNCHES and e["name"] in WAITS:
+            where = f"{ops.around(e)} > {e['name']}"
+            waits[where][0] += e["dur"]
+            waits[where][1] += 1
+    span = busy[-1][1] - busy[0][0]
+    busy_us = sum(end - start for start, end in busy)
+    return {
+        "busy_ms_per_step": busy_us * per_step,
+        "idle_ms_per_step": (span - busy_us) * per_step,
+        "short_gaps_ms_per_step": short * per_step,
+        "idle_by_launcher": _ranked(idle, per_step, steps, top),
+        "host_waits": _ranked(waits, per_step, steps, top),
+    }
+
+
+def _idle_by_launcher(gaps: list, events: list[dict], ops: _HostOps) -> tuple[dict, float]:
+    """Gaps of MIN_GAP_US or more, µs and count by where the work after each was launched (the
+    device when it was queued before the gap began); the shorter gaps' µs."""
     launches = {
         e["args"]["correlation"]: e
         for e in events
@@ -69,21 +90,7 @@ def gpu_timeline(trace: dict, *, steps: int, top: int = 8) -> dict | None:
             where = ops.around(launch)
         idle[where][0] += gap
         idle[where][1] += 1
-    waits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for e in events:
-        if e.get("cat") in LAUNCHES and e["name"] in WAITS:
-            where = f"{ops.around(e)} > {e['name']}"
-            waits[where][0] += e["dur"]
-            waits[where][1] += 1
-    span = busy[-1][1] - busy[0][0]
-    busy_us = sum(end - start for start, end in busy)
-    return {
-        "busy_ms_per_step": busy_us * per_step,
-        "idle_ms_per_step": (span - busy_us) * per_step,
-        "short_gaps_ms_per_step": short * per_step,
-        "idle_by_launcher": _ranked(idle, per_step, steps, top),
-        "host_waits": _ranked(waits, per_step, steps, top),
-    }
+    return idle, short
 
 
 def _merge(work: list[dict]) -> tuple[list[list[float]], list[dict]]:
