@@ -124,8 +124,24 @@ def kill_tree(pid: int) -> None:
             os.kill(victim, signal.SIGKILL)
 
 
-def wait_for(predicate, *, timeout_s: float, what: str, every_s: float = 0.05) -> None:
+def wait_for(
+    predicate,
+    *,
+    timeout_s: float,
+    what: str,
+    every_s: float = 0.05,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> None:
+    """Poll `predicate` until it holds; fail after `timeout_s`, or as soon as `proc` (the process
+    expected to make it hold) has ended, with the end of its output `log`."""
     deadline = time.monotonic() + timeout_s
+
+    def said() -> str:
+        return f"; its output ends:\n{log.read_text()[-3000:]}" if log and log.is_file() else ""
+
     while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process ended (exit {proc.returncode}){said()}")
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s{said()}"
         time.sleep(every_s)

@@ -309,11 +309,16 @@ def test_the_profile_shows_fa4_kernels_forward_and_backward() -> None:
 
 
 @needs_fa4
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: the compiled backward copies FA4's dq, dk, dv (H200, 2026-12-02: 1.5% of the "
+    "1.1B's step; `.contiguous()` did not help; bench/RESULTS.md)",
+)
 def test_a_compiled_layer_hands_fa4_its_layout_and_takes_its_gradients_as_they_are() -> None:
-    """Under per-layer torch.compile (the paper stages), the compiled backward takes FA4's dq, dk
-    and dv as FA4 returns them: no 4-D copy under CompiledFunctionBackward. Handed transposed
-    views, the backward copied each of them into its own layout, every layer and micro-batch
-    (1.5% of the 1.1B's step on an H200, bench/RESULTS.md)."""
+    """Under per-layer torch.compile (the paper stages), the compiled backward should take FA4's
+    dq, dk and dv as FA4 returns them: no 4-D copy under CompiledFunctionBackward. Handed
+    transposed views, the backward copies each of them into its own layout, every layer and
+    micro-batch. Strict: a fix makes it pass, and the marker goes with it."""
     from torch.profiler import ProfilerActivity, profile
 
     cfg = SMALL.model_copy(

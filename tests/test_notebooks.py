@@ -7,7 +7,9 @@ test_analysis_compare.py."""
 from __future__ import annotations
 
 import ast
+import json
 import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -19,7 +21,7 @@ from _train_fixtures import DATA, write_corpora
 
 from tinylab.config.loader import PROJECT_ROOT
 from tinylab.layout import RunLayout
-from tinylab.notebook import NOTEBOOKS_DIR, execute_notebook
+from tinylab.notebook import KERNEL_STARTS, NOTEBOOKS_DIR, execute_notebook
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 
@@ -76,3 +78,63 @@ def test_executing_writes_a_new_output_file_not_through_a_hard_link(tmp_path) ->
     execute_notebook(notebook, output, {"x": 41})
     assert other.read_bytes() == before and output.read_bytes() != before
     assert os.stat(other).st_nlink == 1
+
+
+# A python3 kernel that dies at its first `fails` starts (exit 1 before binding its ports, as
+# one that lost a port to another kernel), then runs as ipykernel; it counts its starts.
+FLAKY_LAUNCHER = """
+import sys
+from pathlib import Path
+
+starts, fails = Path(sys.argv[1]), int(sys.argv[2])
+count = int(starts.read_text()) + 1 if starts.exists() else 1
+starts.write_text(str(count))
+if count <= fails:
+    sys.exit(1)
+sys.argv = [sys.argv[0], *sys.argv[3:]]
+from ipykernel import kernelapp
+
+kernelapp.launch_new_instance()
+"""
+
+
+def _flaky_kernel(root: Path, monkeypatch, fails: int) -> Path:
+    """The python3 kernel spec (first on JUPYTER_PATH) starting FLAKY_LAUNCHER; its count file."""
+    launcher, starts = root / "launcher.py", root / "starts"
+    launcher.write_text(FLAKY_LAUNCHER)
+    spec = root / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, str(launcher), str(starts), str(fails), "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "flaky",
+                                                  "language": "python"}))  # fmt: skip
+    monkeypatch.setenv("JUPYTER_PATH", str(root / "jupyter"))
+    return starts
+
+
+def test_a_kernel_that_dies_before_its_first_cell_is_started_again(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    starts = _flaky_kernel(tmp_path, monkeypatch, fails=KERNEL_STARTS - 1)
+    notebook = write_notebook(tmp_path / "n.ipynb", "x = 1", "print(x + 1)")
+    out = execute_notebook(notebook, tmp_path / "out.ipynb", {"x": 41})
+    assert starts.read_text() == str(KERNEL_STARTS)
+    assert nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"] == "42\n"
+    said = capsys.readouterr().err
+    assert "n.ipynb: the kernel did not start" in said and f"({KERNEL_STARTS} of " in said
+
+
+def test_a_kernel_that_never_starts_fails_after_the_last_start(tmp_path, monkeypatch) -> None:
+    starts = _flaky_kernel(tmp_path, monkeypatch, fails=KERNEL_STARTS)
+    notebook = write_notebook(tmp_path / "n.ipynb", "x = 1")
+    with pytest.raises(RuntimeError, match="[Kk]ernel died"):
+        execute_notebook(notebook, tmp_path / "out.ipynb", {})
+    assert starts.read_text() == str(KERNEL_STARTS)
+
+
+def test_a_kernel_that_dies_in_a_cell_is_not_started_again(tmp_path, monkeypatch) -> None:
+    """The cells before it ran: running them again could repeat what they did."""
+    starts = _flaky_kernel(tmp_path, monkeypatch, fails=0)
+    notebook = write_notebook(tmp_path / "n.ipynb", "x = 1", "import os; os._exit(1)")
+    with pytest.raises(RuntimeError, match="[Kk]ernel died"):
+        execute_notebook(notebook, tmp_path / "out.ipynb", {})
+    assert starts.read_text() == "1"

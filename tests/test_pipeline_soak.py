@@ -74,19 +74,22 @@ def _project(root: Path) -> Path:
     return pipeline
 
 
-def _start(pipeline: Path, runs: Path) -> subprocess.Popen:
-    """`tinylab run` (run_pipeline in a process of its own) on one thread, as the CLI runs it."""
+def _start(pipeline: Path, runs: Path, log: Path) -> subprocess.Popen:
+    """`tinylab run` (run_pipeline in a process of its own) on one thread, as the CLI runs it;
+    its output into `log` (readable while it runs)."""
     script = (
         "import sys; from pathlib import Path; from tinylab.pipeline import run_pipeline; "
         f"print(run_pipeline(Path({str(pipeline)!r}), runs_dir=Path({str(runs)!r})).summary())"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
-def _finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=600)
+def _finish(proc: subprocess.Popen, log: Path) -> str:
+    proc.wait(timeout=600)
+    out = log.read_text()
     assert proc.returncode == 0, out[-3000:]
     return out.strip().splitlines()[-1]
 
@@ -140,7 +143,10 @@ def _contents(run_dir: Path) -> dict[str, object]:
 def test_a_run_killed_in_every_kind_of_step_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
     pipeline = _project(tmp_path)
     started = time.monotonic()
-    uninterrupted = _start(pipeline, tmp_path / "reference")  # alongside: one thread each
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # beside the killed runs, one thread each
+    uninterrupted = _start(pipeline, tmp_path / "reference", logs / "reference.txt")
     run_dir = tmp_path / "runs" / "soak"
     run = RunLayout(run_dir)
     kills = {
@@ -152,16 +158,18 @@ def test_a_run_killed_in_every_kind_of_step_ends_as_an_uninterrupted_one(tmp_pat
     timings = {}
     for step, marker in kills.items():
         begun = time.monotonic()
-        proc = _start(pipeline, run_dir.parent)
-        wait_for(marker, timeout_s=300, what=f"{step} under way", every_s=0.02)
+        log = logs / f"killed in {step}.txt"
+        proc = _start(pipeline, run_dir.parent, log)
+        wait_for(marker, timeout_s=300, what=f"{step} under way", every_s=0.02, proc=proc, log=log)
         kill_tree(proc.pid)
-        proc.communicate()
+        proc.wait()
         timings[f"run killed in {step}"] = time.monotonic() - begun
         assert _step_status(run_dir, step) == "running", f"{step} was not killed inside"
     begun = time.monotonic()
-    summary = _finish(_start(pipeline, run_dir.parent))
+    summary = _finish(_start(pipeline, run_dir.parent, logs / "last.txt"), logs / "last.txt")
     timings["run to the end"] = time.monotonic() - begun
-    print(f"uninterrupted: {_finish(uninterrupted)}\ninterrupted, last run: {summary}")
+    print(f"uninterrupted: {_finish(uninterrupted, logs / 'reference.txt')}\n"
+          f"interrupted, last run: {summary}")  # fmt: skip
     timings["all"] = time.monotonic() - started
     print("\n".join(f"{name}: {seconds:.1f} s" for name, seconds in timings.items()))
     assert summary.endswith(": 1 step ran (report); 3 skipped (3 same fingerprint)")

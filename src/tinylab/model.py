@@ -163,13 +163,6 @@ def fa4_attention_forward(
     if dropout or not getattr(module, "is_causal", True):
         raise ConfigError(f"attention = {FA4!r} runs causal attention without dropout only")
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # FA4's [B, T, H, D]
-    if torch.compiler.is_compiling():
-        # Fresh tensors, not views: a compiled layer's RoPE writes q and k in this memory order
-        # already, but handed on as transposed views of [B, H, T, D]-shaped tensors, the layer's
-        # backward made FA4's dq, dk, dv contiguous in [B, H, T, D] first (1.5% of the 1.1B's
-        # step on an H200, bench/RESULTS.md). Not yet measured: inductor can write RoPE's output
-        # straight into the clones; v's is a copy (an eighth of q's size).
-        q, k, v = q.clone(), k.clone(), v.clone()
     out, _lse = _fa4_call(q, k, v, scaling)
     return out, None
 

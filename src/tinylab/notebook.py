@@ -11,23 +11,47 @@ after the cell tagged `parameters`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from tinylab.config.loader import PROJECT_ROOT
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+# Starts of a kernel that dies (or never answers) before its first cell, before giving up: two
+# kernels started at once can be handed the same free port and one dies binding it
+# (jupyter/jupyter_client#154, nteract/papermill#511), as JupyterLab's own restarter knows.
+KERNEL_STARTS = 3
 
 
 def execute_notebook(
     notebook: Path, output: Path, parameters: dict[str, Any], *, log_output: bool = False
 ) -> Path:
     """Run `notebook` with `parameters` into `output` (papermill; a failing cell raises
-    papermill's PapermillExecutionError, with the cell's error); returns `output`."""
-    import papermill
-
+    papermill's PapermillExecutionError, with the cell's error); returns `output`. A kernel that
+    dies before running a cell is started again, up to KERNEL_STARTS times in all."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    for start in range(1, KERNEL_STARTS):
+        try:
+            return _execute_once(notebook, output, parameters, log_output)
+        except RuntimeError as err:  # jupyter_client's "Kernel died before replying ..."
+            if _a_cell_started(output):
+                raise
+            print(
+                f"[tinylab.notebook] {notebook.name}: the kernel did not start ({err}); "
+                f"starting another ({start + 1} of {KERNEL_STARTS})",
+                file=sys.stderr,
+                flush=True,
+            )
+    return _execute_once(notebook, output, parameters, log_output)
+
+
+def _execute_once(
+    notebook: Path, output: Path, parameters: dict[str, Any], log_output: bool
+) -> Path:
+    import papermill
+
     # papermill rewrites the file in place after each cell: start a new one, so an older
     # execution hard-linked elsewhere (a sweep point's shared step) is never written through
     output.unlink(missing_ok=True)
@@ -44,3 +68,17 @@ def execute_notebook(
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     return output
+
+
+def _a_cell_started(output: Path) -> bool:
+    """Whether papermill gave a cell of `output` a start time (it saves the notebook as each cell
+    starts); one it cannot read counts as started, so nothing is run twice."""
+    import nbformat
+
+    if not output.is_file():
+        return False
+    try:
+        cells = nbformat.read(output, as_version=4).cells
+    except Exception:
+        return True
+    return any(c.metadata.get("papermill", {}).get("start_time") for c in cells)
