@@ -12,7 +12,8 @@ math as FSDP2 but not the same code below `parallelize`; tests check they agree 
 
 Options applied per decoder layer before sharding: activation checkpointing (full: every layer;
 selective: every other layer), torch.compile (`compile: model` compiles the whole unsharded
-model instead, fusing across layers and into the loss; under FSDP2 it is a ConfigError), and
+model instead, fusing across layers and into the loss; under FSDP2 it is a ConfigError; compiled
+graphs take each output's gradient in that output's strides, torch 2.13's default), and
 the Liger-Kernel ops `parallel.liger` lists (fused RMSNorm, RoPE, SwiGLU, linear cross-entropy)
 when the package is installed; lm_head stays in the root FSDP unit. `precision: fp8` swaps the
 Linear layers (all but `parallel.fp8.keep_bf16`'s: lm_head by default) for torchao's
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch._functorch import config as functorch_config
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -162,6 +164,8 @@ def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) ->
     if parallel.fused_projections:
         swiglu = liger and "swiglu" in parallel.liger
         fuse_projections(model, parallel.fused_projections, liger_swiglu=swiglu)
+    if parallel.compile != "off":
+        expect_gradients_in_output_strides()
     layers = list(model.model.layers)
     for i, layer in enumerate(layers):
         if parallel.activation_checkpointing == "full" or (
@@ -189,6 +193,15 @@ def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) ->
         model, mesh=ctx.mesh, reshard_after_forward=parallel.reshard_after_forward, mp_policy=policy
     )
     return model
+
+
+def expect_gradients_in_output_strides() -> None:
+    """Compiled graphs expect each output's gradient in that output's own strides, as torch does
+    by default from 2.13 on (this process-wide setting). torch 2.11 expects contiguous ones and
+    copies any other: per-layer compile breaks the graph at FlashAttention-4, whose dq, dk, dv
+    come back in [B, T, H, D] order for q, k, v that leave the graph as [B, H, T, D], so every
+    layer and micro-batch copied them (1.5% of the 1.1B's step on an H200, bench/RESULTS.md)."""
+    functorch_config.guess_tangent_strides_as_outputs = True
 
 
 def apply_float8(model: nn.Module, fp8: Float8Config, device: torch.device) -> None:
