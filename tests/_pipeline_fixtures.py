@@ -141,7 +141,7 @@ def wait_for(
         return f"; its output ends:\n{log.read_text()[-3000:]}" if log and log.is_file() else ""
 
     while not predicate():
-        if proc is not None and proc.poll() is not None:
+        if proc is not None and proc.poll() is not None and not predicate():
             raise AssertionError(f"{what}: the process ended (exit {proc.returncode}){said()}")
         assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s{said()}"
         time.sleep(every_s)

@@ -47,7 +47,7 @@ BENCH, GPU_ENV = ROOT / "bench" / "throughput.py", ROOT / "scripts" / "gpu_env.s
 # them; sm90 as on the H200)
 FA4_KERNELS = re.compile(r"flash_attncuteflash_(fwd|bwd)\w*FlashAttention(Forward|Backward)")
 # fake_fa4 makes a GPU "present"; inductor, compiling for the CPU, needs the truth
-CPU_IS_AVAILABLE = torch.cuda.is_available
+REAL_CUDA_IS_AVAILABLE = torch.cuda.is_available
 
 
 def _module(name: str, **attrs) -> types.ModuleType:
@@ -301,7 +301,7 @@ def _compiled_copies(monkeypatch, compiled_by: str) -> list[list[int]]:
     torch._dynamo.reset()  # compiled code is cached per code object, whatever the settings
     cfg = SMALL.model_copy(update={"hidden_size": 256, "attention": "flash_attention_4"})
     model = build_model(cfg, seed=0)
-    monkeypatch.setattr(torch.cuda, "is_available", CPU_IS_AVAILABLE)
+    monkeypatch.setattr(torch.cuda, "is_available", REAL_CUDA_IS_AVAILABLE)
     if compiled_by == "tinylab":
         cpu = Distributed(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), mesh=None)
         parallelize(model, ParallelConfig(compile="layers"), cpu)
@@ -407,6 +407,10 @@ def test_a_compiled_layer_hands_fa4_its_layout_and_takes_its_gradients_as_they_a
     cfg = SMALL.model_copy(update={"hidden_size": 256, "attention": "flash_attention_4"})
     model = build_model(cfg, device="cuda", seed=0).to(torch.bfloat16)  # FSDP2's compute dtype
     gpu = Distributed(rank=0, world_size=1, local_rank=0, device=torch.device("cuda"), mesh=None)
+    torch._dynamo.reset()  # no layer compiled by an earlier test, under other settings
     parallelize(model, ParallelConfig(compile="layers"), gpu)
     ids = torch.randint(0, cfg.vocab_size, (2, 128), device="cuda")
-    assert _compiled_backward_copies(model, ids) == []
+    try:
+        assert _compiled_backward_copies(model, ids) == []
+    finally:
+        torch._dynamo.reset()

@@ -32,19 +32,25 @@ def execute_notebook(
     dies before running a cell is started again, up to KERNEL_STARTS times in all."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    for start in range(1, KERNEL_STARTS):
+    start = 1
+    while True:
         try:
             return _execute_once(notebook, output, parameters, log_output)
         except RuntimeError as err:  # jupyter_client's "Kernel died before replying ..."
             if _a_cell_started(output):
                 raise
+            if start == KERNEL_STARTS:
+                raise RuntimeError(
+                    f"{notebook.name}: the kernel stopped before its first cell at each of "
+                    f"{KERNEL_STARTS} starts; the last: {err}"
+                ) from err
+            start += 1
             print(
                 f"[tinylab.notebook] {notebook.name}: the kernel did not start ({err}); "
-                f"starting another ({start + 1} of {KERNEL_STARTS})",
+                f"starting another ({start} of {KERNEL_STARTS})",
                 file=sys.stderr,
                 flush=True,
             )
-    return _execute_once(notebook, output, parameters, log_output)
 
 
 def _execute_once(
@@ -71,14 +77,14 @@ def _execute_once(
 
 
 def _a_cell_started(output: Path) -> bool:
-    """Whether papermill gave a cell of `output` a start time (it saves the notebook as each cell
-    starts); one it cannot read counts as started, so nothing is run twice."""
+    """Whether papermill gave a cell of `output` a start time (it writes the notebook before it
+    starts the kernel, and again as each cell starts). A notebook it cannot read, or none at all
+    (papermill failed before any kernel, or wrote elsewhere), counts as started: nothing runs
+    twice."""
     import nbformat
 
-    if not output.is_file():
-        return False
     try:
         cells = nbformat.read(output, as_version=4).cells
-    except Exception:
+    except (OSError, ValueError, nbformat.ValidationError):
         return True
     return any(c.metadata.get("papermill", {}).get("start_time") for c in cells)

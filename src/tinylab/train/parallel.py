@@ -196,11 +196,13 @@ def parallelize(model: nn.Module, parallel: ParallelConfig, ctx: Distributed) ->
 
 
 def expect_gradients_in_output_strides() -> None:
-    """Compiled graphs expect each output's gradient in that output's own strides, as torch does
-    by default from 2.13 on (this process-wide setting). torch 2.11 expects contiguous ones and
-    copies any other: per-layer compile breaks the graph at FlashAttention-4, whose dq, dk, dv
-    come back in [B, T, H, D] order for q, k, v that leave the graph as [B, H, T, D], so every
-    layer and micro-batch copied them (1.5% of the 1.1B's step on an H200, bench/RESULTS.md)."""
+    """Compiled graphs expect each output's gradient in that output's own strides (torch 2.13's
+    default; process-wide). torch 2.11 expects contiguous ones and copies any other: per-layer
+    compile breaks the graph at FlashAttention-4, whose dq, dk, dv come back in [B, T, H, D]
+    order for q, k, v that leave the graph [B, H, T, D]-shaped, so every layer and micro-batch
+    copied them (1.5% of the 1.1B's step on an H200, bench/RESULTS.md). 2.11 lacks 2.13's
+    fallback for an output that overlaps itself (an expand()): its backward would fail loudly;
+    the decoder layers' graphs have none."""
     functorch_config.guess_tangent_strides_as_outputs = True
 
 
