@@ -80,6 +80,16 @@ def test_executing_writes_a_new_output_file_not_through_a_hard_link(tmp_path) ->
     assert os.stat(other).st_nlink == 1
 
 
+def test_paths_with_braces_are_taken_word_for_word(tmp_path) -> None:
+    """Papermill fills its paths in as format strings with the parameters."""
+    folder = tmp_path / "lr{x}}{"
+    folder.mkdir()
+    notebook = write_notebook(folder / "n{x}.ipynb", "x = 1", "print(x)")
+    out = execute_notebook(notebook, folder / "run{x}" / "out.ipynb", {"x": 7})
+    assert out == folder / "run{x}" / "out.ipynb"
+    assert nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"] == "7\n"
+
+
 # A python3 kernel that dies at its first `fails` starts (exit 1 before binding its ports, as
 # one that lost a port to another kernel), then runs as ipykernel; it counts its starts.
 FLAKY_LAUNCHER = """

@@ -62,8 +62,8 @@ def _execute_once(
     # execution hard-linked elsewhere (a sweep point's shared step) is never written through
     output.unlink(missing_ok=True)
     papermill.execute_notebook(
-        str(notebook),
-        str(output),
+        _literal(notebook),
+        _literal(output),
         parameters=parameters,
         cwd=str(PROJECT_ROOT),
         kernel_name="python3",
@@ -74,6 +74,12 @@ def _execute_once(
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     return output
+
+
+def _literal(path: Path) -> str:
+    """`path` as papermill takes it word for word (it fills paths in as format strings with the
+    parameters: a folder named `lr{x}` would otherwise be another folder, or an error)."""
+    return str(path).replace("{", "{{").replace("}", "}}")
 
 
 def _a_cell_started(output: Path) -> bool:
