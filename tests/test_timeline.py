@@ -124,3 +124,82 @@ def test_the_profiler_writes_the_timeline_and_survives_one_that_fails(tmp_path, 
     monkeypatch.setattr(profiling, "read_trace", broken)
     with pytest.warns(UserWarning, match="timeline of .* failed: KeyError"):
         assert profile_one_step(tmp_path / "broken") == {"error": "KeyError('traceEvents')"}
+
+
+# Kernel names as PyTorch's CUDA build gives them (from a trace of the 1.1B on an H200): the
+# gradient accumulation's mixed-dtype add and an eager mul name `LoadWithCast` and
+# `gpu_kernel_impl_nocast` in their template arguments, and are no casts.
+FP32_ADD = ("void at::native::unrolled_elementwise_kernel<at::native::CUDAFunctor_add<float>, "
+            "std::array<char*, 3ul>, 4, TrivialOffsetCalculator<2, unsigned int>, "
+            "TrivialOffsetCalculator<1, unsigned int>, at::native::memory::LoadWithCast<2>, "
+            "at::native::memory::StoreWithCast<1> >(int, at::native::CUDAFunctor_add<float>, "
+            "std::array<char*, 3ul>)")  # fmt: skip
+MUL = ("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<"
+       "at::native::BinaryFunctor<c10::BFloat16, c10::BFloat16, c10::BFloat16, "
+       "at::native::binary_internal::MulFunctor<float> > >(at::TensorIteratorBase&, "
+       "at::native::BinaryFunctor<c10::BFloat16, c10::BFloat16, c10::BFloat16, "
+       "at::native::binary_internal::MulFunctor<float> > const&)::{lambda(int)#1}>(int, "
+       "at::native::gpu_kernel_impl_nocast<...>::{lambda(int)#1})")  # fmt: skip
+COPY = (
+    "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<"
+    "at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}::operator()"
+    "() const::{lambda()#7}::operator()() const::{lambda(c10::BFloat16)#1}> >(int, ...)"
+)
+FILL = (
+    "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, "
+    "std::array<char*, 1ul> >(int, at::native::FillFunctor<float>, std::array<char*, 1ul>)"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [(FP32_ADD, "elementwise / reduce (eager)"), (MUL, "elementwise / reduce (eager)"),
+     (COPY, "copy / cast"), (FILL, "copy / cast"),
+     ("Memcpy DtoD (Device -> Device)", "copy / cast"),
+     ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "inductor (fused)")],
+)  # fmt: skip
+def test_kernels_are_copies_by_what_they_do_not_by_their_template_arguments(name, kind) -> None:
+    from tinylab.train.profiling import kernel_kind
+
+    assert kernel_kind(name) == kind
+
+
+def test_picked_kernels_are_charged_to_the_ops_that_launched_them_with_their_shapes() -> None:
+    """Two copies of q's gradient in a compiled backward (one per step) and a fill elsewhere,
+    picked as profiling picks copies; the mul beside them is not picked."""
+    from tinylab.train.profiling import _is_copy, report
+
+    shapes = [[16, 32, 2048, 64], [16, 32, 2048, 64], []]
+    copy_op = {**_op("aten::copy_", 30, 10), "args": {"Input Dims": shapes}}
+    step = [
+        _op("CompiledFunctionBackward", 0, 100), _op("aten::contiguous", 20, 30), copy_op,
+        _launch(35, 1), {**_kernel(40, 50, 1), "name": COPY},
+        _op("aten::mul", 60, 10), _launch(61, 2), {**_kernel(90, 20, 2), "name": MUL},
+    ]  # fmt: skip
+    events = [*step, *(_shifted(e, 1000, 10) for e in step)]
+    events += [
+        _op("aten::zeros", 1500, 10),
+        _launch(1501, 99),
+        {**_kernel(1510, 8, 99), "name": FILL},
+    ]
+    timeline = gpu_timeline({"traceEvents": events}, steps=2, attribute=_is_copy)
+    assert timeline["picked_by_launcher"] == [
+        {"where": "at::native::elementwise_kernel (direct_copy_kernel_cuda) | "
+                  "CompiledFunctionBackward > aten::contiguous > aten::copy_ "
+                  "[[16, 32, 2048, 64], [16, 32, 2048, 64], []]",
+         "ms_per_step": pytest.approx(0.05), "per_step": 1.0},
+        {"where": "at::native::vectorized_elementwise_kernel (FillFunctor) | aten::zeros",
+         "ms_per_step": pytest.approx(0.004), "per_step": 0.5},
+    ]  # fmt: skip
+    assert gpu_timeline({"traceEvents": events}, steps=2)["picked_by_launcher"] == []
+    lines = report({"attention": [], "top": [], "timeline": timeline}, "default")
+    assert "copy / cast kernels, by the host ops that launched them:" in lines
+    assert "aten::copy_ [[16, 32, 2048, 64]" in lines
+
+
+def _shifted(event: dict, dt: float, dc: int) -> dict:
+    """`event` later by dt µs, its correlation id (if any) by dc."""
+    args = event.get("args", {})
+    if "correlation" in args:
+        args = {**args, "correlation": args["correlation"] + dc}
+    return {**event, "ts": event["ts"] + dt, "args": args}

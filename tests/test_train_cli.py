@@ -56,3 +56,15 @@ def test_train_with_an_indivisible_batch_exits_2(tmp_path, config, monkeypatch, 
     args = ("train", str(config), "--run-dir", str(tmp_path), "--nproc", "3")
     assert tinylab(monkeypatch, *args) == 2
     assert "world_size = 4 x 32 x 3" in capsys.readouterr().err
+
+
+def test_the_cli_describes_profile_steps_as_python_m_tinylab_train_does() -> None:
+    """The CLI keeps its own copy of the text (importing tinylab.train would load torch)."""
+    import typer.main
+
+    from tinylab.cli import app
+    from tinylab.train.profiling import PROFILE_STEPS_HELP
+
+    train = typer.main.get_command(app).commands["train"]
+    (option,) = [p for p in train.params if p.name == "profile_steps"]
+    assert option.help == PROFILE_STEPS_HELP

@@ -415,7 +415,8 @@ def train_command(
             help="Profile these stage steps (torch.profiler, rank 0) into "
             "RUN/stages/<stage>/profile/: summary.json (kernel time by kind, top kernels, ATen "
             "ops with their input shapes, kernel and wall time per step, the GPU's idle time by "
-            "the host ops it waited for) and trace.json.gz.",
+            "the host ops it waited for, the copy / cast kernels by the host ops that launched "
+            "them) and trace.json.gz.",
         ),
     ] = None,
 ) -> None:

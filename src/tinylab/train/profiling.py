@@ -35,7 +35,8 @@ from tinylab.train.timeline import MIN_GAP_US, gpu_timeline, read_trace
 PROFILE_STEPS_HELP = (
     "Profile these stage steps (torch.profiler, rank 0) into RUN/stages/<stage>/profile/: "
     "summary.json (kernel time by kind, top kernels, ATen ops with their input shapes, kernel "
-    "and wall time per step, the GPU's idle time by the host ops it waited for) and "
+    "and wall time per step, the GPU's idle time by the host ops it waited for, the copy / "
+    "cast kernels by the host ops that launched them) and "
     "trace.json.gz."
 )
 ATTENTION_KERNEL = re.compile(r"flash|fmha|cudnn|attention|sdpa|scaled_dot", re.IGNORECASE)
@@ -48,7 +49,8 @@ KERNEL_KINDS = [  # first match wins: where GPU time goes, by kernel name
                                  re.IGNORECASE)),
     ("Liger", re.compile(r"^_\w+_kernel$|liger", re.IGNORECASE)),
     ("inductor (fused)", re.compile(r"^triton_")),
-    ("copy / cast", re.compile(r"copy|convert|cast|memcpy|memset|fill", re.IGNORECASE)),
+    # not PyTorch's `gpu_kernel_impl_nocast` or `LoadWithCast`: eager elementwise kernels
+    ("copy / cast", re.compile(r"copy|convert|(?<![a-z])cast|memcpy|memset|fill", re.IGNORECASE)),
     ("elementwise / reduce (eager)", re.compile(r"elementwise|vectorized|reduce|unrolled",
                                                 re.IGNORECASE)),
 ]  # fmt: skip
@@ -148,10 +150,14 @@ def _timeline(trace: Path, steps: int) -> dict | None:
     in the summary rather than ending the training (a few seconds of rank 0's time on a
     two-step profile of the 1.1B, the other ranks waiting)."""
     try:
-        return gpu_timeline(read_trace(trace), steps=steps)
+        return gpu_timeline(read_trace(trace), steps=steps, attribute=_is_copy)
     except Exception as err:  # noqa: BLE001 - a diagnostic must not stop the run
         warnings.warn(f"--profile-steps: the timeline of {trace} failed: {err!r}", stacklevel=2)
         return {"error": repr(err)}
+
+
+def _is_copy(name: str) -> bool:
+    return kernel_kind(name) == "copy / cast"
 
 
 def _sync(device: torch.device) -> None:
@@ -200,11 +206,16 @@ def _annotation(name: str) -> bool:
     return "#" in name
 
 
+def kernel_kind(name: str) -> str:
+    """The kind of a kernel, by its name: KERNEL_KINDS' first match, else 'other'."""
+    return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(name)), "other")
+
+
 def kernel_kinds(rows: list[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Shares of kernel time per kind of kernel (KERNEL_KINDS, else 'other'), largest first."""
+    """Shares of kernel time per kind of kernel (`kernel_kind`), largest first."""
     shares: dict[str, float] = {}
     for name, share in rows:
-        kind = next((k for k, pattern in KERNEL_KINDS if pattern.search(name)), "other")
+        kind = kernel_kind(name)
         shares[kind] = shares.get(kind, 0.0) + share
     return sorted(shares.items(), key=lambda item: -item[1])
 
@@ -234,8 +245,11 @@ def report(summary: dict, name: str) -> str:
         out += [_row(row) for row in timeline["idle_by_launcher"]]
         out.append("    the host waiting on the GPU, by the ops that waited:")
         out += [_row(row) for row in timeline["host_waits"]]
+        if copies := timeline.get("picked_by_launcher"):
+            out.append("    copy / cast kernels, by the host ops that launched them:")
+            out += [_row(row) for row in copies]
     return "\n".join(out)
 
 
 def _row(row: dict) -> str:
-    return f"    {row['ms_per_step']:8.2f} ms  {row['per_step']:5.1f}x  {row['where'][:140]}"
+    return f"    {row['ms_per_step']:8.2f} ms  {row['per_step']:5.1f}x  {row['where'][:220]}"

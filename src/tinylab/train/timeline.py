@@ -7,7 +7,9 @@ CPU ops enclosing its launch: the host was late there), unless that launch ended
 began (the GPU then waited on the device: another stream, an event). Each time the host blocked
 on the GPU (a stream, device or event synchronization, or a synchronous copy) is charged to the
 ops that made it wait. A host wait drains the GPU's queue, so the gaps that follow it are where the
-time is lost. Both are per step, largest first.
+time is lost. Both are per step, largest first. Kernels a caller picks by name (profiling picks
+the copies and casts) are charged to the ops that launched them, with the innermost op's input
+shapes: which copy a step makes, and where.
 
 On the 1.1B this found a host sync in every micro-batch inside transformers' mask preparation
 and two in Liger's fused loss, and the gradient copies of a compiled layer (bench/RESULTS.md).
@@ -18,7 +20,9 @@ from __future__ import annotations
 import bisect
 import gzip
 import json
+import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
@@ -35,10 +39,13 @@ def read_trace(path: Path) -> dict:
         return json.load(f)
 
 
-def gpu_timeline(trace: dict, *, steps: int, top: int = 8) -> dict | None:
+def gpu_timeline(
+    trace: dict, *, steps: int, top: int = 8, attribute: Callable[[str], bool] | None = None
+) -> dict | None:
     """The GPU's busy and idle ms per step over the trace, its idle time (gaps of MIN_GAP_US or
-    more) by the host ops that launched the work after each gap, and the host's waits on the
-    GPU by the ops that waited; None when the trace has no GPU work (a CPU run)."""
+    more) by the host ops that launched the work after each gap, the host's waits on the GPU by
+    the ops that waited, and the time of the kernels whose names `attribute` picks by the ops
+    that launched them; None when the trace has no GPU work (a CPU run)."""
     events = [e for e in trace.get("traceEvents", []) if "dur" in e and "ts" in e]
     work = sorted((e for e in events if e.get("cat") in GPU_WORK), key=lambda e: e["ts"])
     if not work:
@@ -49,7 +56,13 @@ def gpu_timeline(trace: dict, *, steps: int, top: int = 8) -> dict | None:
         (busy[i][0] - busy[i - 1][1], busy[i - 1][1], after_gap[i]) for i in range(1, len(busy))
     ]
     ops = _HostOps([e for e in events if e.get("cat") in HOST_OPS])
-    idle, short = _idle_by_launcher(gaps, events, ops)
+    launches = {
+        e["args"]["correlation"]: e
+        for e in events
+        if e.get("cat") in LAUNCHES and "correlation" in e.get("args", {})
+    }
+    idle, short = _idle_by_launcher(gaps, launches, ops)
+    picked = _by_launcher(work, attribute, launches, ops) if attribute else {}
     waits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for e in events:
         if e.get("cat") in LAUNCHES and e["name"] in WAITS:
@@ -64,17 +77,13 @@ def gpu_timeline(trace: dict, *, steps: int, top: int = 8) -> dict | None:
         "short_gaps_ms_per_step": short * per_step,
         "idle_by_launcher": _ranked(idle, per_step, steps, top),
         "host_waits": _ranked(waits, per_step, steps, top),
+        "picked_by_launcher": _ranked(picked, per_step, steps, top),
     }
 
 
-def _idle_by_launcher(gaps: list, events: list[dict], ops: _HostOps) -> tuple[dict, float]:
+def _idle_by_launcher(gaps: list, launches: dict, ops: _HostOps) -> tuple[dict, float]:
     """Gaps of MIN_GAP_US or more, µs and count by where the work after each was launched (the
     device when it was queued before the gap began); the shorter gaps' µs."""
-    launches = {
-        e["args"]["correlation"]: e
-        for e in events
-        if e.get("cat") in LAUNCHES and "correlation" in e.get("args", {})
-    }
     idle: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     short = 0.0
     for gap, gap_start, first in gaps:
@@ -91,6 +100,36 @@ def _idle_by_launcher(gaps: list, events: list[dict], ops: _HostOps) -> tuple[di
         idle[where][0] += gap
         idle[where][1] += 1
     return idle, short
+
+
+def _by_launcher(
+    work: list[dict], attribute: Callable[[str], bool], launches: dict, ops: _HostOps
+) -> dict:
+    """µs and count of the GPU work `attribute` picks by name, by the kernel, the ops enclosing
+    its launch and the innermost one's input shapes."""
+    picked: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in work:
+        if not attribute(e["name"]):
+            continue
+        launch = launches.get(e.get("args", {}).get("correlation"))
+        where = "(launch not in the trace)"
+        if launch is not None:
+            shapes = ops.innermost_shapes(launch)
+            where = f"{ops.around(launch)}{f' {shapes}' if shapes else ''}"
+        row = picked[f"{_short_kernel(e['name'])} | {where}"]
+        row[0] += e["dur"]
+        row[1] += 1
+    return picked
+
+
+def _short_kernel(name: str) -> str:
+    """A kernel's name without its template arguments, and the functor they name: PyTorch's
+    `void at::native::elementwise_kernel<128, 4, ...direct_copy_kernel_cuda...>(...)` is
+    `at::native::elementwise_kernel (direct_copy_kernel_cuda)`."""
+    name = name.removeprefix("void ")
+    head = name.split("<")[0]
+    functor = re.search(r"\w*(?:copy|Functor|fill)\w*", name[len(head) :])
+    return f"{head} ({functor.group(0)})" if functor else head
 
 
 def _merge(work: list[dict]) -> tuple[list[list[float]], list[dict]]:
@@ -134,18 +173,27 @@ class _HostOps:
                 self._parent[id(op)] = stack[-1] if stack else None
                 stack.append(op)
 
-    def around(self, event: dict, depth: int = 4) -> str:
-        """The ops enclosing `event` on its thread, outermost first: the two outermost and the
-        two innermost when there are more than `depth`."""
+    def enclosing(self, event: dict) -> list[dict]:
+        """The ops enclosing `event` on its thread, innermost first."""
         tid, t = event.get("tid"), event["ts"]
         i = bisect.bisect_right(self._starts.get(tid, []), t)
         op = self._ops[tid][i - 1] if i else None
-        names = []
+        ops = []
         while op is not None:
             if op["ts"] + op["dur"] > t:
-                names.append(op["name"][:60])
+                ops.append(op)
             op = self._parent[id(op)]
-        names.reverse()
+        return ops
+
+    def innermost_shapes(self, event: dict) -> list | None:
+        """The input shapes of the innermost op enclosing `event` (with record_shapes)."""
+        ops = self.enclosing(event)
+        return ops[0].get("args", {}).get("Input Dims") if ops else None
+
+    def around(self, event: dict, depth: int = 4) -> str:
+        """The ops enclosing `event` on its thread, outermost first: the two outermost and the
+        two innermost when there are more than `depth`."""
+        names = [op["name"][:60] for op in reversed(self.enclosing(event))]
         if len(names) > depth:
             names = [*names[: depth // 2], "…", *names[-(depth // 2) :]]
         return " > ".join(names) or "(no host op)"
