@@ -155,7 +155,9 @@ FILL = (
     ("name", "kind"),
     [(FP32_ADD, "elementwise / reduce (eager)"), (MUL, "elementwise / reduce (eager)"),
      (COPY, "copy / cast"), (FILL, "copy / cast"),
-     ("Memcpy DtoD (Device -> Device)", "copy / cast"),
+     ("Memcpy DtoD (Device -> Device)", "copy / cast"), ("Memset (Device)", "copy / cast"),
+     ("void downcast_kernel<float>(float const*, int)", "copy / cast"),
+     ("void cutlass::device_kernel<flash::FlashAttnFwdSm90<int> >(int)", "attention"),
      ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "inductor (fused)")],
 )  # fmt: skip
 def test_kernels_are_copies_by_what_they_do_not_by_their_template_arguments(name, kind) -> None:
@@ -181,6 +183,7 @@ def test_picked_kernels_are_charged_to_the_ops_that_launched_them_with_their_sha
         _op("aten::zeros", 1500, 10),
         _launch(1501, 99),
         {**_kernel(1510, 8, 99), "name": FILL},
+        {**_kernel(1600, 2, 98), "cat": "gpu_memcpy", "name": "Memcpy DtoD (Device -> Device)"},
     ]
     timeline = gpu_timeline({"traceEvents": events}, steps=2, attribute=_is_copy)
     assert timeline["picked_by_launcher"] == [
@@ -190,6 +193,8 @@ def test_picked_kernels_are_charged_to_the_ops_that_launched_them_with_their_sha
          "ms_per_step": pytest.approx(0.05), "per_step": 1.0},
         {"where": "at::native::vectorized_elementwise_kernel (FillFunctor) | aten::zeros",
          "ms_per_step": pytest.approx(0.004), "per_step": 0.5},
+        {"where": "Memcpy DtoD (Device -> Device) | (launch not in the trace)",
+         "ms_per_step": pytest.approx(0.001), "per_step": 0.5},
     ]  # fmt: skip
     assert gpu_timeline({"traceEvents": events}, steps=2)["picked_by_launcher"] == []
     lines = report({"attention": [], "top": [], "timeline": timeline}, "default")
@@ -203,3 +208,22 @@ def _shifted(event: dict, dt: float, dc: int) -> dict:
     if "correlation" in args:
         args = {**args, "correlation": args["correlation"] + dc}
     return {**event, "ts": event["ts"] + dt, "args": args}
+
+
+@pytest.mark.parametrize(
+    ("name", "short"),
+    [(COPY, "at::native::elementwise_kernel (direct_copy_kernel_cuda)"),
+     (MUL, "at::native::elementwise_kernel (MulFunctor)"),
+     (FP32_ADD, "at::native::unrolled_elementwise_kernel (CUDAFunctor_add)"),
+     ("void at::native::(anonymous namespace)::chunk_cat_cuda_kernel<float>(int)",
+      "at::native::(anonymous namespace)::chunk_cat_cuda_kernel"),
+     ("ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)",
+      "ncclDevKernel_AllGather_RING_LL"),
+     ("Memcpy DtoD (Device -> Device)", "Memcpy DtoD (Device -> Device)"),
+     ("nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NTN",
+      "nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NTN")],
+)  # fmt: skip
+def test_short_kernel_names_keep_the_kernel_and_the_operation(name, short) -> None:
+    from tinylab.train.timeline import short_kernel_name
+
+    assert short_kernel_name(name) == short

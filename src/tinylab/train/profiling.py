@@ -49,11 +49,11 @@ KERNEL_KINDS = [  # first match wins: where GPU time goes, by kernel name
                                  re.IGNORECASE)),
     ("Liger", re.compile(r"^_\w+_kernel$|liger", re.IGNORECASE)),
     ("inductor (fused)", re.compile(r"^triton_")),
-    # not PyTorch's `gpu_kernel_impl_nocast` or `LoadWithCast`: eager elementwise kernels
-    ("copy / cast", re.compile(r"copy|convert|(?<![a-z])cast|memcpy|memset|fill", re.IGNORECASE)),
+    ("copy / cast", re.compile(r"copy|convert|cast|memcpy|memset|fill", re.IGNORECASE)),
     ("elementwise / reduce (eager)", re.compile(r"elementwise|vectorized|reduce|unrolled",
                                                 re.IGNORECASE)),
 ]  # fmt: skip
+NOT_A_CAST = re.compile(r"nocast|(Load|Store)WithCast")  # in eager elementwise kernels' names
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,7 @@ def _timeline(trace: Path, steps: int) -> dict | None:
 
 
 def _is_copy(name: str) -> bool:
+    """A kernel of the kind 'copy / cast': the kind the step's layout and dtype traffic is in."""
     return kernel_kind(name) == "copy / cast"
 
 
@@ -207,7 +208,11 @@ def _annotation(name: str) -> bool:
 
 
 def kernel_kind(name: str) -> str:
-    """The kind of a kernel, by its name: KERNEL_KINDS' first match, else 'other'."""
+    """The kind of a kernel: KERNEL_KINDS' first match on its name, else 'other'. The whole name
+    counts (FlashAttention-3's is `cutlass::device_kernel<flash::...>`) but for the words of
+    PyTorch's elementwise templates that say how any kernel loads its inputs (`..._nocast`,
+    `LoadWithCast`): its eager add and mul are no casts."""
+    name = NOT_A_CAST.sub("", name)
     return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(name)), "other")
 
 

@@ -63,12 +63,7 @@ def gpu_timeline(
     }
     idle, short = _idle_by_launcher(gaps, launches, ops)
     picked = _by_launcher(work, attribute, launches, ops) if attribute else {}
-    waits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for e in events:
-        if e.get("cat") in LAUNCHES and e["name"] in WAITS:
-            where = f"{ops.around(e)} > {e['name']}"
-            waits[where][0] += e["dur"]
-            waits[where][1] += 1
+    waits = _host_waits(events, ops)
     span = busy[-1][1] - busy[0][0]
     busy_us = sum(end - start for start, end in busy)
     return {
@@ -102,6 +97,17 @@ def _idle_by_launcher(gaps: list, launches: dict, ops: _HostOps) -> tuple[dict, 
     return idle, short
 
 
+def _host_waits(events: list[dict], ops: _HostOps) -> dict:
+    """µs and count of the host's waits on the GPU, by the ops that waited."""
+    waits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.get("cat") in LAUNCHES and e["name"] in WAITS:
+            row = waits[f"{ops.around(e)} > {e['name']}"]
+            row[0] += e["dur"]
+            row[1] += 1
+    return waits
+
+
 def _by_launcher(
     work: list[dict], attribute: Callable[[str], bool], launches: dict, ops: _HostOps
 ) -> dict:
@@ -114,22 +120,30 @@ def _by_launcher(
         launch = launches.get(e.get("args", {}).get("correlation"))
         where = "(launch not in the trace)"
         if launch is not None:
-            shapes = ops.innermost_shapes(launch)
-            where = f"{ops.around(launch)}{f' {shapes}' if shapes else ''}"
-        row = picked[f"{_short_kernel(e['name'])} | {where}"]
+            enclosing = ops.enclosing(launch)
+            shapes = enclosing[0].get("args", {}).get("Input Dims") if enclosing else None
+            where = f"{_stack(enclosing)}{f' {shapes}' if shapes else ''}"
+        row = picked[f"{short_kernel_name(e['name'])} | {where}"]
         row[0] += e["dur"]
         row[1] += 1
     return picked
 
 
-def _short_kernel(name: str) -> str:
-    """A kernel's name without its template arguments, and the functor they name: PyTorch's
-    `void at::native::elementwise_kernel<128, 4, ...direct_copy_kernel_cuda...>(...)` is
-    `at::native::elementwise_kernel (direct_copy_kernel_cuda)`."""
-    name = name.removeprefix("void ")
-    head = name.split("<")[0]
-    functor = re.search(r"\w*(?:copy|Functor|fill)\w*", name[len(head) :])
-    return f"{head} ({functor.group(0)})" if functor else head
+def short_kernel_name(name: str) -> str:
+    """A C++ kernel's name without its template and call arguments, and the functor they name:
+    PyTorch's `void at::native::elementwise_kernel<128, 4, ...direct_copy_kernel_cuda...>(...)`
+    is `at::native::elementwise_kernel (direct_copy_kernel_cuda)`. Other names are kept whole
+    (`Memcpy DtoD (Device -> Device)`, inductor's and cuBLAS's)."""
+    head = _KERNEL_HEAD.match(name)
+    if head is None or not head.group(2):
+        return name
+    functor = _FUNCTOR.search(name, head.end(1))
+    return f"{head.group(1)} ({functor.group(0)})" if functor else head.group(1)
+
+
+_KERNEL_HEAD = re.compile(r"(?:void )?((?:\w|::|\(anonymous namespace\))+)([<(]?)")
+# the operation, not a wrapper: MulFunctor inside BinaryFunctor<..., MulFunctor<float>>
+_FUNCTOR = re.compile(r"\b(?!(?:Binary|Unary|AUnary|BUnary)Functor\b)\w*(?:copy|Functor|fill)\w*")
 
 
 def _merge(work: list[dict]) -> tuple[list[list[float]], list[dict]]:
@@ -185,15 +199,15 @@ class _HostOps:
             op = self._parent[id(op)]
         return ops
 
-    def innermost_shapes(self, event: dict) -> list | None:
-        """The input shapes of the innermost op enclosing `event` (with record_shapes)."""
-        ops = self.enclosing(event)
-        return ops[0].get("args", {}).get("Input Dims") if ops else None
+    def around(self, event: dict) -> str:
+        """The names of the ops enclosing `event` on its thread (`_stack`)."""
+        return _stack(self.enclosing(event))
 
-    def around(self, event: dict, depth: int = 4) -> str:
-        """The ops enclosing `event` on its thread, outermost first: the two outermost and the
-        two innermost when there are more than `depth`."""
-        names = [op["name"][:60] for op in reversed(self.enclosing(event))]
-        if len(names) > depth:
-            names = [*names[: depth // 2], "…", *names[-(depth // 2) :]]
-        return " > ".join(names) or "(no host op)"
+
+def _stack(enclosing: list[dict], depth: int = 4) -> str:
+    """Ops' names (given innermost first) outermost first: the two outermost and the two
+    innermost when there are more than `depth`."""
+    names = [op["name"][:60] for op in reversed(enclosing)]
+    if len(names) > depth:
+        names = [*names[: depth // 2], "…", *names[-(depth // 2) :]]
+    return " > ".join(names) or "(no host op)"
