@@ -116,6 +116,8 @@ def test_a_cpu_profile_names_the_top_kernels_and_the_aten_ops_with_shapes(
     assert min(result["kernel_ms_per_step"], result["wall_ms_per_step"]) > 0
     result["variant"] = {"name": "plain"}
     assert result["top"] and 0 < sum(share for _, share in result["top"]) <= 1 + 1e-9
+    assert result["top"] == result["kernels"][:20]
+    assert sum(share for _, share in result["kernels"]) == pytest.approx(1)
     ops = {(op, shapes) for op, shapes, _ in result["ops"]}
     assert any(op == "aten::mm" and "2048" in shapes for op, shapes in ops)
     report = bench.profile_report([result]).splitlines()

@@ -167,7 +167,7 @@ def _sync(device: torch.device) -> None:
 
 
 def summarize(prof: torch.profiler.profile, *, steps: int, wall_s: float) -> dict:
-    """Kernel time by kind, the top kernels and attention kernels (shares of kernel time), the
+    """Kernel time by kind, every kernel, the top ones and attention's (shares of kernel time), the
     ATen ops that launched kernels, kernel and wall time per step; on a CPU, the ops' own CPU
     time stands in for kernel time."""
     events = [e for e in prof.key_averages() if e.device_type.name in ("CUDA", "CPU")]
@@ -182,6 +182,7 @@ def summarize(prof: torch.profiler.profile, *, steps: int, wall_s: float) -> dic
     return {
         "attention": [r for r in rows if ATTENTION_KERNEL.search(r[0])][:6],
         "top": rows[:20],
+        "kernels": rows,  # all of them: any grouping can be made again from the summary
         "ops": aten_ops(prof, key, total),
         "kinds": kernel_kinds(rows),
         "kernel_ms_per_step": kernel_ms,  # profiler times are in microseconds
