@@ -28,7 +28,11 @@ under torch.profiler: tinylab's inside the trainer's own loop (steps 4-5 of 5, `
 tinylab.train --profile-steps 4-5`: the configuration users run, its idle time included), the
 HF baseline in its own step function; it prints kernel and wall time per step, the shares by
 kind, the attention kernels that ran, the top kernels, and the ATen ops that launched kernels
-with their input shapes (tinylab.train.profiling).
+with their input shapes (tinylab.train.profiling). While each variant runs, `nvidia-smi`
+samples its GPUs every 500 ms; the table gives their median SM clock and power draw under load
+(samples above half the power limit: the training steps, warm-up included) and the share of
+those samples held back by the power cap: on an H200 at its 700 W limit the clock, so the
+speed, is the card's as much as the code's.
 
     python bench/throughput.py --list
     python bench/throughput.py --variants hf-compile hf-eager plain compile+liger-loss --concurrent
@@ -43,11 +47,14 @@ takes the time of its slowest part; say so when reporting its figures. On a CPU-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -315,6 +322,7 @@ def tinylab_run(stage: StageConfig, variant: Variant, workdir: Path, *, skip: in
     timed = records[skip:]
     return {
         "losses": [r["loss"] for r in records],
+        "step_s": [r["step_s"] for r in records],
         "tokens_per_s": stage.global_batch_tokens * len(timed) / sum(r["step_s"] for r in timed),
         "peak_mem_bytes": max(r["peak_mem_bytes"] for r in records),
     }
@@ -396,6 +404,63 @@ def _profiled_step(stage: StageConfig, variant: Variant):
     return step
 
 
+# ---------------------------------------------------------------- the GPUs' clock and power
+
+SMI_FIELDS = "clocks.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active"
+POWER_CAP = 0x4  # nvidia-smi's clocks event reason: SW power cap (the board's power limit)
+
+
+@contextlib.contextmanager
+def gpu_samples(gpus: list[int], path: Path):
+    """`nvidia-smi` writing `gpus`' SMI_FIELDS to `path` every 500 ms while the block runs
+    (nothing where there are no GPUs or no nvidia-smi)."""
+    smi = shutil.which("nvidia-smi")
+    if not gpus or smi is None:
+        yield
+        return
+    command = [smi, f"--query-gpu={SMI_FIELDS}", "--format=csv,noheader,nounits", "-lms", "500",
+               "-i", ",".join(map(str, gpus))]  # fmt: skip
+    with path.open("w") as out:
+        sampler = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            sampler.terminate()
+            sampler.wait()
+
+
+def under_load(samples: str) -> dict | None:
+    """Median SM clock (MHz) and power (W), the highest temperature, and the share of samples
+    at the power cap, over the samples that drew more than half the power limit; None if none
+    did (a line with a field nvidia-smi could not read, `[N/A]`, is left out)."""
+    loaded = []
+    for line in samples.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        try:
+            clock, power, limit, temperature = map(float, fields[:4])
+            reasons = int(fields[4], 16)
+        except (ValueError, IndexError):
+            continue
+        if power > limit / 2:
+            loaded.append((clock, power, temperature, bool(reasons & POWER_CAP)))
+    if not loaded:
+        return None
+    clocks, powers, temperatures, capped = zip(*loaded, strict=True)
+    return {
+        "sm_mhz": statistics.median(clocks), "power_w": statistics.median(powers),
+        "max_temp_c": max(temperatures), "power_capped": sum(capped) / len(capped),
+        "samples": len(loaded),
+    }  # fmt: skip
+
+
+def _clock_cell(result: dict) -> str:
+    gpu = result.get("gpu")
+    if not gpu:
+        return ""
+    return (f"{gpu['sm_mhz']:,.0f} MHz, {gpu['power_w']:.0f} W, "
+            f"capped {gpu['power_capped']:.0%}")  # fmt: skip
+
+
 # ---------------------------------------------------------------- running and reporting
 
 
@@ -426,14 +491,17 @@ def run_variant(variant: Variant, gpus: list[int], args: argparse.Namespace) -> 
     env = [item for item in variant.sets if _is_env(item)]
     if gpus:
         env.append("CUDA_VISIBLE_DEVICES=" + ",".join(map(str, gpus)))
-    started = time.perf_counter()
+    started, samples = time.perf_counter(), workdir / "gpu.csv"
     try:
-        _run_logged(["env", *env, *command] if env else command, workdir / "worker.txt")
+        with gpu_samples(gpus, samples):
+            _run_logged(["env", *env, *command] if env else command, workdir / "worker.txt")
         result = json.loads((workdir / "result.json").read_text())
     except (RuntimeError, FileNotFoundError) as err:
         result = {"error": str(err)}
     result.update(variant=variant.__dict__, gpus=gpus, wall_s=time.perf_counter() - started,
                   profiled=args.worker_profile)  # fmt: skip
+    if samples.exists():
+        result["gpu"] = under_load(samples.read_text())
     print(f"  {variant.name} on GPUs {gpus or 'cpu'}: {_short(result)}", flush=True)
     if args.json:
         with _JSON_LOCK, args.json.open("a") as out:
@@ -509,7 +577,8 @@ def schedule(jobs: list[tuple[Variant, bool]], args: argparse.Namespace) -> list
 def speed_table(
     results: list[dict], *, baseline: str, model: str, steps: int, skip: int, accum: int
 ) -> str:
-    """Markdown: tokens/s per GPU, MFU, peak memory, vs baseline and 1 GPU, loss difference."""
+    """Markdown: tokens/s per GPU, MFU, peak memory, vs baseline and 1 GPU, loss difference,
+    the GPUs' clock and power under load."""
     preset = load_preset(model)
     seq_len = min(2048, preset.max_position_embeddings)
     flops = flops_per_token(preset, seq_len)
@@ -519,14 +588,14 @@ def speed_table(
     one_gpu = {_key(r): r for r in ok if r["variant"]["nproc"] == 1}
     lines = [
         "| variant | GPUs | micro | tokens/s per GPU | MFU | peak GiB | vs baseline | "
-        "vs 1 GPU | max loss diff vs baseline |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "vs 1 GPU | max loss diff vs baseline | SM clock, power under load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         v = r["variant"]
         if "error" in r:
             lines.append(f"| {v['name']} | {v['nproc']} | {v['micro']} | failed: "
-                         f"{r['error'][:120]} | | | | | |")  # fmt: skip
+                         f"{r['error'][:120]} | | | | | | |")  # fmt: skip
             continue
         per_gpu = r["tokens_per_s"] / v["nproc"]
         mem = "n/a" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**30:.1f}"
@@ -537,7 +606,7 @@ def speed_table(
         lines.append(
             f"| {v['name']} | {v['nproc']} | {v['micro']} | {per_gpu:,.0f} | "
             f"{per_gpu * flops / H100_BF16_PEAK:.1%} | {mem} | {vs_base} | {scaling} | "
-            f"{_loss_diff(r, base)} |"
+            f"{_loss_diff(r, base)} | {_clock_cell(r)} |"
         )
     card, version = (ok[0]["card"], ok[0]["torch"]) if ok and "card" in ok[0] else ("?", "?")
     head = (

@@ -136,3 +136,49 @@ def test_the_hf_baselines_profile_is_summarized_the_same_way(bench, one_thread) 
     result = bench.profile_kernels(stage, variant, steps=1)
     assert result["top"] and 0 < sum(share for _, share in result["top"]) <= 1 + 1e-9
     assert any(op == "aten::mm" and "2048" in shapes for op, shapes, _ in result["ops"])
+
+
+SAMPLES = """\
+1980, 125.90, 700.00, 40, 0x0000000000000000
+1590, 696.47, 700.00, 61, 0x0000000000000004
+1650, 692.25, 700.00, 62, 0x0000000000000004
+1815, 645.35, 700.00, 60, 0x0000000000000000
+[N/A], 690.00, 700.00, 60, 0x0000000000000004
+1605, 692.0"""  # idle, three at the cap, one loaded below it, an unreadable field, a cut line
+
+
+def test_the_clock_under_load_leaves_out_idle_and_unreadable_samples(bench) -> None:
+    assert bench.under_load(SAMPLES) == {
+        "sm_mhz": 1650.0,
+        "power_w": 692.25,
+        "max_temp_c": 62.0,
+        "power_capped": 2 / 3,
+        "samples": 3,
+    }
+    assert bench.under_load("1980, 80.1, 700.00, 39, 0x1\n") is None  # idle only
+    row = {"gpu": bench.under_load(SAMPLES)}
+    assert bench._clock_cell(row) == "1,650 MHz, 692 W, capped 67%"
+    assert bench._clock_cell({"gpu": None}) == bench._clock_cell({}) == ""
+
+
+def test_gpu_samples_run_nvidia_smi_while_the_block_runs(bench, tmp_path, monkeypatch) -> None:
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text(
+        '#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\n'
+        "while true; do echo '1590, 696.5, 700.00, 61, 0x4'; sleep 0.05; done\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{bench.os.environ['PATH']}")
+    out = tmp_path / "gpu.csv"
+    with bench.gpu_samples([0, 1], out):
+        bench.time.sleep(0.3)
+    written = out.read_text()
+    bench.time.sleep(0.2)
+    assert out.read_text() == written  # stopped with the block
+    assert bench.under_load(written)["power_capped"] == 1.0
+    args = (fake.parent / "args").read_text().split()
+    assert args[-2:] == ["-i", "0,1"] and "--format=csv,noheader,nounits" in args
+    with bench.gpu_samples([], tmp_path / "none.csv"):  # no GPUs: no sampler
+        pass
+    assert not (tmp_path / "none.csv").exists()
