@@ -413,7 +413,9 @@ POWER_CAP = 0x4  # nvidia-smi's clocks event reason: SW power cap (the board's p
 @contextlib.contextmanager
 def gpu_samples(gpus: list[int], path: Path):
     """`nvidia-smi` writing `gpus`' SMI_FIELDS to `path` every 500 ms while the block runs
-    (nothing where there are no GPUs or no nvidia-smi)."""
+    (nothing where there are no GPUs or no nvidia-smi); its errors go to the same file, where
+    `under_load` skips them (a field this driver lacks leaves the column blank, the file says
+    why)."""
     smi = shutil.which("nvidia-smi")
     if not gpus or smi is None:
         yield
@@ -421,12 +423,16 @@ def gpu_samples(gpus: list[int], path: Path):
     command = [smi, f"--query-gpu={SMI_FIELDS}", "--format=csv,noheader,nounits", "-lms", "500",
                "-i", ",".join(map(str, gpus))]  # fmt: skip
     with path.open("w") as out:
-        sampler = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL)
+        sampler = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             yield
         finally:
             sampler.terminate()
-            sampler.wait()
+            try:
+                sampler.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a wedged driver must not hang the bench
+                sampler.kill()
+                sampler.wait()
 
 
 def under_load(samples: str) -> dict | None:

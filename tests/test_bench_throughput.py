@@ -144,10 +144,12 @@ SAMPLES = """\
 1650, 692.25, 700.00, 62, 0x0000000000000004
 1815, 645.35, 700.00, 60, 0x0000000000000000
 [N/A], 690.00, 700.00, 60, 0x0000000000000004
-1605, 692.0"""  # idle, three at the cap, one loaded below it, an unreadable field, a cut line
+Field "clocks_throttle_reasons.active" is not a valid field to query.
+1605, 692.0"""  # idle, two at the cap, one loaded below it, an unreadable field, an error, a cut
 
 
 def test_the_clock_under_load_leaves_out_idle_and_unreadable_samples(bench) -> None:
+    assert bench.SMI_FIELDS.split(",")[:3] == ["clocks.sm", "power.draw", "power.limit"]
     assert bench.under_load(SAMPLES) == {
         "sm_mhz": 1650.0,
         "power_w": 692.25,
@@ -172,13 +174,16 @@ def test_gpu_samples_run_nvidia_smi_while_the_block_runs(bench, tmp_path, monkey
     monkeypatch.setenv("PATH", f"{fake.parent}:{bench.os.environ['PATH']}")
     out = tmp_path / "gpu.csv"
     with bench.gpu_samples([0, 1], out):
-        bench.time.sleep(0.3)
+        deadline = bench.time.monotonic() + 30
+        while out.read_text().count("\n") < 2 and bench.time.monotonic() < deadline:
+            bench.time.sleep(0.05)
     written = out.read_text()
     bench.time.sleep(0.2)
     assert out.read_text() == written  # stopped with the block
     assert bench.under_load(written)["power_capped"] == 1.0
     args = (fake.parent / "args").read_text().split()
-    assert args[-2:] == ["-i", "0,1"] and "--format=csv,noheader,nounits" in args
+    assert args[-4:] == ["-lms", "500", "-i", "0,1"]
+    assert f"--query-gpu={bench.SMI_FIELDS}" in args and "--format=csv,noheader,nounits" in args
     with bench.gpu_samples([], tmp_path / "none.csv"):  # no GPUs: no sampler
         pass
     assert not (tmp_path / "none.csv").exists()
