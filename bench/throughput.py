@@ -319,11 +319,11 @@ def tinylab_run(stage: StageConfig, variant: Variant, workdir: Path, *, skip: in
     """Train `stage` with `python -m tinylab.train` (torchrun for several GPUs)."""
     lines = _train(stage, variant, workdir).metrics.read_text().splitlines()
     records = [r for r in map(json.loads, lines) if r["kind"] == "train"]
-    timed = records[skip:]
+    step_s = [r["step_s"] for r in records]
     return {
         "losses": [r["loss"] for r in records],
-        "step_s": [r["step_s"] for r in records],
-        "tokens_per_s": stage.global_batch_tokens * len(timed) / sum(r["step_s"] for r in timed),
+        "step_s": step_s,
+        "tokens_per_s": stage.global_batch_tokens * len(step_s[skip:]) / sum(step_s[skip:]),
         "peak_mem_bytes": max(r["peak_mem_bytes"] for r in records),
     }
 
