@@ -12,9 +12,10 @@ optimizer steps of one micro-batch per GPU (weak scaling), each in its own proce
   (params/stages/tinyllama-v1.1/base.yaml), every parallel option reset to plain and then set by
   the variant: SDPA backend, per-layer compile, Liger-Kernel, micro-batch, activation
   checkpointing, FSDP2 resharding, FSDP2 on one GPU (bf16 parameters instead of autocast),
-  fused q/k/v and gate/up projections, GPU count, inductor's GEMM autotuning (an environment
-  variable). `default` is the stage as committed, attention included (`auto`: FlashAttention-4
-  on a Hopper GPU where flash-attn-4 is installed, `scripts/gpu_env.sh fa4`, else SDPA);
+  fused q/k/v and gate/up projections, GPU count, inductor's GEMM autotuning and CUDA graphs
+  (environment variables). `default` is the stage as committed, attention included (`auto`:
+  FlashAttention-4 on a Hopper GPU where flash-attn-4 is installed, `scripts/gpu_env.sh fa4`,
+  else SDPA);
   `default+fa4` and `default+sdpa` force one of the two.
 
 Tokens are the learnable synthetic stream (`RandomWindows`, pattern zipf-copy) so loss curves
@@ -125,6 +126,7 @@ SELECTIVE = "parallel.activation_checkpointing=selective"
 NO_RESHARD = "parallel.reshard_after_forward=false"
 FSDP_BF16 = "parallel.single_process=fsdp"
 AUTOTUNE = "TORCHINDUCTOR_MAX_AUTOTUNE=1"
+CUDAGRAPHS = "TORCHINDUCTOR_CUDAGRAPHS=1"
 FP8 = "parallel.precision=fp8"
 NO_BF16_INPUTS = "parallel.fp8.bf16_inputs=[]"
 FP8_VARIANTS = {  # the default with float8 matmuls (torchao): recipe and layers kept in bf16
@@ -163,6 +165,9 @@ VARIANTS = {v.name: v for v in [
     # inductor tunes its own Triton kernels' block sizes (RMSNorm, RoPE, SwiGLU: 8.6% of the step)
     _paper_default(1, "default+coordinate-descent", "TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1"),
     _paper_default(1, "default+no-expandable", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False"),
+    # CUDA graphs of inductor's compiled graphs (two per layer around FA4's call; one on cuDNN's)
+    _paper_default(1, "default+cudagraphs", CUDAGRAPHS),
+    _paper_default(1, "default+sdpa+cudagraphs", "model.attention=sdpa", CUDAGRAPHS),
     Variant("hf-eager", "hf", compile=False),
     Variant("hf-compile+micro16", "hf", micro=16),
     _tl("plain"),
