@@ -15,8 +15,7 @@ optimizer steps of one micro-batch per GPU (weak scaling), each in its own proce
   fused q/k/v and gate/up projections, GPU count, inductor's GEMM autotuning and CUDA graphs
   (environment variables). `default` is the stage as committed, attention included (`auto`:
   FlashAttention-4 on a Hopper GPU where flash-attn-4 is installed, `scripts/gpu_env.sh fa4`,
-  else SDPA);
-  `default+fa4` and `default+sdpa` force one of the two.
+  else SDPA); `default+fa4` and `default+sdpa` force one of the two.
 
 Tokens are the learnable synthetic stream (`RandomWindows`, pattern zipf-copy) so loss curves
 mean something: the table gives each 1-GPU variant's largest per-step loss difference from the
